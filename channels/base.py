@@ -1,0 +1,90 @@
+"""The one interface every delivery channel implements, and the values that cross it.
+
+Adapters know nothing of the database: they get an `OutgoingMessage`, hand it to the provider and
+return a `SendResult`, or raise `TransientChannelError` / `PermanentChannelError`
+(`notifier.errors`). Channels whose provider reports delivery later (SMPP receipts) call the
+`ReceiptSink` given to them at construction; the sink is thread-safe and owns persistence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+# Normalised receipt outcomes (provider codes are kept raw in `Receipt.raw_status`).
+RECEIPT_DELIVERED = "delivered"
+RECEIPT_UNDELIVERED = "undelivered"
+RECEIPT_EXPIRED = "expired"
+RECEIPT_FAILED = "failed"
+RECEIPT_PENDING = "pending"  # ENROUTE / ACCEPTD: not final, recorded as an event only
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One message to one destination, already rendered.
+
+    `destination` is E.164 (`+84912345678`) for phone channels and a lower-cased address for e-mail.
+    `reference` is our stable id for the message (e.g. `notification-42`); adapters put it where the
+    protocol allows (e-mail Message-ID) so that a provider-side duplicate can be recognised.
+    """
+
+    notification_id: int
+    destination: str
+    body: str
+    subject: str | None = None
+    html: str | None = None
+    reference: str = ""
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the provider said when it accepted the message.
+
+    `provider_message_ids` has one id per provider unit: one per SMS part, one for an e-mail.
+    """
+
+    provider_message_ids: list[str]
+    provider_status: str = "accepted"
+    parts: int = 1
+    encoding: str | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A provider's later word on one message (or one SMS part).
+
+    `provider_message_id` is normalised by the adapter (see `channels.smpp.normalise_message_id`).
+    `destination` is the subscriber address the receipt names, in E.164 or lower-case e-mail,
+    when the protocol carries it: it lets a receipt resolve a notification whose send was never
+    recorded because the sender crashed (state `unknown`).
+    """
+
+    channel: str
+    provider_message_id: str
+    status: str
+    raw_status: str
+    error_code: str | None = None
+    done_at: datetime | None = None
+    destination: str | None = None
+    alternative_ids: tuple[str, ...] = ()  # the same id read another way (hex <-> decimal)
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+ReceiptSink = Callable[[Receipt], None]
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """A delivery channel adapter. Implementations must be safe to call from several threads."""
+
+    name: str
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        """Hand one message to the provider; raise a ChannelError subclass when it was not taken."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the adapter is not used afterwards."""
+        ...

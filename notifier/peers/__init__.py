@@ -1,0 +1,32 @@
+"""Protocol peers that stand in for the operator's SMSC and mail relay on loopback.
+
+Tests and `notifier demo` start them; they speak the real wire protocols (SMPP 3.4, SMTP) and only
+ever listen on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, *, host: str = LOOPBACK, timeout_seconds: float = 10.0) -> None:
+    """Block until something accepts connections on host:port, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_seconds}s") from None
+            time.sleep(0.05)
