@@ -68,6 +68,10 @@ class SmtpSettings(BaseModel):
     password: SecretStr = SecretStr("")
     starttls: bool = False
     timeout_seconds: float = 15.0
+    # True when the server we hand mail to is the recipients' own mail exchanger (or a relay whose
+    # acceptance the operator takes as proof): its "250" then marks the e-mail delivered. False
+    # leaves e-mails `sent` until bounce/DSN tracking (roadmap) says more.
+    accepted_means_delivered: bool = True
 
 
 class DispatchSettings(BaseModel):

@@ -1,0 +1,506 @@
+"""SMS over SMPP 3.4 (smpplib), safe for many sending threads, with reconnects and receipts.
+
+smpplib is a single-threaded, blocking client with no send window, no reconnect and no liveness
+check, so this adapter adds them: one reader thread owns every socket read (submit_sm_resp,
+deliver_sm, enquire_link), senders share one write lock, a locked sequence generator and a window
+semaphore, and each submit waits on a Future that the reader completes. The reader runs even when
+nothing is sent, because an SMSC hands over the receipts for earlier messages after each (re)bind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import re
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from datetime import UTC, datetime
+from typing import Any
+
+from smpplib import consts, exceptions, smpp
+from smpplib.client import Client, SimpleSequenceGenerator
+
+from channels.base import (
+    RECEIPT_DELIVERED,
+    RECEIPT_EXPIRED,
+    RECEIPT_FAILED,
+    RECEIPT_PENDING,
+    RECEIPT_UNDELIVERED,
+    OutgoingMessage,
+    Receipt,
+    ReceiptSink,
+    SendResult,
+)
+from notifier.errors import ChannelError, PermanentChannelError, TransientChannelError
+from notifier.identifiers import mask_msisdn
+from notifier.settings import SmppSettings
+from notifier.sms import encode_sms
+
+log = logging.getLogger(__name__)
+# smpplib logs every PDU in hex at DEBUG, message bodies included: keep its logger above DEBUG.
+_WIRE_LOG = logging.getLogger(__name__ + ".wire")
+_WIRE_LOG.setLevel(logging.INFO)
+
+_TRANSIENT_STATUSES = {0x08: "ESME_RSYSERR", 0x14: "ESME_RMSGQFUL", 0x58: "ESME_RTHROTTLED"}
+_RECEIPT_ESM_MASK, _RECEIPT_ESM_VALUE = 0x3C, 0x04
+_POLL_SECONDS = 0.2
+_UNBIND_TIMEOUT_SECONDS = 1.0
+_BACKOFF_INITIAL_SECONDS, _BACKOFF_MAX_SECONDS = 0.5, 30.0
+_CONNECTION_ERRORS = (exceptions.ConnectionError, exceptions.PDUError, OSError)
+
+# message_state TLV values, spelled like the `stat:` field of a receipt's text.
+_MESSAGE_STATES = {1: "ENROUTE", 2: "DELIVRD", 3: "EXPIRED", 4: "DELETED", 5: "UNDELIV",
+                   6: "ACCEPTD", 7: "UNKNOWN", 8: "REJECTD"}
+# Keyed by the first five letters, so vendor spellings (DELIVERED, UNDELIVERABLE) map too.
+_RECEIPT_STATUS = {"DELIV": RECEIPT_DELIVERED, "UNDEL": RECEIPT_UNDELIVERED, "EXPIR": RECEIPT_EXPIRED,
+                   "ACCEP": RECEIPT_PENDING, "ENROU": RECEIPT_PENDING}
+_RECEIPT_FIELD = re.compile(r"(?<!\S)(id|sub|dlvrd|submit date|done date|stat|err):(\S*)", re.IGNORECASE)
+_DECIMAL, _HEX = frozenset("0123456789"), frozenset("0123456789abcdef")
+
+
+class PartiallySentError(TransientChannelError):
+    """A later part of a long SMS failed after earlier parts were accepted.
+
+    Transient, because the message as a whole did not go out; `accepted_ids` lets the caller record
+    the parts the subscriber will receive anyway, so their receipts still match.
+    """
+
+    def __init__(self, message: str, *, provider_status: str | None, accepted_ids: list[str]) -> None:
+        super().__init__(message, provider_status=provider_status)
+        self.accepted_ids = accepted_ids
+
+
+def normalise_message_id(raw: str | bytes) -> str:
+    """One spelling per SMSC message id: SMSCs pad with NUL/spaces, vary case and leading zeros."""
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+    text = text.strip("\x00 \t\r\n").lower()
+    return text.lstrip("0") or ("0" if text else "")
+
+
+def message_id_alternatives(raw: str | bytes) -> tuple[str, ...]:
+    """Other readings of an id (decimal <-> hex): many SMSCs answer in hex and report in decimal."""
+    primary = normalise_message_id(raw)
+    readings = []
+    if primary and set(primary) <= _DECIMAL:
+        readings.append(format(int(primary), "x"))
+    if primary and set(primary) <= _HEX:
+        readings.append(str(int(primary, 16)))
+    return tuple(dict.fromkeys(reading for reading in readings if reading != primary))
+
+
+class _LockedSequence(SimpleSequenceGenerator):
+    """smpplib's generator is a bare counter; several sending threads need it atomic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def next_sequence(self) -> int:
+        with self._lock:
+            return int(super().next_sequence())
+
+
+class _Client(Client):  # type: ignore[misc]
+    """An smpplib session whose writes are serialised and whose reads are timed for the watchdog."""
+
+    def __init__(self, settings: SmppSettings, *, write_lock: threading.Lock, sequence: _LockedSequence) -> None:
+        super().__init__(settings.host, settings.port, timeout=settings.connect_timeout_seconds,
+                         sequence_generator=sequence, logger_name=_WIRE_LOG.name,
+                         allow_unknown_opt_params=True)
+        self._write_lock = write_lock
+        self.last_received = time.monotonic()
+        self.last_enquire = 0.0
+
+    @property
+    def socket(self) -> socket.socket | None:
+        return self._socket  # type: ignore[no-any-return]
+
+    def _create_socket(self) -> socket.socket:
+        sock: socket.socket = super()._create_socket()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one small PDU per write
+        return sock
+
+    def send_pdu(self, p: Any) -> bool:
+        with self._write_lock:
+            if self._socket is None:
+                raise exceptions.ConnectionError("not connected")
+            return bool(super().send_pdu(p))
+
+    def read_pdu(self) -> Any:
+        pdu = super().read_pdu()
+        self.last_received = time.monotonic()
+        if pdu.command == "unbind":  # smpplib would ignore it and leave us bound to nothing
+            answer = smpp.make_pdu("unbind_resp", client=self)
+            answer.sequence = pdu.sequence
+            self.send_pdu(answer)
+            raise exceptions.ConnectionError("the SMSC unbound")
+        return pdu
+
+    def abort(self) -> None:
+        """Drop the connection now; shutdown first so a thread blocked on the socket wakes up."""
+        sock = self._socket
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self._write_lock:
+            sock, self._socket = self._socket, None
+            self.state = consts.SMPP_CLIENT_STATE_CLOSED
+        if sock is not None:
+            sock.close()
+
+
+class SmppChannel:
+    """The "sms" channel: submit_sm per part over one transceiver bind, receipts to `on_receipt`."""
+
+    name = "sms"
+
+    def __init__(self, settings: SmppSettings, on_receipt: ReceiptSink | None = None) -> None:
+        self._settings = settings
+        self._on_receipt = on_receipt
+        self._sequence = _LockedSequence()
+        self._write_lock = threading.Lock()
+        self._conn_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: dict[int, Future[tuple[int, Any]]] = {}
+        self._window = threading.BoundedSemaphore(max(1, settings.window))
+        self._references = itertools.count(random.randrange(256))  # UDH refs; next() is atomic
+        self._client: _Client | None = None
+        self._backoff = _BACKOFF_INITIAL_SECONDS
+        self._next_attempt = 0.0
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def is_bound(self) -> bool:
+        """True while a bound session is up (for health checks; sends may still race a drop)."""
+        return self._client is not None
+
+    def start(self) -> None:
+        """Bind now and start the reader; if the SMSC is down, the reader keeps trying with backoff.
+
+        It does not raise on a failed bind: a worker should start while the SMSC is briefly away,
+        and sends raise TransientChannelError until the bind succeeds.
+        """
+        try:
+            self._bound_client()
+        except TransientChannelError:
+            pass  # already logged; the reader reconnects
+        finally:
+            with self._conn_lock:
+                if self._reader is None and not self._stop.is_set():
+                    self._reader = threading.Thread(target=self._read_loop, name="smpp-reader", daemon=True)
+                    self._reader.start()
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        """Submit every part in order and return one normalised id per part."""
+        if self._stop.is_set():
+            raise TransientChannelError("SMPP channel is closed")
+        if self._reader is None:
+            self.start()
+        destination = _destination_digits(message.destination)
+        try:
+            encoded = encode_sms(message.body, reference=next(self._references))
+        except ValueError as exc:
+            raise PermanentChannelError(str(exc)) from exc
+        tag = f"[channel:sms] [notification:{message.notification_id}]"
+        ids: list[str] = []
+        for short_message in encoded.parts:
+            fields = self._submit_fields(destination, short_message, encoded.data_coding, encoded.esm_class)
+            try:
+                ids.append(self._submit(fields))
+            except ChannelError as exc:
+                log.warning("%s part %d/%d to %s refused: %s", tag, len(ids) + 1, len(encoded.parts),
+                            mask_msisdn(message.destination), exc)
+                if ids:
+                    raise PartiallySentError(f"part {len(ids) + 1} of {len(encoded.parts)} failed: {exc}",
+                                             provider_status=exc.provider_status, accepted_ids=ids) from exc
+                raise
+        log.info("%s accepted %d %s part(s) to %s", tag, len(ids), encoded.encoding,
+                 mask_msisdn(message.destination))
+        return SendResult(provider_message_ids=ids, provider_status="ESME_ROK", parts=len(ids),
+                          encoding=encoded.encoding)
+
+    def close(self) -> None:
+        """Stop the reader, unbind briefly (smpp34 never answers unbind) and fail waiting sends."""
+        self._stop.set()
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout=self._settings.connect_timeout_seconds + 1)
+        with self._conn_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            _unbind_quickly(client)
+            client.abort()
+        self._fail_pending(lambda: TransientChannelError("SMPP channel closed before submit_sm_resp"))
+        log.info("[channel:sms] closed")
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _submit_fields(self, destination: str, short_message: bytes, data_coding: int,
+                       esm_class: int) -> dict[str, Any]:
+        s = self._settings
+        return {"source_addr_ton": s.source_addr_ton, "source_addr_npi": s.source_addr_npi,
+                "source_addr": s.source_addr, "dest_addr_ton": s.dest_addr_ton,
+                "dest_addr_npi": s.dest_addr_npi, "destination_addr": destination,
+                "esm_class": esm_class, "data_coding": data_coding,
+                "registered_delivery": s.registered_delivery, "short_message": short_message}
+
+    def _submit(self, fields: dict[str, Any]) -> str:
+        """One submit_sm inside the window; returns the SMSC's id or raises a ChannelError."""
+        timeout = self._settings.submit_timeout_seconds
+        if not self._window.acquire(timeout=timeout):
+            raise TransientChannelError(f"no free SMPP window slot within {timeout}s")
+        try:
+            status, message_id = self._exchange(fields, timeout)
+        finally:
+            self._window.release()
+        if status == consts.SMPP_ESME_ROK:
+            return normalise_message_id(message_id or b"")
+        provider_status = f"0x{status:08x}"
+        if status in _TRANSIENT_STATUSES:
+            raise TransientChannelError(f"SMSC answered {_TRANSIENT_STATUSES[status]}",
+                                        provider_status=provider_status)
+        description = consts.DESCRIPTIONS.get(status, "unknown status")
+        raise PermanentChannelError(f"SMSC rejected the message: {description}", provider_status=provider_status)
+
+    def _exchange(self, fields: dict[str, Any], timeout: float) -> tuple[int, Any]:
+        """Write the PDU and wait for the reader to hand over its response (status, message_id)."""
+        client = self._bound_client()
+        pdu = smpp.make_pdu("submit_sm", client=client, **fields)
+        future: Future[tuple[int, Any]] = Future()
+        with self._pending_lock:  # registered before writing: the answer can beat us back
+            self._pending[pdu.sequence] = future
+        try:
+            try:
+                client.send_pdu(pdu)
+            except _CONNECTION_ERRORS as exc:
+                self._connection_lost(client, exc)
+                raise TransientChannelError("SMSC connection lost while sending") from exc
+            try:
+                return future.result(timeout=timeout)
+            except TimeoutError as exc:
+                raise TransientChannelError(f"no submit_sm_resp within {timeout}s") from exc
+        finally:
+            with self._pending_lock:
+                self._pending.pop(pdu.sequence, None)
+
+    def _resolve(self, sequence: int, outcome: tuple[int, Any]) -> None:
+        with self._pending_lock:
+            future = self._pending.get(sequence)
+        if future is None:
+            log.warning("[channel:sms] response for unknown sequence %d (sender gave up)", sequence)
+            return
+        try:
+            future.set_result(outcome)
+        except InvalidStateError:
+            pass  # already failed by a disconnect
+
+    def _fail_pending(self, error: Callable[[], Exception]) -> None:
+        with self._pending_lock:
+            futures = list(self._pending.values())
+        for future in futures:
+            try:
+                future.set_exception(error())
+            except InvalidStateError:
+                pass
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _bound_client(self) -> _Client:
+        client = self._client
+        if client is not None:
+            return client
+        with self._conn_lock:
+            return self._client or self._connect_locked()
+
+    def _connect_locked(self) -> _Client:
+        """Connect and bind a fresh smpplib client (smpplib cannot rebind an old one); holds _conn_lock."""
+        if self._stop.is_set():
+            raise TransientChannelError("SMPP channel is closed")
+        wait = self._next_attempt - time.monotonic()
+        if wait > 0:
+            raise TransientChannelError(f"SMSC unavailable; next bind attempt in {wait:.1f}s")
+        s = self._settings
+        client = _Client(s, write_lock=self._write_lock, sequence=self._sequence)
+        client.set_message_received_handler(self._on_deliver_sm)
+        client.set_message_sent_handler(self._on_submit_resp)
+        client.set_error_pdu_handler(self._on_error_pdu)
+        try:
+            client.connect()
+            client.bind_transceiver(system_id=s.system_id, password=s.password.get_secret_value(),
+                                    system_type=s.system_type)
+        except _CONNECTION_ERRORS as exc:
+            client.abort()
+            self._next_attempt = time.monotonic() + self._backoff
+            log.warning("[channel:sms] cannot bind to %s:%s as %s (%r); next attempt in %.1fs",
+                        s.host, s.port, s.system_id, exc, self._backoff)
+            self._backoff = min(self._backoff * 2, _BACKOFF_MAX_SECONDS)
+            raise TransientChannelError(f"cannot bind to the SMSC: {exc!r}") from exc
+        self._backoff = _BACKOFF_INITIAL_SECONDS
+        self._client = client
+        log.info("[channel:sms] bound to %s:%s as %s", s.host, s.port, s.system_id)
+        return client
+
+    def _connection_lost(self, client: _Client, exc: BaseException) -> None:
+        """Forget the session once (several threads may notice), fail its waiting sends."""
+        client.abort()
+        with self._conn_lock:
+            if self._client is not client:
+                return
+            self._client = None
+            self._next_attempt = time.monotonic() + self._backoff
+        log.warning("[channel:sms] SMSC connection lost (%r); reconnecting", exc)
+        self._fail_pending(lambda: TransientChannelError("SMSC connection lost before submit_sm_resp"))
+
+    # -- the reader thread --------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        """Read PDUs, keep the link alive and reconnect; never lets an exception end the thread."""
+        while not self._stop.is_set():
+            client = self._client
+            if client is None:
+                self._reconnect_quietly()
+                continue
+            try:
+                self._read_step(client)
+            except exceptions.UnknownCommandError as exc:
+                log.warning("[channel:sms] ignored a PDU smpplib cannot decode: %s", exc)
+            except Exception as exc:  # a broken or undecodable stream: start a fresh session
+                if client is self._client and not isinstance(exc, _CONNECTION_ERRORS):
+                    log.exception("[channel:sms] unexpected error reading from the SMSC")
+                self._connection_lost(client, exc)
+
+    def _reconnect_quietly(self) -> None:
+        with self._conn_lock:
+            due = self._client is None and time.monotonic() >= self._next_attempt
+            if due and not self._stop.is_set():
+                try:
+                    self._connect_locked()
+                except TransientChannelError:
+                    pass  # logged; backoff set
+        if self._client is None:
+            self._stop.wait(_POLL_SECONDS)
+
+    def _read_step(self, client: _Client) -> None:
+        sock = client.socket
+        if sock is None:
+            raise exceptions.ConnectionError("socket closed")
+        readable, _, _ = select.select([sock], [], [], _POLL_SECONDS)
+        if readable:
+            client.read_once(auto_send_enquire_link=False)
+        self._keep_alive(client)
+
+    def _keep_alive(self, client: _Client) -> None:
+        """enquire_link after a quiet period; a session silent for three periods is dead."""
+        period = self._settings.enquire_link_seconds
+        now = time.monotonic()
+        quiet = now - client.last_received
+        if quiet >= 3 * period:
+            raise exceptions.ConnectionError(f"no PDU from the SMSC for {quiet:.0f}s")
+        if quiet >= period and now - client.last_enquire >= period:
+            client.last_enquire = now
+            client.send_pdu(smpp.make_pdu("enquire_link", client=client))
+
+    def _on_submit_resp(self, pdu: Any, **_: Any) -> None:
+        self._resolve(pdu.sequence, (pdu.status, pdu.message_id))
+
+    def _on_error_pdu(self, pdu: Any) -> None:
+        """Keep listening on error PDUs; a submit_sm_resp error is handled by `_on_submit_resp`."""
+        if pdu.command == "generic_nack":
+            self._resolve(pdu.sequence, (pdu.status, None))
+        elif pdu.command != "submit_sm_resp":
+            log.warning("[channel:sms] %s with status 0x%08x", pdu.command, pdu.status)
+
+    def _on_deliver_sm(self, pdu: Any, **_: Any) -> int | None:
+        """Hand a receipt to the sink; the returned status goes into deliver_sm_resp (None = OK)."""
+        if pdu.command != "deliver_sm":
+            return None  # alert_notification
+        if (pdu.esm_class or 0) & _RECEIPT_ESM_MASK != _RECEIPT_ESM_VALUE:
+            log.info("[channel:sms] ignored a message from %s (not a delivery receipt)",
+                     mask_msisdn(_e164(pdu.source_addr) or ""))
+            return None
+        receipt = _parse_receipt(pdu)
+        if receipt is None:
+            log.warning("[channel:sms] delivery receipt without a message id ignored")
+            return None
+        if self._on_receipt is None:
+            return None
+        try:
+            self._on_receipt(receipt)
+        except Exception:
+            log.exception("[channel:sms] receipt sink failed for id %s; asking the SMSC to redeliver",
+                          receipt.provider_message_id)
+            return int(consts.SMPP_ESME_RX_T_APPN)
+        return None
+
+
+def _unbind_quickly(client: _Client) -> None:
+    """Politely unbind, but smpp34 (and some SMSCs) close instead of answering: short timeout."""
+    sock = client.socket
+    if sock is None:
+        return
+    try:
+        sock.settimeout(_UNBIND_TIMEOUT_SECONDS)
+        client.unbind()
+    except (*_CONNECTION_ERRORS, exceptions.UnknownCommandError) as exc:
+        log.debug("[channel:sms] unbind not answered: %r", exc)
+
+
+def _destination_digits(destination: str) -> str:
+    digits = destination[1:] if destination.startswith("+") else destination
+    if not (digits.isascii() and digits.isdigit() and 1 <= len(digits) <= 20):
+        raise PermanentChannelError(f"destination {mask_msisdn(destination)} is not an E.164 number")
+    return digits
+
+
+def _e164(address: bytes | str | None) -> str | None:
+    text = address.decode("latin-1") if isinstance(address, bytes) else (address or "")
+    return "+" + text if text.isascii() and text.isdigit() else None
+
+
+def _parse_receipt(pdu: Any) -> Receipt | None:
+    """Build a Receipt from TLVs (preferred) and the de-facto `id:… stat:… err:…` text."""
+    text = (pdu.short_message or b"").decode("latin-1")
+    fields = _receipt_fields(text)
+    raw_ids = [raw for raw in (pdu.receipted_message_id, fields.get("id")) if raw]
+    if not raw_ids:
+        return None
+    primary = normalise_message_id(raw_ids[0])
+    state_name = _MESSAGE_STATES.get(pdu.message_state) if pdu.message_state is not None else None
+    raw_status = fields.get("stat") or state_name or "UNKNOWN"
+    extra = {key.replace(" ", "_"): fields[key] for key in ("sub", "dlvrd", "submit date") if key in fields}
+    if pdu.message_state is not None:
+        extra["message_state"] = str(pdu.message_state)
+    return Receipt(channel="sms", provider_message_id=primary,
+                   status=_RECEIPT_STATUS.get((state_name or raw_status).upper()[:5], RECEIPT_FAILED),
+                   raw_status=raw_status, error_code=fields.get("err"),
+                   done_at=_parse_smpp_date(fields.get("done date")), destination=_e164(pdu.source_addr),
+                   alternative_ids=_other_readings(raw_ids, primary), extra=extra)
+
+
+def _receipt_fields(text: str) -> dict[str, str]:
+    """Fields before `text:` (the message excerpt after it could contain anything)."""
+    head = re.split(r"(?<!\S)text:", text, maxsplit=1, flags=re.IGNORECASE)[0]
+    return {key.lower(): value for key, value in _RECEIPT_FIELD.findall(head)}
+
+
+def _other_readings(raw_ids: list[Any], primary: str) -> tuple[str, ...]:
+    readings = (reading for raw in raw_ids for reading in (normalise_message_id(raw), *message_id_alternatives(raw)))
+    return tuple(dict.fromkeys(reading for reading in readings if reading and reading != primary))
+
+
+def _parse_smpp_date(value: str | None) -> datetime | None:
+    """YYMMDDhhmm[ss] as UTC; SMSCs rarely say their zone and receipts only order events."""
+    if not value or not value.isdigit() or len(value) not in (10, 12):
+        return None
+    try:
+        return datetime.strptime(value, "%y%m%d%H%M%S" if len(value) == 12 else "%y%m%d%H%M").replace(tzinfo=UTC)
+    except ValueError:
+        return None

@@ -1,0 +1,200 @@
+"""Send one notification: claim the row, render, pace, hand to the channel, record the answer.
+
+This is the whole job of the `send_notification` actor, as a plain function. Each step that
+changes state is its own short transaction, so that a crash leaves the row in a state that says
+exactly what is known: `queued` (nothing happened), `sending` (the provider may have it: the
+recovery makes it `unknown`), `sent` (the provider accepted it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from channels.base import OutgoingMessage, SendResult
+from notifier.db import session_scope
+from notifier.errors import NotifierError, PermanentChannelError, TransientChannelError
+from notifier.identifiers import mask_identifier
+from notifier.models import Account, Campaign, MessagePart, Notification, utcnow
+from notifier.outbox import DELIVERED, FAILED, QUEUED, SENDING, SENT, transition
+from notifier.rendering import RenderedMessage
+from notifier.runtime import Runtime
+from notifier.sms import count_parts, sms_encoding
+
+log = logging.getLogger(__name__)
+
+HELD_CAMPAIGN_STATES = frozenset({"paused", "cancelled"})
+
+
+class RetryLater(NotifierError):
+    """Raised when a transient channel error put the row back to `queued`: the broker retries it."""
+
+    def __init__(self, message: str, *, delay_ms: int) -> None:
+        super().__init__(message)
+        self.delay_ms = delay_ms
+
+
+@dataclass(frozen=True)
+class Claimed:
+    notification_id: int
+    campaign_id: int
+    channel: str
+    attempt: int
+    message: OutgoingMessage
+    parts: int
+
+
+def deliver(runtime: Runtime, notification_id: int) -> str:
+    """Send notification `notification_id` at most once; returns what happened, for logs and tests."""
+    claimed = claim(runtime, notification_id)
+    if isinstance(claimed, str):
+        return claimed
+    tag = f"[campaign:{claimed.campaign_id}] [notification:{notification_id}] [channel:{claimed.channel}]"
+    runtime.limiter(claimed.channel).acquire(claimed.parts)
+    try:
+        result = runtime.channel(claimed.channel).send(claimed.message)
+    except TransientChannelError as exc:
+        return _after_transient_error(runtime, claimed, exc, tag)
+    except PermanentChannelError as exc:
+        _record_failure(runtime, claimed, str(exc), exc.provider_status)
+        log.warning("%s refused for good: %s", tag, exc.provider_status or exc)
+        return "failed"
+    record_sent(runtime, claimed, result)
+    log.info("%s sent to %s in %d part(s)", tag,
+             mask_identifier(_identifier_kind(claimed.channel), claimed.message.destination), result.parts)
+    return "sent"
+
+
+def claim(runtime: Runtime, notification_id: int) -> Claimed | str:
+    """Render the message and move the row queued → sending, or say why not."""
+    with session_scope(runtime.settings.database_url) as session:
+        notification = session.get(Notification, notification_id)
+        if notification is None:
+            return "missing"
+        campaign = session.get(Campaign, notification.campaign_id)
+        if notification.state != QUEUED:
+            return "skipped"
+        if campaign is None or campaign.state in HELD_CAMPAIGN_STATES:
+            return "held"
+        account = session.get(Account, notification.account_id)
+        try:
+            rendered = render_notification(runtime, notification, campaign, account)
+        except NotifierError as exc:
+            transition(session, notification_id, expected=QUEUED, to_state=FAILED, source="worker",
+                       detail=f"cannot render: {exc}", values={"reason": f"template error: {exc}"[:300]})
+            return "failed"
+        parts = count_parts(rendered.body) if notification.channel == "sms" else 1
+        attempt = notification.attempts + 1
+        moved = transition(
+            session, notification_id, expected=QUEUED, to_state=SENDING, source="worker",
+            detail=f"attempt {attempt} by {runtime.owner}",
+            values={"claimed_by": runtime.owner, "claimed_at": utcnow(), "attempts": attempt,
+                    "text": rendered.body, "subject": rendered.subject, "parts": parts,
+                    "encoding": sms_encoding(rendered.body) if notification.channel == "sms" else "utf-8"},
+        )
+        if not moved:
+            return "skipped"
+        message = OutgoingMessage(
+            notification_id=notification_id, destination=notification.destination or "",
+            body=rendered.body, subject=rendered.subject, html=rendered.html,
+            reference=f"notification-{notification_id}",
+        )
+        return Claimed(notification_id, notification.campaign_id, notification.channel, attempt, message, parts)
+
+
+def render_notification(
+    runtime: Runtime, notification: Notification, campaign: Campaign, account: Account | None
+) -> RenderedMessage:
+    context = template_context(notification, runtime)
+    return runtime.renderer.render(
+        campaign.template, notification.channel,
+        language=account.language if account else runtime.settings.default_language,
+        context=context,
+        strip_sms_diacritics=not runtime.settings.dispatch.sms_diacritics,
+    )
+
+
+def template_context(notification: Notification, runtime: Runtime) -> dict[str, Any]:
+    """The stored plan context with times as datetimes, plus operator details and a reference."""
+    context: dict[str, Any] = json.loads(notification.context)
+    for key in ("first_seen", "last_seen"):
+        context[key] = _datetime(context.get(key))
+    for event in context.get("events", []):
+        event["seen_at"] = _datetime(event.get("seen_at"))
+    context["operator"] = runtime.settings.operator.model_dump()
+    context["reference"] = reference_code(notification.campaign_id, notification.id)
+    return context
+
+
+def reference_code(campaign_id: int, notification_id: int | None) -> str:
+    """What the subscriber quotes to care staff: short, and it finds the notification."""
+    return f"CB-{campaign_id}-{notification_id}"
+
+
+def record_sent(runtime: Runtime, claimed: Claimed, result: SendResult) -> None:
+    with session_scope(runtime.settings.database_url) as session:
+        moved = transition(
+            session, claimed.notification_id, expected=SENDING, to_state=SENT, source="worker",
+            provider_status=result.provider_status,
+            detail=f"{result.parts} part(s): {', '.join(result.provider_message_ids)}"[:500],
+            values={"sent_at": utcnow(), "parts": result.parts, "claimed_by": None},
+        )
+        if not moved:
+            log.error("[notification:%s] accepted by the provider but no longer in 'sending'",
+                      claimed.notification_id)
+        for part_no, message_id in enumerate(result.provider_message_ids, start=1):
+            session.add(MessagePart(notification_id=claimed.notification_id, part_no=part_no,
+                                    channel=claimed.channel, provider_message_id=message_id,
+                                    state="delivered" if _accepted_is_delivery(runtime, claimed) else "sent"))
+        if moved and _accepted_is_delivery(runtime, claimed):
+            transition(session, claimed.notification_id, expected=SENT, to_state=DELIVERED, source="smtp",
+                       provider_status=result.provider_status,
+                       detail="accepted by the recipients' mail server", values={"delivered_at": utcnow()})
+
+
+def _accepted_is_delivery(runtime: Runtime, claimed: Claimed) -> bool:
+    return claimed.channel == "email" and runtime.settings.smtp.accepted_means_delivered
+
+
+def _after_transient_error(runtime: Runtime, claimed: Claimed, exc: TransientChannelError, tag: str) -> str:
+    accepted = getattr(exc, "accepted_ids", None)
+    if accepted:
+        # Part of a long SMS went out: sending it all again would duplicate those parts.
+        _record_failure(runtime, claimed, f"only {len(accepted)} part(s) accepted: {exc}",
+                        exc.provider_status, accepted_ids=list(accepted))
+        return "failed"
+    max_attempts = runtime.settings.dispatch.max_retries + 1
+    if claimed.attempt >= max_attempts:
+        _record_failure(runtime, claimed, f"gave up after {claimed.attempt} attempts: {exc}", exc.provider_status)
+        return "failed"
+    with session_scope(runtime.settings.database_url) as session:
+        transition(session, claimed.notification_id, expected=SENDING, to_state=QUEUED, source="worker",
+                   provider_status=exc.provider_status, detail=f"temporary error: {exc}",
+                   values={"claimed_by": None})
+    delay_ms = min(1000 * 2 ** claimed.attempt, 300_000)
+    log.info("%s temporary error (%s); retry in %d ms", tag, exc, delay_ms)
+    raise RetryLater(str(exc), delay_ms=delay_ms)
+
+
+def _record_failure(
+    runtime: Runtime, claimed: Claimed, reason: str, provider_status: str | None,
+    accepted_ids: list[str] | None = None,
+) -> None:
+    with session_scope(runtime.settings.database_url) as session:
+        transition(session, claimed.notification_id, expected=SENDING, to_state=FAILED, source="worker",
+                   provider_status=provider_status, detail=reason,
+                   values={"reason": reason[:300], "claimed_by": None})
+        for part_no, message_id in enumerate(accepted_ids or [], start=1):
+            session.add(MessagePart(notification_id=claimed.notification_id, part_no=part_no,
+                                    channel=claimed.channel, provider_message_id=message_id))
+
+
+def _identifier_kind(channel: str) -> str:
+    return "email" if channel == "email" else "msisdn"
+
+
+def _datetime(value: object) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None

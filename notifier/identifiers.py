@@ -1,0 +1,364 @@
+"""Normalise, hash, key and mask the identifiers notifier matches on.
+
+Every input (subscriber export, feed, leak list, Authority request) names people and devices in its
+own spelling. Matching only works if all of them are reduced to one canonical form first, so these
+pure functions are the single place that decides what "the same phone number / address / IP" means.
+They raise ValueError with the offending text, so a parser can turn it into a row rejection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from phonenumbers import PhoneNumberType
+
+LOCAL_TIMEZONE = "Asia/Ho_Chi_Minh"
+
+VIETNAM_COUNTRY_CODE = "84"
+
+# The 2018 conversion of 11-digit mobile numbers: old national prefix (without the trunk 0) → new.
+# The last 7 digits did not change. Leaked databases still hold the old form.
+LEGACY_MOBILE_PREFIXES: dict[str, str] = {
+    # Viettel
+    "162": "32", "163": "33", "164": "34", "165": "35",
+    "166": "36", "167": "37", "168": "38", "169": "39",
+    # MobiFone
+    "120": "70", "121": "79", "122": "77", "126": "76", "128": "78",
+    # VinaPhone
+    "123": "83", "124": "84", "125": "85", "127": "81", "129": "82",
+    # Vietnamobile
+    "186": "56", "188": "58",
+    # Gmobile
+    "199": "59",
+}
+LEGACY_NATIONAL_LENGTH = 10  # old prefix (3 digits) + 7 subscriber digits, without the trunk 0
+
+# Service numbers reach a business, never a subscriber: a feed or export naming one is an error.
+SERVICE_NUMBER_TYPES = {
+    PhoneNumberType.TOLL_FREE: "toll-free service number",
+    PhoneNumberType.PREMIUM_RATE: "premium-rate service number",
+    PhoneNumberType.SHARED_COST: "shared-cost service number",
+}
+
+_PHONE_SEPARATORS = re.compile(r"[\s.\-()/]")
+_PHONE_FORM = re.compile(r"\+?[0-9]+")
+_E164_FORM = re.compile(r"\+[1-9][0-9]{6,14}")
+_EMAIL_LOCAL = re.compile(r"[^\s@\"(),:;<>\[\]\\]+")
+_DOMAIN_LABEL = re.compile(r"[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?")  # letters/digits, inner hyphens
+_SHA256_FORM = re.compile(r"[0-9a-f]{64}")
+_EPOCH_FORM = re.compile(r"[0-9]{9,10}(?:\.[0-9]+)?")  # 1973-03-03 … 2286-11-20
+_DAY_FIRST_FORMATS = ("%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y")
+
+MAX_EMAIL_LENGTH = 254
+MAX_EMAIL_LOCAL_LENGTH = 64
+IPV4_MAPPED_BASE = int(ipaddress.IPv6Address("::ffff:0:0"))
+IP_KEY_HEX_DIGITS = 32
+
+
+# --- phone numbers -------------------------------------------------------------------------------
+
+def _phone_error(raw: str, reason: str) -> ValueError:
+    return ValueError(f"not a Vietnamese phone number: {raw!r} ({reason})")
+
+
+def _split_phone(raw: str) -> tuple[bool, str]:
+    """Strip separators and return (written in international form, digits)."""
+    compact = _PHONE_SEPARATORS.sub("", raw)
+    if not compact:
+        raise _phone_error(raw, "empty")
+    if not _PHONE_FORM.fullmatch(compact):
+        raise _phone_error(raw, "only digits, spaces, dots, dashes, brackets and a leading + are allowed")
+    if compact.startswith("+"):
+        return True, compact[1:]
+    if compact.startswith("00"):
+        return True, compact[2:]
+    return False, compact
+
+
+def _vietnamese_national_number(raw: str, digits: str, international: bool) -> str | None:
+    """The national significant number if `digits` is Vietnamese, None for another country code.
+
+    Without "+" a number must start with the trunk 0 or 84: anything else would be a guess.
+    "+84 (0)912…" is common on business cards, so one trunk 0 after the country code is dropped.
+    """
+    if digits.startswith(VIETNAM_COUNTRY_CODE):
+        national = digits[len(VIETNAM_COUNTRY_CODE):]
+        return national[1:] if national.startswith("0") else national
+    if international:
+        return None
+    if digits.startswith("0"):
+        return digits[1:]
+    raise _phone_error(raw, "starts with neither 0, 84 nor +country code")
+
+
+def remap_legacy_mobile(national: str) -> str:
+    """Map an 11-digit pre-2018 mobile number (national part) to its current 10-digit form."""
+    new_prefix = LEGACY_MOBILE_PREFIXES.get(national[:3])
+    if new_prefix is None or len(national) != LEGACY_NATIONAL_LENGTH:
+        return national
+    return new_prefix + national[3:]
+
+
+def _validated_e164(raw: str, international_digits: str) -> str:
+    """Parse "+<digits>" with phonenumbers; accept only valid, non-service numbers."""
+    try:
+        number = phonenumbers.parse("+" + international_digits)
+    except phonenumbers.NumberParseException as exc:
+        raise _phone_error(raw, str(exc)) from None
+    if not phonenumbers.is_valid_number(number):
+        reason = "no such number range" if phonenumbers.is_possible_number(number) else "wrong length"
+        raise _phone_error(raw, reason)
+    service = SERVICE_NUMBER_TYPES.get(phonenumbers.number_type(number))
+    if service:
+        raise _phone_error(raw, service)
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_msisdn(raw: str) -> str:
+    """Return a phone number in E.164 ("+84912345678").
+
+    Accepts 0912345678, +84912345678, 84912345678, 0084…, 0912.345.678, "0912 345 678",
+    "(84) 912 345 678" and the pre-2018 11-digit mobile forms, which are remapped before validation
+    because phonenumbers finds them possible but not valid. Fixed lines are accepted too: whether a
+    number is a mobile is the subscriber record's business, not its prefix's. A number written with
+    another country code is accepted if phonenumbers says it is valid.
+    """
+    international, digits = _split_phone(raw)
+    national = _vietnamese_national_number(raw, digits, international)
+    if national is None:
+        return _validated_e164(raw, digits)
+    return _validated_e164(raw, VIETNAM_COUNTRY_CODE + remap_legacy_mobile(national))
+
+
+# --- e-mail --------------------------------------------------------------------------------------
+
+def _email_error(raw: str, reason: str) -> ValueError:
+    return ValueError(f"not an e-mail address: {raw!r} ({reason})")
+
+
+def normalise_email(raw: str) -> str:
+    """Trim and lower-case an address after a sanity check (one @, plausible local part and domain).
+
+    Lower-casing the local part is technically lossy, but every mailbox provider in practice treats
+    it case-insensitively, and hashed leak lists (email_sha256) are built the same way.
+    """
+    address = raw.strip().lower()
+    if len(address) > MAX_EMAIL_LENGTH:
+        raise _email_error(raw, f"longer than {MAX_EMAIL_LENGTH} characters")
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise _email_error(raw, "expected local-part@domain")
+    if len(local) > MAX_EMAIL_LOCAL_LENGTH or not _EMAIL_LOCAL.fullmatch(local):
+        raise _email_error(raw, "invalid characters or length before @")
+    if local.startswith(".") or local.endswith(".") or ".." in local:
+        raise _email_error(raw, "misplaced dot before @")
+    labels = domain.split(".")
+    if len(labels) < 2 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels):
+        raise _email_error(raw, "invalid domain")
+    return address
+
+
+# --- hashes --------------------------------------------------------------------------------------
+
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def msisdn_sha256(e164: str) -> str:
+    """SHA-256 (lowercase hex) of the E.164 digits without "+", as partners hash their lists.
+
+    Only E.164 is accepted: hashing "0912…" by mistake would silently never match.
+    """
+    if not _E164_FORM.fullmatch(e164):
+        raise ValueError(f"not an E.164 phone number: {e164!r}")
+    return _sha256_hex(e164[1:])
+
+
+def email_sha256(email: str) -> str:
+    """SHA-256 (lowercase hex) of the trimmed, lower-cased address."""
+    return _sha256_hex(normalise_email(email))
+
+
+def normalise_sha256(raw: str) -> str:
+    """Return a SHA-256 hex digest in lower case; anything but 64 hex digits is refused."""
+    digest = raw.strip().lower()
+    if not _SHA256_FORM.fullmatch(digest):
+        raise ValueError(f"not a SHA-256 hex digest: {raw!r} (expected 64 hexadecimal characters)")
+    return digest
+
+
+# --- IP addresses --------------------------------------------------------------------------------
+
+def normalise_ip(raw: str) -> str:
+    """Return one IP address in compressed text form; an IPv4-mapped IPv6 address becomes IPv4.
+
+    Networks and scoped addresses (fe80::1%eth0) are refused: a feed event names one host.
+    """
+    text = raw.strip()
+    if "/" in text:
+        raise ValueError(f"not an IP address: {raw!r} (a network, not one address)")
+    if "%" in text:
+        raise ValueError(f"not an IP address: {raw!r} (scoped addresses are not routable)")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"not an IP address: {raw!r}") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return address.compressed
+
+
+def _address_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    value = int(address)
+    if address.version == 4:
+        value += IPV4_MAPPED_BASE
+    return format(value, f"0{IP_KEY_HEX_DIGITS}x")
+
+
+def ip_key(ip: str) -> str:
+    """A 32-hex-digit key whose string order is address order, IPv4 mapped into ::ffff:0:0/96.
+
+    Stored next to an address or interval bounds, it lets the database answer "which interval holds
+    this address" with plain string comparisons for both families.
+    """
+    return _address_key(ipaddress.ip_address(normalise_ip(ip)))
+
+
+def network_keys(prefix: str) -> tuple[str, str]:
+    """Keys of the first and last address of an IPv4/IPv6 network ("2402:800:6310:5600::/56").
+
+    Host bits must be zero: "14.160.1.5/24" is more likely a typo than the /24 it would round to.
+    A bare address is its own /32 or /128.
+    """
+    try:
+        network = ipaddress.ip_network(prefix.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"not an IP network: {prefix!r} ({exc})") from None
+    return _address_key(network.network_address), _address_key(network.broadcast_address)
+
+
+# --- masking for logs and screens ----------------------------------------------------------------
+
+MASK = "*"
+MASKED_MSISDN_KEEP_NATIONAL = 2
+MASKED_MSISDN_KEEP_END = 3
+MASKED_HASH_KEEP = 8
+
+
+def mask_msisdn(e164: str) -> str:
+    """"+84912345678" → "+8491****678": country code, 2 digits and the last 3 stay readable.
+
+    Never raises, because it is used while logging: text that is not E.164 is masked entirely.
+    """
+    if not _E164_FORM.fullmatch(e164):
+        return MASK * 3
+    try:
+        country = str(phonenumbers.parse(e164).country_code)
+    except phonenumbers.NumberParseException:
+        return MASK * 3
+    digits = e164[1:]
+    head = len(country) + MASKED_MSISDN_KEEP_NATIONAL
+    hidden = len(digits) - head - MASKED_MSISDN_KEEP_END
+    if hidden < MASKED_MSISDN_KEEP_END:
+        return "+" + country + MASK * (len(digits) - len(country))
+    return "+" + digits[:head] + MASK * hidden + digits[-MASKED_MSISDN_KEEP_END:]
+
+
+def mask_email(address: str) -> str:
+    """"nguyen@example.vn" → "n***@example.vn"; text without "@" is masked entirely."""
+    local, at, domain = address.strip().rpartition("@")
+    if not at or not local:
+        return MASK * 3
+    return f"{local[0]}{MASK * 3}@{domain}"
+
+
+def _mask_hash(value: str) -> str:
+    return value[:MASKED_HASH_KEEP] + "…"
+
+
+def _keep(value: str) -> str:
+    return value
+
+
+# IP addresses stay readable: they identify a line at a point in time, and care staff need them.
+_MASKERS = {
+    "msisdn": mask_msisdn,
+    "email": mask_email,
+    "ip": _keep,
+    "msisdn_sha256": _mask_hash,
+    "email_sha256": _mask_hash,
+}
+IDENTIFIER_KINDS = tuple(_MASKERS)
+
+
+def mask_identifier(kind: str, value: str) -> str:
+    """Mask an identifier of the given kind for logs and screens."""
+    masker = _MASKERS.get(kind)
+    if masker is None:
+        raise ValueError(f"unknown identifier kind {kind!r} (known: {', '.join(IDENTIFIER_KINDS)})")
+    return masker(value)
+
+
+_NORMALISERS = {
+    "msisdn": normalise_msisdn,
+    "email": normalise_email,
+    "ip": normalise_ip,
+    "msisdn_sha256": normalise_sha256,
+    "email_sha256": normalise_sha256,
+}
+
+
+def normalise_identifier(kind: str, raw: str) -> str:
+    """Normalise a value of the given identifier kind, so feeds can name the kind as data."""
+    normalise = _NORMALISERS.get(kind)
+    if normalise is None:
+        raise ValueError(f"unknown identifier kind {kind!r} (known: {', '.join(IDENTIFIER_KINDS)})")
+    return normalise(raw)
+
+
+# --- time ----------------------------------------------------------------------------------------
+
+def get_zone(name: str) -> ZoneInfo:
+    """The zone for an IANA name; ValueError (not KeyError) when it does not exist."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone: {name!r}") from None
+
+
+def _parse_naive_or_aware(text: str) -> datetime:
+    """ISO 8601 first, then the day-first forms Vietnamese spreadsheets use."""
+    try:
+        return datetime.fromisoformat(text.upper())
+    except ValueError:
+        pass
+    for layout in _DAY_FIRST_FORMATS:
+        try:
+            return datetime.strptime(text, layout)
+        except ValueError:
+            continue
+    raise ValueError(f"not a time: {text!r} (expected ISO 8601, DD/MM/YYYY hh:mm:ss or Unix seconds)")
+
+
+def parse_timestamp(raw: str, default_tz: str) -> datetime:
+    """Return an aware UTC datetime from ISO 8601, "DD/MM/YYYY hh:mm[:ss]" or Unix epoch seconds.
+
+    A time without a zone is read in `default_tz` (a zoneinfo name): every source declares its zone,
+    and guessing UTC for a local RADIUS log would shift matches by seven hours. Unix seconds are
+    recognised by their 9-10 integer digits, so an ISO basic date (20261119) is still a date and
+    milliseconds (13 digits) are refused rather than read as a year in the far future.
+    """
+    text = raw.strip()
+    if not text:
+        raise ValueError("not a time: empty")
+    if _EPOCH_FORM.fullmatch(text):
+        return datetime.fromtimestamp(float(text), tz=UTC)
+    moment = _parse_naive_or_aware(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=get_zone(default_tz))
+    return moment.astimezone(UTC)

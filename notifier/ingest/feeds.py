@@ -1,0 +1,190 @@
+"""Parse security feeds into FeedEventRecords (formats.md, "Security feeds").
+
+Shadowserver publishes dozens of report types that differ only in which header names the host and
+what kind of harm it reports. Each type is therefore one row of data (`ReportLayout`) turned into a
+column map, and a single builder serves them all; a new report type is a new table entry.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from notifier.errors import InputError
+from notifier.identifiers import LOCAL_TIMEZONE, normalise_identifier
+from notifier.ingest.reader import (
+    Column,
+    bounded_text,
+    check_zone,
+    extract,
+    parse_rows,
+    required_headers,
+    split_list,
+    timestamp_in,
+    unique,
+)
+from notifier.ingest.records import FeedEventRecord, Parser, Rejection, bound_raw, find_parser
+
+INFECTED_DEVICE = "infected_device"
+DATA_LEAK = "data_leak"
+MAX_PORT = 65535
+MAX_LABEL_CHARS = 100  # threat names, categories, data classes
+MAX_SOURCE_CHARS = 200
+THREAT_HEADERS = ("family", "infection", "tag")  # the threat is the first non-empty of these
+SHADOWSERVER_NAME = re.compile(r"\d{4}-\d{2}-\d{2}-([a-z0-9_]+)(?:[-.]|$)")
+LEAK_IDENTIFIERS = ("msisdn", "email", "msisdn_sha256", "email_sha256")
+
+
+def port_number(text: str) -> int:
+    if not text.isdecimal() or int(text) > MAX_PORT:
+        raise ValueError(f"not a port number: {text!r}")
+    return int(text)
+
+
+def label(text: str) -> str:
+    """A short lower-case tag (category, data class): feeds are inconsistent about case."""
+    return bounded_text(MAX_LABEL_CHARS)(text).lower()
+
+
+def data_class_list(text: str) -> tuple[str, ...]:
+    return unique(label(item) for item in split_list(text))
+
+
+# --- Shadowserver --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReportLayout:
+    """What one Shadowserver report type says and where: the data behind its column map."""
+
+    identifier_kind: str  # "ip" or "email"
+    identifier: str  # header naming the infected host or leaked account
+    port: str | None  # header with the source port (lets CGNAT be resolved), if the report has one
+    category: str  # used when no `category_from` header has a value
+    category_from: tuple[str, ...] = ()
+    kind: str = INFECTED_DEVICE
+    data_classes: tuple[str, ...] = ()
+    source_from: tuple[str, ...] = ()
+
+
+SINKHOLE = ReportLayout("ip", "src_ip", "src_port", "botnet")
+REPORT_LAYOUTS: dict[str, ReportLayout] = {
+    "event4_sinkhole": SINKHOLE,
+    "event4_sinkhole_http": SINKHOLE,
+    "event6_sinkhole": SINKHOLE,
+    "event6_sinkhole_http": SINKHOLE,
+    "event4_microsoft_sinkhole": SINKHOLE,
+    "event4_microsoft_sinkhole_http": SINKHOLE,
+    "botnet_drone": ReportLayout("ip", "ip", "port", "botnet"),
+    "compromised_iot": ReportLayout("ip", "ip", "port", "iot", category_from=("device_type",)),
+    "compromised_account": ReportLayout(
+        "email", "email", None, "compromised_account",
+        kind=DATA_LEAK, data_classes=("password",), source_from=("service",),
+    ),
+}
+
+
+def report_columns(layout: ReportLayout, tz: str) -> tuple[Column, ...]:
+    """Turn a report layout into the column map the shared builder applies to each row."""
+    return (
+        Column("identifier", (layout.identifier,),
+               functools.partial(normalise_identifier, layout.identifier_kind), required=True),
+        Column("port", (layout.port,) if layout.port else (), port_number),
+        Column("seen_at", ("timestamp",), timestamp_in(tz), required=True),
+        Column("threat", THREAT_HEADERS, bounded_text(MAX_LABEL_CHARS)),
+        Column("category", layout.category_from, label, default=layout.category),
+        Column("source", layout.source_from, bounded_text(MAX_SOURCE_CHARS)),
+    )
+
+
+def report_type_of(path: Path, report_type: str | None) -> str:
+    """The report type given explicitly, else the one in a Shadowserver file name.
+
+    The explicit value wins: an operator who states the type knows better than a renamed file.
+    """
+    name = report_type
+    if not name:
+        match = SHADOWSERVER_NAME.match(path.name.lower())
+        if match is None:
+            raise InputError(
+                f"{path.name}: cannot tell the Shadowserver report type from the file name "
+                "(expected YYYY-MM-DD-<report_type>-….csv); give the report type explicitly"
+            )
+        name = match.group(1)
+    if name not in REPORT_LAYOUTS:
+        raise InputError(
+            f"{path.name}: unknown Shadowserver report type {name!r} (known: {', '.join(REPORT_LAYOUTS)})"
+        )
+    return name
+
+
+def _build_report_event(
+    layout: ReportLayout, columns: tuple[Column, ...], line: int, row: dict[str, str], raw: str
+) -> tuple[FeedEventRecord]:
+    record = FeedEventRecord(
+        line=line, identifier_kind=layout.identifier_kind, kind=layout.kind,
+        data_classes=layout.data_classes, raw=bound_raw(raw), **extract(row, columns),  # type: ignore[arg-type]
+    )
+    return (record,)
+
+
+def parse_shadowserver(
+    path: Path | str, *, report_type: str | None = None, tz: str = "UTC"
+) -> Iterator[FeedEventRecord | Rejection]:
+    """Yield one event per row of a Shadowserver report (times are UTC unless `tz` says otherwise)."""
+    path = Path(path)
+    check_zone(path, tz)
+    layout = REPORT_LAYOUTS[report_type_of(path, report_type)]
+    columns = report_columns(layout, tz)
+    build = functools.partial(_build_report_event, layout, columns)
+    yield from parse_rows(path, build, required=required_headers(columns))  # type: ignore[misc]
+
+
+# --- leak lists ----------------------------------------------------------------------------------
+
+def leak_columns(tz: str) -> tuple[Column, ...]:
+    """The optional columns of a leak list; the identifiers are handled one by one in the builder."""
+    return (
+        Column("seen_at", ("leaked_at",), timestamp_in(tz)),
+        Column("source", ("source",), bounded_text(MAX_SOURCE_CHARS)),
+        Column("data_classes", ("data_classes",), data_class_list, default=()),
+    )
+
+
+def _build_leak_events(
+    columns: tuple[Column, ...], line: int, row: dict[str, str], raw: str
+) -> Iterator[FeedEventRecord | Rejection]:
+    """One event per identifier in the row; a bad identifier rejects itself, not its neighbours."""
+    values = extract(row, columns)
+    present = [kind for kind in LEAK_IDENTIFIERS if row.get(kind)]
+    if not present:
+        raise ValueError(f"no identifier: {', '.join(LEAK_IDENTIFIERS)} all empty")
+    for kind in present:
+        try:
+            identifier = normalise_identifier(kind, row[kind])
+        except ValueError as exc:
+            yield Rejection(line, f"{kind}: {exc}", bound_raw(raw))
+            continue
+        yield FeedEventRecord(
+            line=line, identifier_kind=kind, identifier=identifier, port=None,
+            threat=values["source"], category=DATA_LEAK, kind=DATA_LEAK, raw=bound_raw(raw),
+            **values,  # type: ignore[arg-type]
+        )
+
+
+def parse_leak_csv(path: Path | str, *, tz: str = LOCAL_TIMEZONE) -> Iterator[FeedEventRecord | Rejection]:
+    """Yield data-leak events from a list naming people by phone, e-mail or their SHA-256 hashes."""
+    path = Path(path)
+    check_zone(path, tz)
+    build = functools.partial(_build_leak_events, leak_columns(tz))
+    yield from parse_rows(path, build, one_of=LEAK_IDENTIFIERS)  # type: ignore[misc]
+
+
+FEED_FORMATS: dict[str, Parser] = {"shadowserver": parse_shadowserver, "leak-csv": parse_leak_csv}
+
+
+def get_feed_parser(name: str) -> Parser:
+    """The parser registered for a feed format name; InputError for an unknown one."""
+    return find_parser(FEED_FORMATS, name)

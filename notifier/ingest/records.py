@@ -1,0 +1,99 @@
+"""What parsers yield: one typed, already normalised record per input row, or a rejection.
+
+The records are plain frozen dataclasses, not database models, so parsing stays a pure stage that
+can be tested without a database, and the importer decides how records become rows. Every record
+keeps its source line so an operator can trace a stored item or a complaint back to the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from notifier.errors import InputError
+
+MAX_RAW_CHARS = 2000  # keep enough of a line to recognise it, never a whole runaway row
+
+
+def bound_raw(text: str) -> str:
+    """Cut raw line text to MAX_RAW_CHARS so one broken row cannot flood storage or logs."""
+    return text[:MAX_RAW_CHARS]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A row that could not be used: its physical line number (header = 1), why, and its text."""
+
+    line: int
+    reason: str
+    raw: str
+
+
+@dataclass(frozen=True)
+class SubscriberRecord:
+    """One account from the operator's customer export, identifiers normalised (E.164, lower case)."""
+
+    line: int
+    account_ref: str
+    full_name: str
+    msisdns: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    service: str | None = None
+    billing_day: int | None = None
+    language: str = "vi"
+    status: str = "active"
+    sms_opt_out: bool = False
+    email_opt_out: bool = False
+    voice_opt_out: bool = False
+    address: str | None = None
+    province: str | None = None
+    usernames: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One IP assignment interval: which account held `ip` from `started_at` until `ended_at`.
+
+    `ended_at` is None while the session is still open.
+    """
+
+    line: int
+    account_ref: str
+    ip: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    username: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedEventRecord:
+    """One sighting in a security feed or leak list, keyed by one normalised identifier.
+
+    identifier_kind is one of "ip", "msisdn", "email", "msisdn_sha256", "email_sha256";
+    kind is "infected_device" or "data_leak". `raw` is the source line text (bounded).
+    """
+
+    line: int
+    identifier_kind: str
+    identifier: str
+    port: int | None
+    seen_at: datetime | None
+    threat: str | None
+    category: str | None
+    kind: str
+    data_classes: tuple[str, ...]
+    source: str | None
+    raw: str
+
+
+ParseResult = SubscriberRecord | SessionRecord | FeedEventRecord | Rejection
+Parser = Callable[..., Iterator[ParseResult]]
+
+
+def find_parser(registry: Mapping[str, Parser], name: str) -> Parser:
+    """Look a format name up in a parser registry; an unknown name is an InputError listing the known."""
+    parser = registry.get(name)
+    if parser is None:
+        raise InputError(f"unknown format {name!r} (known: {', '.join(sorted(registry))})")
+    return parser

@@ -1,0 +1,307 @@
+"""SQLModel tables: the database is the source of truth (an outbox); the broker only carries ids.
+
+Times are stored as UTC (`UtcDateTime` gives aware datetimes back on SQLite too). Strings are
+bounded. The shape leaves room for the roadmap: a campaign's `channels` is an ordered chain, a
+notification has a `step` in that chain, each SMS part has its own receipt row (`MessagePart`), and
+one notification aggregates many feed items (`NotificationItem`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Store aware datetimes as UTC; return them aware, whatever the backend keeps."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use aware UTC datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_column(*, nullable: bool = True, index: bool = False) -> sa.Column:  # type: ignore[type-arg]
+    return sa.Column(UtcDateTime(), nullable=nullable, index=index)
+
+
+# --- subscribers ------------------------------------------------------------------------------
+
+
+class Account(SQLModel, table=True):
+    """One operator account / contract (the subscriber)."""
+
+    __tablename__ = "account"
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_ref: str = Field(max_length=64, unique=True, index=True)  # the operator's account id
+    full_name: str = Field(max_length=200)
+    service: str | None = Field(default=None, max_length=32)
+    billing_day: int | None = None
+    language: str = Field(default="vi", max_length=8)
+    status: str = Field(default="active", max_length=16)
+    sms_opt_out: bool = False
+    email_opt_out: bool = False
+    voice_opt_out: bool = False
+    address: str | None = Field(default=None, max_length=300)
+    province: str | None = Field(default=None, max_length=100)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+
+
+class ContactPoint(SQLModel, table=True):
+    """A phone number, e-mail address or RADIUS username of an account, normalised.
+
+    `value_sha256` lets a partner's hashed list match without the clear value.
+    """
+
+    __tablename__ = "contact_point"
+    __table_args__ = (
+        sa.UniqueConstraint("account_id", "kind", "value", name="uq_contact_point"),
+        sa.Index("ix_contact_point_lookup", "kind", "value"),
+        sa.Index("ix_contact_point_hash", "kind", "value_sha256"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: int = Field(foreign_key="account.id", index=True)
+    kind: str = Field(max_length=16)  # msisdn | email | username
+    value: str = Field(max_length=254)
+    value_sha256: str | None = Field(default=None, max_length=64)
+    opted_out: bool = False  # this one address refused (a STOP reply, a bounce policy)
+    position: int = 0  # order in the subscriber record: the first is the primary contact
+
+
+class IpAssignment(SQLModel, table=True):
+    """Which account used which address (or prefix) when.
+
+    `range_start`/`range_end` are `identifiers.ip_key` strings, so one index serves IPv4, IPv6
+    and prefixes alike; a single address has start == end. `ended_at` NULL = still open.
+    """
+
+    __tablename__ = "ip_assignment"
+    __table_args__ = (
+        sa.UniqueConstraint("account_id", "range_start", "started_at", name="uq_ip_assignment"),
+        sa.Index("ix_ip_assignment_lookup", "range_start", "started_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: int = Field(foreign_key="account.id", index=True)
+    network: str = Field(max_length=64)  # as given: "14.160.1.2" or "2402:800::/56"
+    range_start: str = Field(max_length=32)
+    range_end: str = Field(max_length=32)
+    started_at: datetime = Field(sa_column=_utc_column(nullable=False))
+    ended_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    source: str = Field(default="sessions-csv", max_length=32)
+    username: str | None = Field(default=None, max_length=128)
+
+
+# --- feeds ------------------------------------------------------------------------------------
+
+
+class Feed(SQLModel, table=True):
+    """One imported security feed file (or Authority request)."""
+
+    __tablename__ = "feed"
+
+    id: int | None = Field(default=None, primary_key=True)
+    format: str = Field(max_length=32)
+    source: str | None = Field(default=None, max_length=100)
+    report_type: str | None = Field(default=None, max_length=64)
+    filename: str = Field(max_length=300)
+    file_sha256: str = Field(max_length=64, index=True)
+    kind: str = Field(default="infected_device", max_length=32)
+    imported_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+    accepted: int = 0
+    rejected: int = 0
+    matched: int = 0
+    unmatched: int = 0
+    ambiguous: int = 0
+
+
+class FeedItem(SQLModel, table=True):
+    """One event of a feed (or one rejected line), with its matching outcome."""
+
+    __tablename__ = "feed_item"
+    __table_args__ = (sa.Index("ix_feed_item_feed_line", "feed_id", "line"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    feed_id: int = Field(foreign_key="feed.id")
+    line: int
+    status: str = Field(max_length=16)  # pending | matched | unmatched | ambiguous | rejected
+    reason: str | None = Field(default=None, max_length=500)
+    kind: str | None = Field(default=None, max_length=32)  # infected_device | data_leak
+    identifier_kind: str | None = Field(default=None, max_length=16)
+    identifier: str | None = Field(default=None, max_length=254)
+    port: int | None = None
+    seen_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    threat: str | None = Field(default=None, max_length=100)
+    category: str | None = Field(default=None, max_length=64)
+    data_classes: str | None = Field(default=None, max_length=300)  # ";"-separated
+    source: str | None = Field(default=None, max_length=100)
+    raw: str | None = Field(default=None, max_length=2000)
+    account_id: int | None = Field(default=None, foreign_key="account.id", index=True)
+
+
+# --- campaigns and the outbox ------------------------------------------------------------------
+
+
+class Campaign(SQLModel, table=True):
+    """A decision to warn the accounts matched by a feed, through an ordered chain of channels."""
+
+    __tablename__ = "campaign"
+
+    id: int | None = Field(default=None, primary_key=True)
+    feed_id: int | None = Field(default=None, foreign_key="feed.id", index=True)
+    name: str = Field(max_length=200)
+    template: str = Field(max_length=64)
+    channels: str = Field(max_length=100)  # ordered chain, ","-separated: "sms,email"
+    state: str = Field(default="planned", max_length=16)  # planned | running | paused | done | cancelled
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+    started_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    finished_at: datetime | None = Field(default=None, sa_column=_utc_column())
+
+    @property
+    def channel_list(self) -> list[str]:
+        return [name for name in self.channels.split(",") if name]
+
+
+class Notification(SQLModel, table=True):
+    """One message to one account on one channel step: the outbox row.
+
+    `state` only moves by compare-and-set (`notifier.outbox.transition`), each move recorded as a
+    `DeliveryEvent`, so a redelivered broker message never sends twice. `claimed_by` names the
+    process that is sending it, so a crashed sender's rows can be recognised.
+    """
+
+    __tablename__ = "notification"
+    __table_args__ = (
+        sa.UniqueConstraint("campaign_id", "account_id", "channel", name="uq_notification_step"),
+        sa.Index("ix_notification_campaign_state", "campaign_id", "state"),
+        sa.Index("ix_notification_destination", "destination"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: int = Field(foreign_key="campaign.id")
+    account_id: int = Field(foreign_key="account.id", index=True)
+    channel: str = Field(max_length=16)
+    step: int = 0  # position in the campaign's channel chain
+    destination: str | None = Field(default=None, max_length=254)
+    state: str = Field(default="planned", max_length=16)
+    reason: str | None = Field(default=None, max_length=300)  # why suppressed / failed
+    threat: str | None = Field(default=None, max_length=100)
+    context: str = Field(default="{}", sa_column=sa.Column(sa.Text, nullable=False))  # JSON
+    subject: str | None = Field(default=None, max_length=300)
+    text: str | None = Field(default=None, sa_column=sa.Column(sa.Text))  # as sent
+    parts: int | None = None
+    encoding: str | None = Field(default=None, max_length=16)
+    attempts: int = 0
+    claimed_by: str | None = Field(default=None, max_length=128)
+    claimed_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+    queued_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    sent_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    delivered_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+
+
+class NotificationItem(SQLModel, table=True):
+    """Which feed items a notification warns about (many events aggregate into one warning)."""
+
+    __tablename__ = "notification_item"
+
+    notification_id: int = Field(foreign_key="notification.id", primary_key=True)
+    feed_item_id: int = Field(foreign_key="feed_item.id", primary_key=True)
+
+
+class MessagePart(SQLModel, table=True):
+    """One provider unit of a notification (an SMS part, an e-mail) and its own receipt."""
+
+    __tablename__ = "message_part"
+    __table_args__ = (
+        sa.UniqueConstraint("notification_id", "part_no", name="uq_message_part"),
+        sa.Index("ix_message_part_provider_id", "channel", "provider_message_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    notification_id: int = Field(foreign_key="notification.id")
+    part_no: int
+    channel: str = Field(max_length=16)
+    provider_message_id: str = Field(max_length=100)
+    state: str = Field(default="sent", max_length=16)  # sent | delivered | undelivered | expired | failed
+    error_code: str | None = Field(default=None, max_length=32)
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+
+
+class DeliveryEvent(SQLModel, table=True):
+    """One state transition of a notification, or one receipt: the proof of delivery."""
+
+    __tablename__ = "delivery_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    notification_id: int = Field(foreign_key="notification.id", index=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+    from_state: str | None = Field(default=None, max_length=16)
+    to_state: str = Field(max_length=16)
+    source: str = Field(max_length=32)  # planner | worker | smpp-dlr | recovery | operator
+    provider_status: str | None = Field(default=None, max_length=100)
+    detail: str | None = Field(default=None, max_length=500)
+
+
+class AuditLog(SQLModel, table=True):
+    """Who looked up which subscriber's data, when: every care-staff lookup leaves one row."""
+
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False, index=True))
+    actor: str = Field(max_length=100)
+    action: str = Field(max_length=64)
+    target_kind: str = Field(max_length=32)
+    target: str = Field(max_length=254)  # masked
+    result_count: int = 0
+    detail: str | None = Field(default=None, max_length=500)
+
+
+class InboundReceipt(SQLModel, table=True):
+    """A provider receipt, stored the moment it arrives and applied afterwards.
+
+    Storing first means a receipt that races ahead of the sender's own record (common on a fast
+    SMSC), or that names a message sent by a process that crashed, is never lost: maintenance
+    applies it once the part it names is known, or resolves an `unknown` notification with it.
+    """
+
+    __tablename__ = "inbound_receipt"
+    __table_args__ = (sa.Index("ix_inbound_receipt_pending", "applied_at", "received_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=16)
+    provider_message_id: str = Field(max_length=100)
+    alternative_ids: str | None = Field(default=None, max_length=300)  # ","-separated
+    status: str = Field(max_length=16)
+    raw_status: str = Field(max_length=32)
+    error_code: str | None = Field(default=None, max_length=32)
+    done_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    destination: str | None = Field(default=None, max_length=254)
+    received_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+    applied_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    outcome: str | None = Field(default=None, max_length=32)  # applied | resolved_unknown | orphan
+    notification_id: int | None = Field(default=None, foreign_key="notification.id")

@@ -1,0 +1,276 @@
+"""A loopback SMSC (SMPP 3.4, smpp34) for tests and the demo, and `SmscPeer` to run it.
+
+The server runs in its own process (`python -m notifier.peers.smsc --port P --log FILE`): an
+interpreter that ran an smpp34 server sometimes segfaults on exit, so it ends with `os._exit(0)`
+after flushing, and the controller stops it by pid. It accepts every bind, answers every submit_sm
+with a hex id, writes one JSON line per submit, and sends delivery receipts like a real SMSC,
+including store-and-forward: receipts for an ESME that has gone wait for the next bind with the
+same system_id (our crash recovery depends on that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import smpp34
+
+from notifier.peers import LOOPBACK, free_port, wait_for_port
+from notifier.sms import concat_header, decode_parts
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+STATE_DELIVERED, STATE_UNDELIVERABLE = 2, 5
+ESM_CLASS_RECEIPT = 0x04
+_STOP_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class _PendingReceipt:
+    """A receipt to send: where from/to, and the bytes an SMSC would put in deliver_sm."""
+
+    source_addr: str
+    destination_addr: str
+    short_message: bytes
+    receipted_id: str
+    state: int
+
+
+class _Smsc:
+    """The server's state: live sessions, per-system_id receipt backlog, the submit log."""
+
+    def __init__(self, args: argparse.Namespace, log_file: IO[str]) -> None:
+        self._args = args
+        self._log = log_file
+        self._ids = itertools.count(int(time.time() * 1000) & 0x0FFFFFFF)  # fresh ids after a restart
+        self._sessions: dict[str, Any] = {}  # session_id -> smpp34.Esme
+        self._backlog: dict[str, list[_PendingReceipt]] = defaultdict(list)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        server = smpp34.Server(host=LOOPBACK, port=self._args.port, system_id="TESTSMSC")
+        await server.start()
+        while not stop.is_set():
+            event = await server.next()
+            if isinstance(event, smpp34.Esme):
+                self._on_bind(event)
+            elif isinstance(event, smpp34.SubmitSmEvent):
+                self._on_submit(event)
+            elif isinstance(event, smpp34.Unbound):
+                self._sessions.pop(event.session_id, None)
+
+    def _on_bind(self, esme: Any) -> None:
+        self._sessions[esme.session_id] = esme
+        backlog = self._backlog.pop(esme.system_id, [])
+        for receipt in backlog:
+            self._spawn(self._deliver(esme.session_id, esme.system_id, receipt, delay=0.0))
+
+    def _on_submit(self, event: Any) -> None:
+        message_id = f"{next(self._ids) & 0xFFFFFFFF:08X}"
+        event.accept(message_id)
+        esme = self._sessions.get(event.session_id)
+        system_id = esme.system_id if esme is not None else ""
+        self._write_log(event, system_id, message_id)
+        if event.registered_delivery & 1:
+            receipt = self._receipt_for(event, message_id)
+            self._spawn(self._deliver(event.session_id, system_id, receipt, delay=self._args.receipt_delay))
+
+    def _write_log(self, event: Any, system_id: str, message_id: str) -> None:
+        record = {
+            "at": datetime.now(UTC).isoformat(), "session_id": event.session_id, "system_id": system_id,
+            "source_addr": event.source_addr, "destination_addr": event.destination_addr,
+            "data_coding": event.data_coding, "esm_class": event.esm_class,
+            "registered_delivery": event.registered_delivery,
+            "short_message_hex": bytes(event.short_message).hex(), "message_id": message_id,
+        }
+        self._log.write(json.dumps(record) + "\n")
+        self._log.flush()
+
+    def _receipt_for(self, event: Any, message_id: str) -> _PendingReceipt:
+        failed = bool(self._args.fail_suffix) and event.destination_addr.endswith(self._args.fail_suffix)
+        shown_id = str(int(message_id, 16)) if self._args.receipt_id_format == "decimal" else message_id
+        stamp = datetime.now(UTC).strftime("%y%m%d%H%M")
+        stat, err, dlvrd = ("UNDELIV", "001", "000") if failed else ("DELIVRD", "000", "001")
+        text = (f"id:{shown_id} sub:001 dlvrd:{dlvrd} submit date:{stamp} done date:{stamp} "
+                f"stat:{stat} err:{err} text:")
+        return _PendingReceipt(source_addr=event.destination_addr, destination_addr=event.source_addr,
+                               short_message=text.encode("ascii"), receipted_id=shown_id,
+                               state=STATE_UNDELIVERABLE if failed else STATE_DELIVERED)
+
+    async def _deliver(self, session_id: str, system_id: str, receipt: _PendingReceipt, *, delay: float) -> None:
+        """Send one receipt; if that ESME is gone or does not take it, keep it for the next bind."""
+        if delay:
+            await asyncio.sleep(delay)
+        esme = self._sessions.get(session_id)
+        delivered = False
+        if esme is not None:
+            tlvs = [smpp34.Tlv(smpp34.TLV_RECEIPTED_MESSAGE_ID, receipt.receipted_id.encode("ascii") + b"\0"),
+                    smpp34.Tlv(smpp34.TLV_MESSAGE_STATE, bytes([receipt.state]))]
+            try:
+                response = await esme.deliver_sm(  # a Future, not a coroutine: await it here
+                    receipt.destination_addr, receipt.short_message, source_addr=receipt.source_addr,
+                    source_addr_ton=1, source_addr_npi=1, esm_class=ESM_CLASS_RECEIPT, tlvs=tlvs)
+                delivered = response.is_success
+            except smpp34.SmppError:
+                delivered = False
+        if not delivered:
+            self._store(session_id, system_id, receipt)
+
+    def _store(self, session_id: str, system_id: str, receipt: _PendingReceipt) -> None:
+        """Queue for the next bind, unless that ESME has rebound meanwhile: then retry there now."""
+        live = next((sid for sid, esme in self._sessions.items()
+                     if esme.system_id == system_id and sid != session_id), None)
+        if live is not None:
+            self._spawn(self._deliver(live, system_id, receipt, delay=0.0))
+        else:
+            self._backlog[system_id].append(receipt)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _run(args: argparse.Namespace, log_file: IO[str]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    serving = asyncio.create_task(_Smsc(args, log_file).serve(stop))
+    await stop.wait()
+    serving.cancel()
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Loopback SMPP 3.4 SMSC for tests and the demo.")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--log", type=Path, required=True, help="JSON lines, one per submit_sm")
+    parser.add_argument("--fail-suffix", default=None, help="destinations ending so get stat:UNDELIV")
+    parser.add_argument("--receipt-id-format", choices=("hex", "decimal"), default="hex")
+    parser.add_argument("--receipt-delay", type=float, default=0.0, help="seconds before each receipt")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then flush and leave without interpreter teardown."""
+    args = _parse_args(argv)
+    with args.log.open("a", encoding="utf-8") as log_file:
+        asyncio.run(_run(args, log_file))
+        log_file.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # interpreter teardown after smpp34 ran can segfault
+
+
+class SmscPeer:
+    """Runs the loopback SMSC in a child process and reads what it received."""
+
+    def __init__(self, log_path: Path, *, port: int | None = None, fail_suffix: str | None = None,
+                 receipt_id_format: str = "hex", receipt_delay: float = 0.0) -> None:
+        self.log_path = Path(log_path)
+        self.port = port or free_port()
+        self.fail_suffix = fail_suffix
+        self.receipt_id_format = receipt_id_format
+        self.receipt_delay = receipt_delay
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SmscPeer:
+        """Spawn the server and wait until it listens on 127.0.0.1:port."""
+        command = [sys.executable, "-m", "notifier.peers.smsc", "--port", str(self.port),
+                   "--log", str(self.log_path), "--receipt-id-format", self.receipt_id_format,
+                   "--receipt-delay", str(self.receipt_delay)]
+        if self.fail_suffix:
+            command += ["--fail-suffix", self.fail_suffix]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        self.log_path.touch()
+        self._process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL)
+        try:
+            wait_for_port(self.port)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Terminate the child by pid (SIGTERM, then SIGKILL); safe to call twice."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=_STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=_STOP_TIMEOUT_SECONDS)
+
+    def __enter__(self) -> SmscPeer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    def submits(self) -> list[dict[str, Any]]:
+        """Every submit_sm received so far, in arrival order."""
+        if not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Submits grouped into messages by (destination, UDH ref), text reassembled.
+
+        A repeated seq for the same key starts a new message, since 8-bit refs wrap around.
+        """
+        groups: list[list[dict[str, Any]]] = []
+        open_groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for submit in self.submits():
+            header = _concat(submit)
+            if header is None:
+                groups.append([submit])
+                continue
+            key = (submit["destination_addr"], header[0])
+            group = open_groups.get(key)
+            if group is None or header[2] in {_seq(other) for other in group}:
+                group = open_groups[key] = []
+                groups.append(group)
+            group.append(submit)
+        return [_message(group) for group in groups]
+
+
+def _part(submit: dict[str, Any]) -> bytes:
+    return bytes.fromhex(submit["short_message_hex"])
+
+
+def _concat(submit: dict[str, Any]) -> tuple[int, int, int] | None:
+    return concat_header(_part(submit)) if submit["esm_class"] & 0x40 else None
+
+
+def _seq(submit: dict[str, Any]) -> int:
+    header = _concat(submit)
+    return header[2] if header else 0
+
+
+def _message(group: list[dict[str, Any]]) -> dict[str, Any]:
+    first = group[0]
+    ordered = sorted(group, key=_seq)
+    text = decode_parts([_part(submit) for submit in ordered], first["data_coding"], esm_class=first["esm_class"])
+    return {"destination": first["destination_addr"], "text": text, "parts": len(group),
+            "data_coding": first["data_coding"], "message_ids": [submit["message_id"] for submit in ordered]}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Apply provider receipts to notifications.
+
+A receipt is stored first (`record_receipt`) and applied afterwards (`apply_receipt`), because
+on a fast SMSC the receipt often arrives before the sender has recorded the message id, and after
+a crash it may name a message whose send was never recorded at all. Each part of a long SMS has
+its own receipt: the notification is delivered only when every part is, and undelivered as soon
+as one part fails (Kannel and Jasmin decide on one part only; we do not).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from channels.base import (
+    RECEIPT_DELIVERED, RECEIPT_EXPIRED, RECEIPT_FAILED, RECEIPT_PENDING, RECEIPT_UNDELIVERED, Receipt,
+)
+from notifier.models import InboundReceipt, MessagePart, Notification, utcnow
+from notifier.outbox import DELIVERED, EXPIRED, SENT, UNDELIVERED, UNKNOWN, transition
+
+log = logging.getLogger(__name__)
+
+# How long a receipt may wait for its message id to be recorded before we try to resolve an
+# `unknown` notification by destination instead (a normal race resolves in milliseconds).
+ID_MATCH_GRACE_SECONDS = 5
+ORPHAN_AFTER_SECONDS = 24 * 3600
+PENDING_BATCH = 500
+
+_FAILED_STATES = {RECEIPT_UNDELIVERED: UNDELIVERED, RECEIPT_EXPIRED: EXPIRED, RECEIPT_FAILED: UNDELIVERED}
+_OPEN_STATES = (SENT, UNKNOWN)
+
+
+def record_receipt(session: Session, receipt: Receipt) -> InboundReceipt:
+    """Store a receipt as it arrived; nothing is matched yet."""
+    row = InboundReceipt(
+        channel=receipt.channel, provider_message_id=receipt.provider_message_id[:100],
+        alternative_ids=",".join(receipt.alternative_ids)[:300] or None, status=receipt.status,
+        raw_status=receipt.raw_status[:32], error_code=receipt.error_code, done_at=receipt.done_at,
+        destination=receipt.destination,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def apply_receipt(session: Session, row: InboundReceipt, *, allow_destination_match: bool) -> bool:
+    """Apply one stored receipt; returns False when it cannot be placed yet."""
+    part = _find_part(session, row)
+    if part is None and allow_destination_match:
+        part = _resolve_unknown_by_destination(session, row)
+    if part is None:
+        return False
+    if part.state == "sent" or row.status != RECEIPT_PENDING:
+        part.state = row.status if row.status != RECEIPT_PENDING else part.state
+        part.error_code = row.error_code
+        part.updated_at = utcnow()
+    session.flush()
+    _settle_notification(session, part.notification_id, row, part)
+    row.applied_at, row.outcome, row.notification_id = utcnow(), row.outcome or "applied", part.notification_id
+    return True
+
+
+def apply_pending_receipts(session: Session) -> int:
+    """Retry every stored receipt not yet applied; old ones become orphans. Returns how many applied."""
+    now = utcnow()
+    applied = 0
+    rows = session.exec(
+        select(InboundReceipt).where(InboundReceipt.applied_at.is_(None))
+        .order_by(InboundReceipt.id).limit(PENDING_BATCH)
+    ).all()
+    for row in rows:
+        age = now - row.received_at
+        if apply_receipt(session, row, allow_destination_match=age > timedelta(seconds=ID_MATCH_GRACE_SECONDS)):
+            applied += 1
+        elif age > timedelta(seconds=ORPHAN_AFTER_SECONDS):
+            row.applied_at, row.outcome = now, "orphan"
+            log.warning("[receipt:%s] no message matches id %s: kept as orphan", row.id, row.provider_message_id)
+    return applied
+
+
+def _find_part(session: Session, row: InboundReceipt) -> MessagePart | None:
+    ids = [row.provider_message_id, *filter(None, (row.alternative_ids or "").split(","))]
+    return session.exec(
+        select(MessagePart)
+        .where(MessagePart.channel == row.channel, MessagePart.provider_message_id.in_(ids))
+        .order_by(MessagePart.id.desc())
+    ).first()
+
+
+def _resolve_unknown_by_destination(session: Session, row: InboundReceipt) -> MessagePart | None:
+    """A receipt for a message we never recorded: it belongs to the `unknown` row sent to that address."""
+    if not row.destination:
+        return None
+    notification = session.exec(
+        select(Notification)
+        .where(Notification.channel == row.channel, Notification.state == UNKNOWN,
+               Notification.destination == row.destination)
+        .order_by(Notification.claimed_at.desc())
+    ).first()
+    if notification is None:
+        return None
+    known_parts = session.exec(
+        select(sa.func.count()).select_from(MessagePart).where(MessagePart.notification_id == notification.id)
+    ).one()
+    part = MessagePart(notification_id=notification.id or 0, part_no=known_parts + 1, channel=row.channel,
+                       provider_message_id=row.provider_message_id)
+    session.add(part)
+    transition(session, notification.id or 0, expected=UNKNOWN, to_state=SENT, source="recovery",
+               provider_status=row.raw_status,
+               detail=f"a receipt for {row.provider_message_id} proves the provider took it",
+               values={"sent_at": notification.claimed_at or utcnow(), "claimed_by": None})
+    row.outcome = "resolved_unknown"
+    return part
+
+
+def _settle_notification(session: Session, notification_id: int, row: InboundReceipt, part: MessagePart) -> None:
+    notification = session.get(Notification, notification_id)
+    if notification is None:
+        return
+    source = f"{row.channel}-receipt"
+    label = f"part {part.part_no}/{notification.parts or 1}: {row.raw_status}"
+    if row.status in _FAILED_STATES:
+        if transition(session, notification_id, expected=_OPEN_STATES, to_state=_FAILED_STATES[row.status],
+                      source=source, provider_status=row.raw_status,
+                      detail=f"{label} err:{row.error_code}", values={"reason": f"{label} err:{row.error_code}"}):
+            return
+    elif row.status == RECEIPT_DELIVERED and _all_parts_delivered(session, notification):
+        if transition(session, notification_id, expected=_OPEN_STATES, to_state=DELIVERED, source=source,
+                      provider_status=row.raw_status, detail=label,
+                      values={"delivered_at": row.done_at or utcnow()}):
+            return
+    _note(session, notification, source, row.raw_status, label)
+
+
+def _all_parts_delivered(session: Session, notification: Notification) -> bool:
+    delivered = session.exec(
+        select(sa.func.count()).select_from(MessagePart)
+        .where(MessagePart.notification_id == notification.id, MessagePart.state == RECEIPT_DELIVERED)
+    ).one()
+    return delivered >= (notification.parts or 1)
+
+
+def _note(session: Session, notification: Notification, source: str, raw_status: str, detail: str) -> None:
+    """Record a receipt that does not change the state (one part of several, ENROUTE…)."""
+    from notifier.models import DeliveryEvent
+
+    session.add(DeliveryEvent(notification_id=notification.id or 0, from_state=notification.state,
+                              to_state=notification.state, source=source, provider_status=raw_status,
+                              detail=detail))

@@ -1,0 +1,345 @@
+"""Turn a template name, a channel and a context into the text a subscriber receives.
+
+One Jinja2 `Environment` for the whole service (StrictUndefined, autoescape only for `.html`
+templates) and one `Renderer.render()` entry point. Templates live in
+`<templates_dir>/<language>/<template>/`:
+
+- `sms.txt.j2`: the SMS body; whitespace is collapsed to single spaces.
+- `email_subject.txt.j2`, `email.txt.j2`, `email.html.j2`: the e-mail.
+
+Vietnamese is the product: every rendered text is returned in NFC, and the SMS can be sent
+without diacritics (`strip_sms_diacritics=True`) to fit in fewer GSM-7 parts.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone as dt_timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+
+from notifier.errors import InputError
+
+DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
+DEFAULT_LANGUAGE = "vi"
+CHANNEL_FILES: dict[str, tuple[str, ...]] = {
+    "sms": ("sms.txt.j2",),
+    "email": ("email_subject.txt.j2", "email.txt.j2", "email.html.j2"),
+}
+_NAME_RE = re.compile(r"^[a-z0-9_]+$")
+_BLANK_LINES_RE = re.compile(r"\n{3,}")
+
+# What a leaked field is called in a notice. Keys are the feed's data-class codes.
+DATA_CLASS_LABELS: dict[str, dict[str, str]] = {
+    "vi": {
+        "password": "mật khẩu",
+        "address": "địa chỉ",
+        "national_id": "số CCCD/CMND",
+        "dob": "ngày sinh",
+        "bank": "thông tin tài khoản ngân hàng",
+        "email": "địa chỉ e-mail",
+        "phone": "số điện thoại",
+        "msisdn": "số điện thoại",
+        "name": "họ tên",
+        "full_name": "họ tên",
+    },
+    "en": {
+        "password": "password",
+        "address": "address",
+        "national_id": "national ID number",
+        "dob": "date of birth",
+        "bank": "bank account details",
+        "email": "e-mail address",
+        "phone": "phone number",
+        "msisdn": "phone number",
+        "name": "full name",
+        "full_name": "full name",
+    },
+}
+
+# Which device a threat most likely lives on, keyed by words found in its name or category.
+DEVICE_KEYWORDS: dict[str, frozenset[str]] = {
+    "android": frozenset(
+        {"android", "flubot", "anubis", "cerberus", "sharkbot", "teabot", "godfather",
+         "spynote", "gigabud", "goldpickaxe", "goldfactory", "triada", "joker", "brata",
+         "ermac", "octo", "xenomorph", "mobile"}
+    ),
+    "iot": frozenset(
+        {"mirai", "gafgyt", "bashlite", "mozi", "hajime", "moobot", "satori", "okiru",
+         "masuta", "tsunami", "kaiten", "fbot", "hns", "hideandseek", "darknexus",
+         "iot", "router", "camera", "dvr", "nvr", "cpe"}
+    ),
+    "windows": frozenset(
+        {"windows", "win32", "win64", "emotet", "qakbot", "qbot", "conficker", "downadup",
+         "sality", "ramnit", "andromeda", "gamarue", "trickbot", "zeus", "zbot", "necurs",
+         "dridex", "icedid", "redline", "agenttesla", "lokibot", "formbook"}
+    ),
+}
+DEVICE_HINTS: dict[str, dict[str, str]] = {
+    "vi": {
+        "android": "điện thoại Android",
+        "iot": "bộ định tuyến (modem/router Wi-Fi), camera hoặc thiết bị IoT",
+        "windows": "máy tính chạy Windows",
+        "default": "máy tính, điện thoại hoặc thiết bị kết nối Internet",
+    },
+    "en": {
+        "android": "an Android phone",
+        "iot": "your router (Wi-Fi modem/router), a camera or another IoT device",
+        "windows": "a Windows computer",
+        "default": "a computer, phone or other Internet-connected device",
+    },
+}
+_DEVICE_ORDER = ("android", "iot", "windows")
+
+# Most harmful first: a notice that names only a few leaked classes names these.
+LEAK_SEVERITY = ("password", "bank", "national_id", "dob", "address", "email", "phone", "msisdn", "name")
+_OTHER_DATA = {"vi": "thông tin khác", "en": "other details"}
+
+_DATETIME_FORMATS: dict[str, tuple[str, str]] = {  # language -> (full, short)
+    "vi": ("{hm} ngày {d:02d}/{m:02d}/{y}", "{hm} ngày {d:02d}/{m:02d}"),
+    "en": ("{hm} on {d} {mon} {y}", "{hm} on {d} {mon}"),
+}
+_MONTHS_EN = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_CONJUNCTIONS = {"vi": "và", "en": "and"}
+
+# Typographic punctuation that has no GSM-7 code: folded for the no-diacritics SMS.
+_PUNCTUATION_FALLBACKS = str.maketrans(
+    {"–": "-", "—": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "…": "...", "\u00a0": " "}
+)
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    """What a channel sends: an SMS has only `body`; an e-mail has all three."""
+
+    body: str
+    subject: str | None = None
+    html: str | None = None
+
+
+def strip_diacritics(text: str) -> str:
+    """Vietnamese without diacritics: đ→d and Đ→D first (NFD keeps them), then drop combining marks."""
+    text = text.replace("đ", "d").replace("Đ", "D")
+    decomposed = unicodedata.normalize("NFD", text)
+    kept = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return unicodedata.normalize("NFC", kept)
+
+
+def collapse_whitespace(text: str) -> str:
+    """One line: every run of whitespace becomes one space, ends stripped."""
+    return " ".join(text.split())
+
+
+def tidy_plain_text(text: str) -> str:
+    """Plain-text e-mail: no trailing spaces, at most one blank line in a row, NFC."""
+    lines = (line.rstrip() for line in text.strip().splitlines())
+    joined = _BLANK_LINES_RE.sub("\n\n", "\n".join(lines))
+    return unicodedata.normalize("NFC", joined)
+
+
+def _language_key(language: str | None) -> str:
+    """`vi-VN`, `VI`, `vi_VN` → `vi`; anything unusable → empty string."""
+    if not language:
+        return ""
+    key = re.split(r"[-_]", language.strip().lower(), maxsplit=1)[0]
+    return key if _NAME_RE.match(key) else ""
+
+
+def _as_utc(value: datetime | str) -> datetime:
+    """An aware UTC datetime from a datetime or ISO-8601 string; naive values count as UTC."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt_timezone.utc)
+    return value.astimezone(dt_timezone.utc)
+
+
+def format_localtime(
+    value: datetime | str | None, zone: ZoneInfo, language: str = DEFAULT_LANGUAGE, short: bool = False
+) -> str:
+    """`21:14 ngày 19/11/2026` (vi) or `21:14 on 19 Nov 2026` (en) in `zone`; None → ``."""
+    if value is None or value == "":
+        return ""
+    local = _as_utc(value).astimezone(zone)
+    full, brief = _DATETIME_FORMATS.get(_language_key(language), _DATETIME_FORMATS[DEFAULT_LANGUAGE])
+    pattern = brief if short else full
+    return pattern.format(
+        hm=local.strftime("%H:%M"), d=local.day, m=local.month, y=local.year, mon=_MONTHS_EN[local.month - 1]
+    )
+
+
+def data_class_label(code: str, language: str = DEFAULT_LANGUAGE) -> str:
+    """The subscriber-facing name of a leaked data class (`national_id` → `số CCCD/CMND`)."""
+    labels = DATA_CLASS_LABELS.get(_language_key(language), DATA_CLASS_LABELS[DEFAULT_LANGUAGE])
+    return labels.get(code.strip().lower(), code)
+
+
+def leak_labels(codes: Iterable[str], language: str = DEFAULT_LANGUAGE, limit: int | None = None) -> list[str]:
+    """Labels of leaked data classes, most harmful first, without repeats.
+
+    With `limit`, at most `limit` labels are named and the rest become "thông tin khác".
+    """
+    rank = {code: index for index, code in enumerate(LEAK_SEVERITY)}
+    ordered = sorted((code.strip().lower() for code in codes if code), key=lambda c: rank.get(c, len(rank)))
+    labels = list(dict.fromkeys(data_class_label(code, language) for code in ordered))
+    if limit is None or len(labels) <= limit:
+        return labels
+    other = _OTHER_DATA.get(_language_key(language), _OTHER_DATA[DEFAULT_LANGUAGE])
+    return labels[:limit] + [other]
+
+
+def upper_first(text: str) -> str:
+    """Capitalise the first letter only (`số CCCD` → `Số CCCD`, unlike Jinja's `capitalize`)."""
+    return text[:1].upper() + text[1:]
+
+
+def _threat_words(threat: Mapping[str, Any] | str | None, category: str | None) -> set[str]:
+    """Lower-case words of a threat's name and category (`Android.Banker.FluBot` → 3 words)."""
+    if isinstance(threat, Mapping):
+        category = category or threat.get("category")
+        threat = threat.get("name")
+    text = " ".join(part for part in (threat, category) if part)
+    return {word for word in re.split(r"[^a-z0-9]+", text.lower()) if word}
+
+
+def device_hint(
+    threat: Mapping[str, Any] | str | None, category: str | None = None, language: str = DEFAULT_LANGUAGE
+) -> str:
+    """The device type a threat most likely runs on, as a phrase to put in a sentence.
+
+    `threat` is the context's `threat` mapping (name and category are read) or a threat name.
+    """
+    hints = DEVICE_HINTS.get(_language_key(language), DEVICE_HINTS[DEFAULT_LANGUAGE])
+    words = _threat_words(threat, category)
+    for kind in _DEVICE_ORDER:
+        if words & DEVICE_KEYWORDS[kind]:
+            return hints[kind]
+    return hints["default"]
+
+
+def human_join(items: Iterable[Any], language: str = DEFAULT_LANGUAGE) -> str:
+    """`a, b và c` (vi) / `a, b and c` (en), skipping empty items."""
+    words = [str(item) for item in items if item]
+    if len(words) < 2:
+        return "".join(words)
+    conjunction = _CONJUNCTIONS.get(_language_key(language), _CONJUNCTIONS[DEFAULT_LANGUAGE])
+    return f"{', '.join(words[:-1])} {conjunction} {words[-1]}"
+
+
+def plain_url(url: str | None) -> str:
+    """An address to type, not to click: `https://vnpt.vn/` → `vnpt.vn`."""
+    if not url:
+        return ""
+    return re.sub(r"^[a-z][a-z0-9+.-]*://", "", url.strip(), flags=re.IGNORECASE).rstrip("/")
+
+
+def build_environment(templates_dir: Path, zone: ZoneInfo) -> jinja2.Environment:
+    """The service's one Jinja2 environment, with the notice filters registered."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html", "html.j2"), default_for_string=False, default=False
+        ),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+
+    def localtime(value: datetime | str | None, language: str = DEFAULT_LANGUAGE, short: bool = False) -> str:
+        return format_localtime(value, zone, language, short)
+
+    env.filters.update(
+        localtime=localtime,
+        data_class_label=data_class_label,
+        device_hint=device_hint,
+        human_join=human_join,
+        leak_labels=leak_labels,
+        upper_first=upper_first,
+        plain_url=plain_url,
+    )
+    env.globals["timezone_name"] = zone.key
+    return env
+
+
+class Renderer:
+    """Renders notice templates for one templates directory and one display time zone."""
+
+    def __init__(
+        self,
+        templates_dir: Path,
+        *,
+        timezone: str = DEFAULT_TIMEZONE,
+        default_language: str = DEFAULT_LANGUAGE,
+    ) -> None:
+        self.templates_dir = Path(templates_dir)
+        self.default_language = _language_key(default_language) or DEFAULT_LANGUAGE
+        self.zone = ZoneInfo(timezone)
+        self.env = build_environment(self.templates_dir, self.zone)
+
+    def available_templates(self) -> list[str]:
+        """Template names present in the default language, sorted."""
+        base = self.templates_dir / self.default_language
+        if not base.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in base.iterdir()
+            if entry.is_dir() and _NAME_RE.match(entry.name) and any(entry.glob("*.j2"))
+        )
+
+    def render(
+        self,
+        template: str,
+        channel: str,
+        *,
+        language: str,
+        context: Mapping[str, Any],
+        strip_sms_diacritics: bool = False,
+    ) -> RenderedMessage:
+        """Render `template` for `channel` (`sms` or `email`) in `language` (or the default one).
+
+        Raises InputError for an unknown template or channel, or when the context lacks a value
+        the template needs.
+        """
+        if channel not in CHANNEL_FILES:
+            raise InputError(f"unknown channel {channel!r} (known: {', '.join(sorted(CHANNEL_FILES))})")
+        folder = f"{self._resolve_language(template, language)}/{template}"
+        values = dict(context)
+        if channel == "sms":
+            body = collapse_whitespace(self._render_file(f"{folder}/sms.txt.j2", values))
+            body = unicodedata.normalize("NFC", body)
+            if strip_sms_diacritics:
+                body = strip_diacritics(body).translate(_PUNCTUATION_FALLBACKS)
+            return RenderedMessage(body=body)
+        subject = collapse_whitespace(self._render_file(f"{folder}/email_subject.txt.j2", values))
+        return RenderedMessage(
+            body=tidy_plain_text(self._render_file(f"{folder}/email.txt.j2", values)),
+            subject=unicodedata.normalize("NFC", subject),
+            html=unicodedata.normalize("NFC", self._render_file(f"{folder}/email.html.j2", values).strip()),
+        )
+
+    def _resolve_language(self, template: str, language: str) -> str:
+        """The requested language if it has this template, else the default; InputError if neither."""
+        known = self.available_templates()
+        if not _NAME_RE.match(template or "") or template not in known:
+            raise InputError(f"unknown template {template!r} (known: {', '.join(known) or 'none'})")
+        wanted = _language_key(language)
+        if wanted and (self.templates_dir / wanted / template).is_dir():
+            return wanted
+        return self.default_language
+
+    def _render_file(self, name: str, values: dict[str, Any]) -> str:
+        """Render one template file, turning Jinja's errors into InputError."""
+        try:
+            return self.env.get_template(name).render(values)
+        except jinja2.TemplateNotFound as exc:
+            raise InputError(f"template file {name!r} is missing") from exc
+        except jinja2.UndefinedError as exc:
+            raise InputError(f"template {name!r} needs a value the context lacks: {exc.message}") from exc

@@ -1,0 +1,46 @@
+"""Read-only views of feeds for people and for other tools (`feed show`)."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, select
+
+from notifier.errors import NotFoundError
+from notifier.models import Feed, FeedItem
+
+
+def feed_summary(session: Session, feed_id: int) -> dict[str, object]:
+    feed = session.get(Feed, feed_id)
+    if feed is None:
+        raise NotFoundError("feed", feed_id)
+    return {
+        "id": feed.id, "format": feed.format, "source": feed.source, "report_type": feed.report_type,
+        "kind": feed.kind, "filename": feed.filename, "file_sha256": feed.file_sha256,
+        "imported_at": feed.imported_at.isoformat(), "accepted": feed.accepted, "rejected": feed.rejected,
+        "matched": feed.matched, "unmatched": feed.unmatched, "ambiguous": feed.ambiguous,
+    }
+
+
+def feed_items(session: Session, feed_id: int, *, status: str | None = None) -> list[dict[str, object]]:
+    """Every line of the feed with its outcome: the `feed show ID --items --json` document."""
+    if session.get(Feed, feed_id) is None:
+        raise NotFoundError("feed", feed_id)
+    query = select(FeedItem).where(FeedItem.feed_id == feed_id)
+    if status:
+        query = query.where(FeedItem.status == status)
+    rows = session.exec(query.order_by(FeedItem.line, FeedItem.id)).all()
+    account_refs = _account_refs(session, {r.account_id for r in rows if r.account_id})
+    return [
+        {"line": r.line, "status": r.status, "account_id": account_refs.get(r.account_id or 0),
+         "reason": r.reason, "identifier_kind": r.identifier_kind, "threat": r.threat,
+         "seen_at": r.seen_at.isoformat() if r.seen_at else None}
+        for r in rows
+    ]
+
+
+def _account_refs(session: Session, ids: set[int]) -> dict[int, str]:
+    from notifier.models import Account
+
+    if not ids:
+        return {}
+    return {a.id: a.account_ref for a in session.exec(select(Account).where(Account.id.in_(list(ids))))
+            if a.id is not None}

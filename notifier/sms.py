@@ -1,0 +1,182 @@
+"""SMS text encoding: pick GSM-7 or UCS-2, split into concatenated parts, and read them back.
+
+We do not use `smpplib.gsm.make_parts`: it splits GSM-7 escape pairs across parts (its own FIXME)
+and picks a random concatenation reference. A warning that arrives garbled or as two unrelated
+messages reads like a scam, so the splitting here never breaks a character and the reference is the
+caller's. Text is NFC-normalised first because decomposed Vietnamese needs more UCS-2 code units.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+GSM7 = "GSM-7"
+UCS2 = "UCS-2"
+DATA_CODING_GSM7 = 0x00  # SMSC default alphabet, one septet per octet on the SMPP wire
+DATA_CODING_UCS2 = 0x08
+ESM_CLASS_UDHI = 0x40
+
+_GSM7_SINGLE = 160
+_GSM7_PART = 153  # 160 minus the 6-octet UDH (7 septets with fill bits)
+_UCS2_SINGLE = 70
+_UCS2_PART = 67  # 70 minus the 6-octet UDH (3 UTF-16 code units)
+_MAX_PARTS = 255
+_ESCAPE = 0x1B
+
+# GSM 03.38 default alphabet, indexed by septet value; 0x1B is the escape to the extension table.
+_GSM7_BASIC = (
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_EXTENSION = {"\f": 0x0A, "^": 0x14, "{": 0x28, "}": 0x29, "\\": 0x2F,
+                   "[": 0x3C, "~": 0x3D, "]": 0x3E, "|": 0x40, "€": 0x65}
+
+_ENCODE_GSM7: dict[str, bytes] = {
+    char: bytes([code]) for code, char in enumerate(_GSM7_BASIC) if code != _ESCAPE
+}
+_ENCODE_GSM7.update({char: bytes([_ESCAPE, code]) for char, code in _GSM7_EXTENSION.items()})
+_DECODE_GSM7_BASIC = dict(enumerate(_GSM7_BASIC))
+_DECODE_GSM7_EXTENSION = {code: char for char, code in _GSM7_EXTENSION.items()}
+
+
+@dataclass(frozen=True)
+class EncodedSms:
+    """A message ready for submit_sm: one `short_message` per part, UDH included."""
+
+    parts: list[bytes]
+    data_coding: int
+    esm_class: int
+    encoding: str
+
+
+def sms_encoding(text: str) -> str:
+    """GSM-7 when every character has a GSM 03.38 code, else UCS-2 (any Vietnamese diacritic)."""
+    normalised = unicodedata.normalize("NFC", text)
+    return GSM7 if all(char in _ENCODE_GSM7 for char in normalised) else UCS2
+
+
+def count_parts(text: str) -> int:
+    """How many SMS the text costs; operators bill and rate-limit per part."""
+    return len(encode_sms(text, reference=0).parts)
+
+
+def encode_sms(text: str, *, reference: int) -> EncodedSms:
+    """Encode and, when it does not fit one SMS, split into parts with a concatenation UDH.
+
+    `reference` identifies the parts of one message on the handset; only its low byte is sent, so
+    callers should vary it between messages to the same subscriber.
+    Raises ValueError when the text would need more than 255 parts.
+    """
+    normalised = unicodedata.normalize("NFC", text)
+    encoding = sms_encoding(normalised)
+    if encoding == GSM7:
+        units = [_ENCODE_GSM7[char] for char in normalised]
+        chunks = _split(units, unit_size=1, single=_GSM7_SINGLE, part=_GSM7_PART)
+        data_coding = DATA_CODING_GSM7
+    else:
+        units = [char.encode("utf-16-be") for char in normalised]
+        chunks = _split(units, unit_size=2, single=_UCS2_SINGLE, part=_UCS2_PART)
+        data_coding = DATA_CODING_UCS2
+    if len(chunks) == 1:
+        return EncodedSms(parts=chunks, data_coding=data_coding, esm_class=0, encoding=encoding)
+    if len(chunks) > _MAX_PARTS:
+        raise ValueError(f"text needs {len(chunks)} SMS parts, more than {_MAX_PARTS}")
+    ref = reference & 0xFF
+    parts = [_udh(ref, len(chunks), seq) + chunk for seq, chunk in enumerate(chunks, start=1)]
+    return EncodedSms(parts=parts, data_coding=data_coding, esm_class=ESM_CLASS_UDHI, encoding=encoding)
+
+
+def _split(units: list[bytes], *, unit_size: int, single: int, part: int) -> list[bytes]:
+    """Pack whole characters into chunks; `unit_size` converts bytes to septets / code units.
+
+    A character's bytes (an escape pair, a surrogate pair) always stay in one chunk.
+    """
+    if sum(len(unit) for unit in units) <= single * unit_size:
+        return [b"".join(units)]
+    limit = part * unit_size
+    chunks: list[bytes] = []
+    current = bytearray()
+    for unit in units:
+        if len(current) + len(unit) > limit:
+            chunks.append(bytes(current))
+            current = bytearray()
+        current += unit
+    chunks.append(bytes(current))
+    return chunks
+
+
+def _udh(reference: int, total: int, seq: int) -> bytes:
+    """Concatenated-SMS user data header, 8-bit reference (IEI 0x00)."""
+    return bytes([0x05, 0x00, 0x03, reference, total, seq])
+
+
+def concat_header(part: bytes) -> tuple[int, int, int] | None:
+    """(reference, total, seq) from a part's concatenation UDH, or None when it has none.
+
+    Understands both the 8-bit (IEI 0x00) and 16-bit (IEI 0x08) reference forms, because receivers
+    and the test SMSC must read what other senders produce too.
+    """
+    if not part:
+        return None
+    header_end = 1 + part[0]
+    position = 1
+    while position + 2 <= header_end and header_end <= len(part):
+        iei, length = part[position], part[position + 1]
+        value = part[position + 2 : position + 2 + length]
+        if iei == 0x00 and length == 3:
+            return value[0], value[1], value[2]
+        if iei == 0x08 and length == 4:
+            return (value[0] << 8) | value[1], value[2], value[3]
+        position += 2 + length
+    return None
+
+
+def decode_parts(parts: list[bytes], data_coding: int, *, esm_class: int | None = None) -> str:
+    """Reassemble a message from its parts' short_message bytes, in UDH sequence order.
+
+    `esm_class` says whether the parts carry a UDH (bit 0x40); when not given, a UDH is assumed
+    exactly when there is more than one part, which is what `encode_sms` produces.
+    """
+    has_udh = bool(esm_class & ESM_CLASS_UDHI) if esm_class is not None else len(parts) > 1
+    payloads = [_strip_udh(part) for part in _in_sequence(parts)] if has_udh else list(parts)
+    return _decode_payload(b"".join(payloads), data_coding)
+
+
+def _in_sequence(parts: Iterable[bytes]) -> list[bytes]:
+    """Parts sorted by their UDH seq; parts without a concatenation header keep their place."""
+    indexed = list(enumerate(parts))
+    return [part for _, part in sorted(indexed, key=lambda item: _seq_key(*item))]
+
+
+def _seq_key(index: int, part: bytes) -> int:
+    header = concat_header(part)
+    return header[2] if header else index
+
+
+def _strip_udh(part: bytes) -> bytes:
+    return part[1 + part[0] :] if part else part
+
+
+def _decode_payload(payload: bytes, data_coding: int) -> str:
+    if data_coding == DATA_CODING_UCS2:
+        return payload.decode("utf-16-be")
+    if data_coding == DATA_CODING_GSM7:
+        return _decode_gsm7(payload)
+    return payload.decode("latin-1")
+
+
+def _decode_gsm7(payload: bytes) -> str:
+    """Unpacked septets to text; an escape followed by an unknown code reads as the base char."""
+    chars: list[str] = []
+    escaped = False
+    for septet in payload:
+        if escaped:
+            chars.append(_DECODE_GSM7_EXTENSION.get(septet, _DECODE_GSM7_BASIC.get(septet, "?")))
+            escaped = False
+        elif septet == _ESCAPE:
+            escaped = True
+        else:
+            chars.append(_DECODE_GSM7_BASIC.get(septet, "?"))
+    return "".join(chars)

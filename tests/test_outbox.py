@@ -1,0 +1,139 @@
+"""The outbox rules: compare-and-set transitions, receipts per part, crash recovery."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+
+from sqlmodel import select
+
+from channels.base import Receipt
+from notifier.db import session_scope
+from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, utcnow
+from notifier.outbox import transition
+from notifier.receipts import apply_pending_receipts, apply_receipt, record_receipt
+from notifier.recovery import mark_orphans_unknown, requeue_stale_unknown
+from tests.factories import add_account, add_notification
+
+
+def test_only_one_of_many_concurrent_claims_wins(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        notification_id = add_notification(session, add_account(session, "A1")).id
+    winners: list[bool] = []
+    barrier = threading.Barrier(6)
+
+    def claim() -> None:
+        barrier.wait()
+        with session_scope(database_url) as session:
+            winners.append(transition(session, notification_id, expected="queued", to_state="sending",
+                                      source="test"))
+
+    threads = [threading.Thread(target=claim) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert winners.count(True) == 1
+    with session_scope(database_url) as session:
+        events = session.exec(select(DeliveryEvent).where(DeliveryEvent.notification_id == notification_id)).all()
+        assert [(e.from_state, e.to_state) for e in events] == [("queued", "sending")]
+
+
+def test_transition_refuses_an_unexpected_state(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        notification = add_notification(session, add_account(session, "A1"), state="sent")
+        assert not transition(session, notification.id, expected="queued", to_state="sending", source="test")
+        assert session.get(Notification, notification.id).state == "sent"
+
+
+def _sent_with_parts(session, parts: int) -> Notification:  # type: ignore[no-untyped-def]
+    notification = add_notification(session, add_account(session, "A1"), state="sent")
+    notification.parts = parts
+    for number in range(1, parts + 1):
+        session.add(MessagePart(notification_id=notification.id, part_no=number, channel="sms",
+                                provider_message_id=f"a{number}"))
+    session.flush()
+    return notification
+
+
+def _receipt(message_id: str, status: str = "delivered", raw: str = "DELIVRD", **extra) -> Receipt:  # type: ignore[no-untyped-def]
+    return Receipt(channel="sms", provider_message_id=message_id, status=status, raw_status=raw, **extra)
+
+
+def test_a_long_sms_is_delivered_only_when_every_part_is(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        notification = _sent_with_parts(session, 3)
+        for message_id in ("a1", "a2"):
+            assert apply_receipt(session, record_receipt(session, _receipt(message_id)), allow_destination_match=False)
+        assert session.get(Notification, notification.id).state == "sent"
+        apply_receipt(session, record_receipt(session, _receipt("a3")), allow_destination_match=False)
+        assert session.get(Notification, notification.id).state == "delivered"
+
+
+def test_one_failed_part_makes_the_message_undelivered(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        notification = _sent_with_parts(session, 2)
+        apply_receipt(session, record_receipt(session, _receipt("a1")), allow_destination_match=False)
+        apply_receipt(session, record_receipt(session, _receipt("a2", "undelivered", "UNDELIV")),
+                      allow_destination_match=False)
+        stored = session.get(Notification, notification.id)
+        assert stored.state == "undelivered"
+        assert "UNDELIV" in (stored.reason or "")
+
+
+def test_a_receipt_that_races_ahead_of_the_send_record_is_kept_and_applied_later(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        early = record_receipt(session, _receipt("2748", alternative_ids=("abc",)))  # 2748 == 0xabc
+        assert not apply_receipt(session, early, allow_destination_match=False)
+    with session_scope(database_url) as session:
+        notification = add_notification(session, add_account(session, "A1"), state="sent")
+        notification.parts = 1
+        session.add(MessagePart(notification_id=notification.id, part_no=1, channel="sms",
+                                provider_message_id="abc"))
+    with session_scope(database_url) as session:
+        assert apply_pending_receipts(session) == 1
+        assert session.get(Notification, notification.id).state == "delivered"
+        assert session.get(InboundReceipt, early.id).outcome == "applied"
+
+
+def test_a_dead_senders_row_becomes_unknown_and_a_receipt_resolves_it_by_destination(database_url: str) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with session_scope(database_url) as session:
+        notification = add_notification(session, add_account(session, "A1"), state="sending")
+        notification.claimed_by = f"{os.uname().nodename}:{dead.pid}"
+        notification.claimed_at = utcnow()
+        notification.parts = 1
+    with session_scope(database_url) as session:
+        assert mark_orphans_unknown(session, lease_seconds=600) == 1
+        assert session.get(Notification, notification.id).state == "unknown"
+    with session_scope(database_url) as session:
+        row = record_receipt(session, _receipt("ff01", destination="+84912345678"))
+        row.received_at = utcnow() - timedelta(seconds=60)
+    with session_scope(database_url) as session:
+        assert apply_pending_receipts(session) == 1
+        stored = session.get(Notification, notification.id)
+        assert stored.state == "delivered"
+        assert session.get(InboundReceipt, row.id).outcome == "resolved_unknown"
+
+
+def test_a_live_senders_row_is_left_alone(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        notification = add_notification(session, add_account(session, "A1"), state="sending")
+        notification.claimed_by = f"{os.uname().nodename}:{os.getpid()}"
+        notification.claimed_at = utcnow()
+    with session_scope(database_url) as session:
+        assert mark_orphans_unknown(session, lease_seconds=600) == 0
+
+
+def test_an_unknown_row_without_receipt_is_queued_again_after_the_delay(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        notification = add_notification(session, add_account(session, "A1"), state="unknown")
+        notification.updated_at = utcnow() - timedelta(seconds=120)
+    with session_scope(database_url) as session:
+        assert requeue_stale_unknown(session, after_seconds=600) == []
+        assert requeue_stale_unknown(session, after_seconds=60) == [notification.id]
+        assert session.get(Notification, notification.id).state == "queued"

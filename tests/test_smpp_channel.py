@@ -1,0 +1,226 @@
+"""SmppChannel against the real loopback SMSC (smpp34 in its own process): no mocks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from channels.base import OutgoingMessage, Receipt
+from channels.smpp import SmppChannel, message_id_alternatives, normalise_message_id
+from notifier.errors import PermanentChannelError, TransientChannelError
+from notifier.peers.smsc import SmscPeer
+from notifier.settings import SmppSettings
+
+WARNING_TEXT = (
+    "Kính gửi Quý khách Nguyễn Văn Ánh: thiết bị dùng đường truyền của Quý khách có dấu hiệu nhiễm "
+    "mã độc Mirai. Vui lòng đổi mật khẩu mặc định của modem, camera và cập nhật phần mềm. "
+    "Hotline 18001091."
+)
+SUBSCRIBER = "+84912345678"
+WAIT_SECONDS = 15.0
+
+
+class Receipts:
+    """A thread-safe ReceiptSink that tests can poll."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[Receipt] = []
+
+    def __call__(self, receipt: Receipt) -> None:
+        with self._lock:
+            self._items.append(receipt)
+
+    def all(self) -> list[Receipt]:
+        with self._lock:
+            return list(self._items)
+
+    def by_id(self) -> dict[str, Receipt]:
+        return {receipt.provider_message_id: receipt for receipt in self.all()}
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def message(body: str = "Canh bao an toan thong tin", destination: str = SUBSCRIBER, n: int = 1) -> OutgoingMessage:
+    return OutgoingMessage(notification_id=n, destination=destination, body=body, reference=f"notification-{n}")
+
+
+@pytest.fixture
+def start_peer(tmp_path: Path) -> Iterator[Callable[..., SmscPeer]]:
+    started: list[SmscPeer] = []
+
+    def start(**options: object) -> SmscPeer:
+        peer = SmscPeer(tmp_path / f"smsc-{len(started)}.jsonl", **options)  # type: ignore[arg-type]
+        started.append(peer)
+        return peer.start()
+
+    yield start
+    for peer in started:
+        peer.stop()
+
+
+@pytest.fixture
+def open_channel() -> Iterator[Callable[..., SmppChannel]]:
+    opened: list[SmppChannel] = []
+
+    def open_(peer: SmscPeer, sink: Receipts | None = None, **settings: object) -> SmppChannel:
+        options: dict[str, object] = {"port": peer.port, "submit_timeout_seconds": 5.0,
+                                      "connect_timeout_seconds": 2.0, **settings}
+        channel = SmppChannel(SmppSettings(**options), on_receipt=sink)  # type: ignore[arg-type]
+        opened.append(channel)
+        channel.start()
+        return channel
+
+    yield open_
+    for channel in opened:
+        channel.close()
+
+
+def test_long_vietnamese_warning_goes_out_as_three_ucs2_parts(start_peer, open_channel) -> None:
+    peer = start_peer()
+    channel = open_channel(peer)
+
+    result = channel.send(message(WARNING_TEXT))
+
+    assert (result.parts, result.encoding, result.provider_status) == (3, "UCS-2", "ESME_ROK")
+    submits = peer.submits()
+    assert len(submits) == 3
+    assert {(s["data_coding"], s["esm_class"], s["registered_delivery"]) for s in submits} == {(8, 0x40, 1)}
+    assert {(s["destination_addr"], s["source_addr"]) for s in submits} == {("84912345678", "NHAMANG")}
+    headers = [bytes.fromhex(s["short_message_hex"])[:6] for s in submits]
+    assert len({header[3] for header in headers}) == 1  # one UDH reference
+    assert sorted((header[4], header[5]) for header in headers) == [(3, 1), (3, 2), (3, 3)]
+    [received] = peer.messages()
+    assert received["text"] == WARNING_TEXT
+    assert received["parts"] == 3
+    assert result.provider_message_ids == [normalise_message_id(mid) for mid in received["message_ids"]]
+
+
+def test_receipts_arrive_with_matching_ids(start_peer, open_channel) -> None:
+    peer = start_peer()
+    receipts = Receipts()
+    channel = open_channel(peer, receipts)
+
+    result = channel.send(message(WARNING_TEXT))
+
+    wait_until(lambda: set(receipts.by_id()) >= set(result.provider_message_ids), "3 receipts")
+    for part_id in result.provider_message_ids:
+        receipt = receipts.by_id()[part_id]
+        assert (receipt.channel, receipt.status, receipt.raw_status, receipt.error_code) == (
+            "sms", "delivered", "DELIVRD", "000")
+        assert receipt.destination == SUBSCRIBER
+        assert receipt.done_at is not None and receipt.done_at.utcoffset() is not None
+
+
+def test_decimal_receipt_ids_match_through_alternative_ids(start_peer, open_channel) -> None:
+    peer = start_peer(receipt_id_format="decimal")
+    receipts = Receipts()
+    channel = open_channel(peer, receipts)
+
+    result = channel.send(message())
+
+    [part_id] = result.provider_message_ids
+    wait_until(lambda: len(receipts.all()) == 1, "the receipt")
+    [receipt] = receipts.all()
+    assert receipt.provider_message_id == str(int(part_id, 16))
+    assert part_id in receipt.alternative_ids
+    assert receipt.status == "delivered"
+
+
+def test_failed_delivery_is_reported_undelivered(start_peer, open_channel) -> None:
+    peer = start_peer(fail_suffix="99")
+    receipts = Receipts()
+    channel = open_channel(peer, receipts)
+
+    result = channel.send(message(destination="+84912345699"))
+
+    wait_until(lambda: len(receipts.all()) == 1, "the receipt")
+    [receipt] = receipts.all()
+    assert receipt.provider_message_id == result.provider_message_ids[0]
+    assert (receipt.status, receipt.raw_status, receipt.error_code) == ("undelivered", "UNDELIV", "001")
+
+
+def test_receipts_for_a_closed_session_reach_the_next_bind(start_peer, open_channel) -> None:
+    peer = start_peer(receipt_delay=1.5)
+    first_receipts, other_receipts, next_receipts = Receipts(), Receipts(), Receipts()
+    first = open_channel(peer, first_receipts, system_id="notifier")
+
+    result = first.send(message(WARNING_TEXT))
+    first.close()  # before the SMSC sends any receipt
+    other = open_channel(peer, other_receipts, system_id="someone-else")
+    open_channel(peer, next_receipts, system_id="notifier")
+
+    wait_until(lambda: set(next_receipts.by_id()) == set(result.provider_message_ids), "stored receipts")
+    assert first_receipts.all() == []
+    assert other.is_bound and other_receipts.all() == []
+
+
+def test_concurrent_senders_share_one_session(start_peer, open_channel) -> None:
+    peer = start_peer()
+    receipts = Receipts()
+    channel = open_channel(peer, receipts)
+    messages = [message(f"Canh bao so {n}", destination=f"+8491200{n:04d}", n=n) for n in range(200)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(channel.send, messages))
+
+    ids = [part_id for result in results for part_id in result.provider_message_ids]
+    assert len(ids) == len(set(ids)) == 200
+    assert sorted(normalise_message_id(s["message_id"]) for s in peer.submits()) == sorted(ids)
+    wait_until(lambda: set(receipts.by_id()) == set(ids), "200 receipts")
+
+
+def test_reconnects_after_the_smsc_restarts(start_peer, open_channel) -> None:
+    peer = start_peer()
+    channel = open_channel(peer)
+    before = channel.send(message(n=1))
+
+    peer.stop()
+    with pytest.raises(TransientChannelError):
+        channel.send(message(n=2))
+    peer.start()  # same port
+
+    wait_until(lambda: channel.is_bound, "the rebind")
+    after = channel.send(message(n=3))
+    assert after.provider_message_ids and after.provider_message_ids != before.provider_message_ids
+
+
+def test_idle_session_is_kept_alive_by_enquire_link(start_peer, open_channel) -> None:
+    peer = start_peer()
+    channel = open_channel(peer, enquire_link_seconds=0.2)
+
+    time.sleep(1.0)  # idle for five enquire_link periods: the watchdog would drop a dead link
+
+    assert channel.is_bound
+    assert channel.send(message()).parts == 1
+
+
+def test_invalid_destination_is_permanent(start_peer, open_channel) -> None:
+    channel = open_channel(start_peer())
+    with pytest.raises(PermanentChannelError):
+        channel.send(message(destination="+84 91 abc"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised", "alternatives"),
+    [
+        (b"0000A1F3\x00", "a1f3", ("41459",)),
+        ("41459", "41459", ("a1f3", "267353")),
+        (" 000 ", "0", ()),
+        ("msg-7", "msg-7", ()),
+    ],
+)
+def test_message_id_normalisation(raw: str | bytes, normalised: str, alternatives: tuple[str, ...]) -> None:
+    assert normalise_message_id(raw) == normalised
+    assert message_id_alternatives(raw) == alternatives
