@@ -37,7 +37,7 @@ app.add_typer(feed_app, name="feed")
 app.add_typer(campaign_app, name="campaign")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]

@@ -25,17 +25,8 @@ from typing import Any
 from smpplib import consts, exceptions, smpp
 from smpplib.client import Client, SimpleSequenceGenerator
 
-from channels.base import (
-    RECEIPT_DELIVERED,
-    RECEIPT_EXPIRED,
-    RECEIPT_FAILED,
-    RECEIPT_PENDING,
-    RECEIPT_UNDELIVERED,
-    OutgoingMessage,
-    Receipt,
-    ReceiptSink,
-    SendResult,
-)
+from channels.base import (RECEIPT_DELIVERED, RECEIPT_EXPIRED, RECEIPT_FAILED, RECEIPT_PENDING,
+                           RECEIPT_UNDELIVERED, OutgoingMessage, Receipt, ReceiptSink, SendResult)
 from notifier.errors import ChannelError, PermanentChannelError, TransientChannelError
 from notifier.identifiers import mask_msisdn
 from notifier.settings import SmppSettings
@@ -108,7 +99,8 @@ class _LockedSequence(SimpleSequenceGenerator):
 class _Client(Client):  # type: ignore[misc]
     """An smpplib session whose writes are serialised and whose reads are timed for the watchdog."""
 
-    def __init__(self, settings: SmppSettings, *, write_lock: threading.Lock, sequence: _LockedSequence) -> None:
+    def __init__(self, settings: SmppSettings, *, write_lock: threading.Lock,
+                 sequence: _LockedSequence) -> None:
         super().__init__(settings.host, settings.port, timeout=settings.connect_timeout_seconds,
                          sequence_generator=sequence, logger_name=_WIRE_LOG.name,
                          allow_unknown_opt_params=True)
@@ -210,13 +202,13 @@ class SmppChannel:
         except ValueError as exc:
             raise PermanentChannelError(str(exc)) from exc
         tag = f"[channel:sms] [notification:{message.notification_id}]"
+        fields = self._submit_fields(destination, encoded.data_coding, encoded.esm_class)
         ids: list[str] = []
         for short_message in encoded.parts:
-            fields = self._submit_fields(destination, short_message, encoded.data_coding, encoded.esm_class)
             try:
-                ids.append(self._submit(fields))
+                ids.append(self._submit({**fields, "short_message": short_message}))
             except ChannelError as exc:
-                log.warning("%s part %d/%d to %s refused: %s", tag, len(ids) + 1, len(encoded.parts),
+                log.warning("%s part %d/%d to %s not sent: %s", tag, len(ids) + 1, len(encoded.parts),
                             mask_msisdn(message.destination), exc)
                 if ids:
                     raise PartiallySentError(f"part {len(ids) + 1} of {len(encoded.parts)} failed: {exc}",
@@ -243,14 +235,14 @@ class SmppChannel:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def _submit_fields(self, destination: str, short_message: bytes, data_coding: int,
-                       esm_class: int) -> dict[str, Any]:
+    def _submit_fields(self, destination: str, data_coding: int, esm_class: int) -> dict[str, Any]:
+        """submit_sm fields shared by every part of one message."""
         s = self._settings
         return {"source_addr_ton": s.source_addr_ton, "source_addr_npi": s.source_addr_npi,
                 "source_addr": s.source_addr, "dest_addr_ton": s.dest_addr_ton,
                 "dest_addr_npi": s.dest_addr_npi, "destination_addr": destination,
                 "esm_class": esm_class, "data_coding": data_coding,
-                "registered_delivery": s.registered_delivery, "short_message": short_message}
+                "registered_delivery": s.registered_delivery}
 
     def _submit(self, fields: dict[str, Any]) -> str:
         """One submit_sm inside the window; returns the SMSC's id or raises a ChannelError."""
@@ -268,7 +260,8 @@ class SmppChannel:
             raise TransientChannelError(f"SMSC answered {_TRANSIENT_STATUSES[status]}",
                                         provider_status=provider_status)
         description = consts.DESCRIPTIONS.get(status, "unknown status")
-        raise PermanentChannelError(f"SMSC rejected the message: {description}", provider_status=provider_status)
+        raise PermanentChannelError(f"SMSC rejected the message: {description}",
+                                    provider_status=provider_status)
 
     def _exchange(self, fields: dict[str, Any], timeout: float) -> tuple[int, Any]:
         """Write the PDU and wait for the reader to hand over its response (status, message_id)."""
@@ -403,7 +396,7 @@ class SmppChannel:
         now = time.monotonic()
         quiet = now - client.last_received
         if quiet >= 3 * period:
-            raise exceptions.ConnectionError(f"no PDU from the SMSC for {quiet:.0f}s")
+            raise exceptions.ConnectionError(f"no PDU from the SMSC for {quiet:.1f}s")
         if quiet >= period and now - client.last_enquire >= period:
             client.last_enquire = now
             client.send_pdu(smpp.make_pdu("enquire_link", client=client))
@@ -492,7 +485,8 @@ def _receipt_fields(text: str) -> dict[str, str]:
 
 
 def _other_readings(raw_ids: list[Any], primary: str) -> tuple[str, ...]:
-    readings = (reading for raw in raw_ids for reading in (normalise_message_id(raw), *message_id_alternatives(raw)))
+    readings = [reading for raw in raw_ids
+                for reading in (normalise_message_id(raw), *message_id_alternatives(raw))]
     return tuple(dict.fromkeys(reading for reading in readings if reading and reading != primary))
 
 
@@ -501,6 +495,7 @@ def _parse_smpp_date(value: str | None) -> datetime | None:
     if not value or not value.isdigit() or len(value) not in (10, 12):
         return None
     try:
-        return datetime.strptime(value, "%y%m%d%H%M%S" if len(value) == 12 else "%y%m%d%H%M").replace(tzinfo=UTC)
+        parsed = datetime.strptime(value, "%y%m%d%H%M%S" if len(value) == 12 else "%y%m%d%H%M")
+        return parsed.replace(tzinfo=UTC)
     except ValueError:
         return None

@@ -93,7 +93,7 @@ def _vietnamese_national_number(raw: str, digits: str, international: bool) -> s
         return None
     if digits.startswith("0"):
         return digits[1:]
-    raise _phone_error(raw, "starts with neither 0, 84 nor +country code")
+    raise _phone_error(raw, "no leading 0, 84 or +country code")
 
 
 def remap_legacy_mobile(national: str) -> str:

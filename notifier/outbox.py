@@ -70,7 +70,6 @@ def transition(
         sa.update(Notification)
         .where(Notification.id == notification_id, Notification.state == current)
         .values(state=to_state, updated_at=moment, **(values or {}))
-        .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         return False
@@ -109,7 +108,6 @@ def transition_many(
             .where(Notification.id.in_(chunk), Notification.state == expected)
             .values(state=to_state, updated_at=moment, **(values or {}))
             .returning(Notification.id)
-            .execution_options(synchronize_session=False)
         ).scalars().all()
         if not candidates:
             continue

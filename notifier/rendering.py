@@ -4,7 +4,9 @@ One Jinja2 `Environment` for the whole service (StrictUndefined, autoescape only
 templates) and one `Renderer.render()` entry point. Templates live in
 `<templates_dir>/<language>/<template>/`:
 
-- `sms.txt.j2`: the SMS body; whitespace is collapsed to single spaces.
+- `sms.txt.j2`: the SMS body; whitespace is collapsed to single spaces. It may offer several
+  variants, richest first (`[rich, standard, compact]|first_fitting(sms_max_chars)`): the renderer
+  asks for one that fits 2 GSM-7 parts, and if the text is not GSM-7, for one that fits 3 UCS-2 parts.
 - `email_subject.txt.j2`, `email.txt.j2`, `email.html.j2`: the e-mail.
 
 Vietnamese is the product: every rendered text is returned in NFC, and the SMS can be sent
@@ -25,6 +27,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 
 from notifier.errors import InputError
+from notifier.sms import GSM7, sms_encoding
 
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
 DEFAULT_LANGUAGE = "vi"
@@ -32,6 +35,8 @@ CHANNEL_FILES: dict[str, tuple[str, ...]] = {
     "sms": ("sms.txt.j2",),
     "email": ("email_subject.txt.j2", "email.txt.j2", "email.html.j2"),
 }
+SMS_MAX_CHARS_GSM7 = 306  # 2 concatenated GSM-7 parts of 153 characters
+SMS_MAX_CHARS_UCS2 = 201  # 3 concatenated UCS-2 parts of 67 characters
 _NAME_RE = re.compile(r"^[a-z0-9_]+$")
 _BLANK_LINES_RE = re.compile(r"\n{3,}")
 
@@ -101,12 +106,25 @@ _DEVICE_ORDER = ("android", "iot", "windows")
 LEAK_SEVERITY = ("password", "bank", "national_id", "dob", "address", "email", "phone", "msisdn", "name")
 _OTHER_DATA = {"vi": "thông tin khác", "en": "other details"}
 
-_DATETIME_FORMATS: dict[str, tuple[str, str]] = {  # language -> (full, short)
-    "vi": ("{hm} ngày {d:02d}/{m:02d}/{y}", "{hm} ngày {d:02d}/{m:02d}"),
-    "en": ("{hm} on {d} {mon} {y}", "{hm} on {d} {mon}"),
+# language -> style -> pattern. "short" drops the year, "compact" every word (for tight SMS).
+_DATETIME_FORMATS: dict[str, dict[str, str]] = {
+    "vi": {"full": "{hm} ngày {d:02d}/{m:02d}/{y}", "short": "{hm} ngày {d:02d}/{m:02d}",
+           "compact": "{hm} {d:02d}/{m:02d}"},
+    "en": {"full": "{hm} on {d} {mon} {y}", "short": "{hm} on {d} {mon}", "compact": "{hm} {d} {mon}"},
 }
 _MONTHS_EN = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _CONJUNCTIONS = {"vi": "và", "en": "and"}
+
+# How threat families are usually written; feeds often send them in lower case.
+KNOWN_THREAT_NAMES = {
+    name.lower(): name
+    for name in (
+        "Mirai", "Mozi", "Gafgyt", "Bashlite", "Hajime", "Moobot", "Satori", "Tsunami", "Fbot", "Emotet",
+        "QakBot", "Qbot", "QSnatch", "Conficker", "Sality", "Ramnit", "Andromeda", "Gamarue", "TrickBot",
+        "Zeus", "Necurs", "Dridex", "IcedID", "RedLine", "AgentTesla", "FluBot", "Anubis", "Cerberus",
+        "SharkBot", "TeaBot", "Godfather", "SpyNote", "Gigabud", "GoldPickaxe", "Triada", "Joker",
+    )
+}
 
 # Typographic punctuation that has no GSM-7 code: folded for the no-diacritics SMS.
 _PUNCTUATION_FALLBACKS = str.maketrans(
@@ -161,14 +179,17 @@ def _as_utc(value: datetime | str) -> datetime:
 
 
 def format_localtime(
-    value: datetime | str | None, zone: ZoneInfo, language: str = DEFAULT_LANGUAGE, short: bool = False
+    value: datetime | str | None, zone: ZoneInfo, language: str = DEFAULT_LANGUAGE, style: str = "full"
 ) -> str:
-    """`21:14 ngày 19/11/2026` (vi) or `21:14 on 19 Nov 2026` (en) in `zone`; None → ``."""
+    """`21:14 ngày 19/11/2026` (vi) or `21:14 on 19 Nov 2026` (en) in `zone`; None → ``.
+
+    `style` "short" drops the year (`21:14 ngày 19/11`), "compact" also the words (`21:14 19/11`).
+    """
     if value is None or value == "":
         return ""
     local = _as_utc(value).astimezone(zone)
-    full, brief = _DATETIME_FORMATS.get(_language_key(language), _DATETIME_FORMATS[DEFAULT_LANGUAGE])
-    pattern = brief if short else full
+    styles = _DATETIME_FORMATS.get(_language_key(language), _DATETIME_FORMATS[DEFAULT_LANGUAGE])
+    pattern = styles.get(style, styles["full"])
     return pattern.format(
         hm=local.strftime("%H:%M"), d=local.day, m=local.month, y=local.year, mon=_MONTHS_EN[local.month - 1]
     )
@@ -197,6 +218,34 @@ def leak_labels(codes: Iterable[str], language: str = DEFAULT_LANGUAGE, limit: i
 def upper_first(text: str) -> str:
     """Capitalise the first letter only (`số CCCD` → `Số CCCD`, unlike Jinja's `capitalize`)."""
     return text[:1].upper() + text[1:]
+
+
+def threat_label(name: str | None) -> str:
+    """A threat name as people write it: `mirai` → `Mirai`, `mirai-http` → `Mirai-http`; None → ``."""
+    if not name:
+        return ""
+    head, sep, tail = _split_head(name.strip())
+    known = KNOWN_THREAT_NAMES.get(head.lower())
+    if known:
+        return known + sep + tail
+    return upper_first(name.strip()) if name.islower() else name.strip()
+
+
+def _split_head(name: str) -> tuple[str, str, str]:
+    """`mirai-http` → (`mirai`, `-`, `http`); a name without separator → (name, ``, ``)."""
+    match = re.match(r"([A-Za-z0-9]+)([^A-Za-z0-9]?)(.*)", name, flags=re.DOTALL)
+    if not match:
+        return name, "", ""
+    return match.group(1), match.group(2), match.group(3)
+
+
+def first_fitting(variants: Iterable[str], max_chars: int) -> str:
+    """The first variant that fits `max_chars` once its whitespace is collapsed, else the shortest."""
+    candidates = [collapse_whitespace(variant) for variant in variants]
+    if not candidates:
+        return ""
+    fitting = [text for text in candidates if len(text) <= max_chars]
+    return fitting[0] if fitting else min(candidates, key=len)
 
 
 def _threat_words(threat: Mapping[str, Any] | str | None, category: str | None) -> set[str]:
@@ -252,8 +301,8 @@ def build_environment(templates_dir: Path, zone: ZoneInfo) -> jinja2.Environment
         keep_trailing_newline=False,
     )
 
-    def localtime(value: datetime | str | None, language: str = DEFAULT_LANGUAGE, short: bool = False) -> str:
-        return format_localtime(value, zone, language, short)
+    def localtime(value: datetime | str | None, language: str = DEFAULT_LANGUAGE, style: str = "full") -> str:
+        return format_localtime(value, zone, language, style)
 
     env.filters.update(
         localtime=localtime,
@@ -262,6 +311,8 @@ def build_environment(templates_dir: Path, zone: ZoneInfo) -> jinja2.Environment
         human_join=human_join,
         leak_labels=leak_labels,
         upper_first=upper_first,
+        threat_label=threat_label,
+        first_fitting=first_fitting,
         plain_url=plain_url,
     )
     env.globals["timezone_name"] = zone.key
@@ -313,11 +364,7 @@ class Renderer:
         folder = f"{self._resolve_language(template, language)}/{template}"
         values = dict(context)
         if channel == "sms":
-            body = collapse_whitespace(self._render_file(f"{folder}/sms.txt.j2", values))
-            body = unicodedata.normalize("NFC", body)
-            if strip_sms_diacritics:
-                body = strip_diacritics(body).translate(_PUNCTUATION_FALLBACKS)
-            return RenderedMessage(body=body)
+            return RenderedMessage(body=self._render_sms(f"{folder}/sms.txt.j2", values, strip_sms_diacritics))
         subject = collapse_whitespace(self._render_file(f"{folder}/email_subject.txt.j2", values))
         return RenderedMessage(
             body=tidy_plain_text(self._render_file(f"{folder}/email.txt.j2", values)),
@@ -325,15 +372,34 @@ class Renderer:
             html=unicodedata.normalize("NFC", self._render_file(f"{folder}/email.html.j2", values).strip()),
         )
 
-    def _resolve_language(self, template: str, language: str) -> str:
-        """The requested language if it has this template, else the default; InputError if neither."""
+    def check_template(self, template: str) -> None:
+        """Raise InputError unless `template` exists in the default language (e.g. before planning)."""
         known = self.available_templates()
         if not _NAME_RE.match(template or "") or template not in known:
             raise InputError(f"unknown template {template!r} (known: {', '.join(known) or 'none'})")
+
+    def _resolve_language(self, template: str, language: str) -> str:
+        """The requested language if it has this template, else the default; InputError if neither."""
+        self.check_template(template)
         wanted = _language_key(language)
         if wanted and (self.templates_dir / wanted / template).is_dir():
             return wanted
         return self.default_language
+
+    def _render_sms(self, name: str, values: dict[str, Any], strip: bool) -> str:
+        """One line of NFC text: the variant for 2 GSM-7 parts, or for 3 UCS-2 parts if not GSM-7."""
+        body = ""
+        for max_chars in (SMS_MAX_CHARS_GSM7, SMS_MAX_CHARS_UCS2):
+            body = self._sms_text(name, values | {"sms_max_chars": max_chars}, strip)
+            if sms_encoding(body) == GSM7:
+                break
+        return body
+
+    def _sms_text(self, name: str, values: dict[str, Any], strip: bool) -> str:
+        body = unicodedata.normalize("NFC", collapse_whitespace(self._render_file(name, values)))
+        if strip:
+            body = strip_diacritics(body).translate(_PUNCTUATION_FALLBACKS)
+        return body
 
     def _render_file(self, name: str, values: dict[str, Any]) -> str:
         """Render one template file, turning Jinja's errors into InputError."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from channels.base import OutgoingMessage, Receipt
-from channels.smpp import SmppChannel, message_id_alternatives, normalise_message_id
+from channels.smpp import PartiallySentError, SmppChannel, message_id_alternatives, normalise_message_id
 from notifier.errors import PermanentChannelError, TransientChannelError
 from notifier.peers.smsc import SmscPeer
 from notifier.settings import SmppSettings
@@ -52,8 +54,10 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S
         time.sleep(0.02)
 
 
-def message(body: str = "Canh bao an toan thong tin", destination: str = SUBSCRIBER, n: int = 1) -> OutgoingMessage:
-    return OutgoingMessage(notification_id=n, destination=destination, body=body, reference=f"notification-{n}")
+def message(body: str = "Canh bao an toan thong tin", destination: str = SUBSCRIBER,
+            n: int = 1) -> OutgoingMessage:
+    return OutgoingMessage(notification_id=n, destination=destination, body=body,
+                           reference=f"notification-{n}")
 
 
 @pytest.fixture
@@ -166,6 +170,24 @@ def test_receipts_for_a_closed_session_reach_the_next_bind(start_peer, open_chan
     assert other.is_bound and other_receipts.all() == []
 
 
+def test_receipt_the_sink_could_not_store_is_redelivered_after_rebind(start_peer, open_channel) -> None:
+    peer = start_peer()
+    refused: list[Receipt] = []
+
+    def failing_sink(receipt: Receipt) -> None:
+        refused.append(receipt)
+        raise RuntimeError("database is down")
+
+    first = open_channel(peer, failing_sink)  # type: ignore[arg-type]
+    result = first.send(message())
+    wait_until(lambda: len(refused) == 1, "the refused receipt")
+    first.close()
+    receipts = Receipts()
+    open_channel(peer, receipts)
+
+    wait_until(lambda: set(receipts.by_id()) == set(result.provider_message_ids), "the redelivered receipt")
+
+
 def test_concurrent_senders_share_one_session(start_peer, open_channel) -> None:
     peer = start_peer()
     receipts = Receipts()
@@ -196,14 +218,55 @@ def test_reconnects_after_the_smsc_restarts(start_peer, open_channel) -> None:
     assert after.provider_message_ids and after.provider_message_ids != before.provider_message_ids
 
 
-def test_idle_session_is_kept_alive_by_enquire_link(start_peer, open_channel) -> None:
+def test_idle_session_is_kept_alive_by_enquire_link(start_peer, open_channel, caplog) -> None:
     peer = start_peer()
     channel = open_channel(peer, enquire_link_seconds=0.2)
 
-    time.sleep(1.0)  # idle for five enquire_link periods: the watchdog would drop a dead link
+    time.sleep(1.0)  # idle for five enquire_link periods: the watchdog drops a link that stays silent
 
     assert channel.is_bound
+    assert "connection lost" not in caplog.text
     assert channel.send(message()).parts == 1
+
+
+def test_silent_smsc_is_detected_and_replaced(start_peer, open_channel, caplog) -> None:
+    peer = start_peer()
+    channel = open_channel(peer, enquire_link_seconds=0.2)
+    assert peer.pid is not None
+
+    os.kill(peer.pid, signal.SIGSTOP)  # TCP stays up, but nothing answers
+    try:
+        wait_until(lambda: "no PDU from the SMSC" in caplog.text, "the watchdog")
+    finally:
+        os.kill(peer.pid, signal.SIGCONT)
+
+    wait_until(lambda: channel.is_bound, "the rebind")
+    assert channel.send(message()).parts == 1
+
+
+def test_smsc_rejection_of_the_destination_is_permanent(start_peer, open_channel) -> None:
+    channel = open_channel(start_peer(reject={"13": 0x0B}))
+
+    with pytest.raises(PermanentChannelError) as refused:
+        channel.send(message(destination="+84912345613"))
+
+    assert refused.value.provider_status == "0x0000000b"
+    assert channel.send(message()).parts == 1  # the session survives an error PDU
+
+
+def test_throttling_is_transient_and_keeps_the_accepted_parts(start_peer, open_channel) -> None:
+    peer = start_peer(reject_after=1)
+    channel = open_channel(peer)
+
+    with pytest.raises(PartiallySentError) as partial:
+        channel.send(message(WARNING_TEXT))
+    with pytest.raises(TransientChannelError) as throttled:
+        channel.send(message())
+
+    [accepted] = [s for s in peer.submits() if s["message_id"]]
+    assert partial.value.accepted_ids == [normalise_message_id(accepted["message_id"])]
+    assert partial.value.provider_status == throttled.value.provider_status == "0x00000058"
+    assert not isinstance(throttled.value, PartiallySentError)
 
 
 def test_invalid_destination_is_permanent(start_peer, open_channel) -> None:

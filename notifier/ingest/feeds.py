@@ -31,8 +31,9 @@ from notifier.ingest.records import FeedEventRecord, Parser, Rejection, bound_ra
 INFECTED_DEVICE = "infected_device"
 DATA_LEAK = "data_leak"
 MAX_PORT = 65535
-MAX_LABEL_CHARS = 100  # threat names, categories, data classes
-MAX_SOURCE_CHARS = 200
+MAX_LABEL_CHARS = 100  # threat names, data classes
+MAX_CATEGORY_CHARS = 64
+MAX_SOURCE_CHARS = 100
 THREAT_HEADERS = ("family", "infection", "tag")  # the threat is the first non-empty of these
 SHADOWSERVER_NAME = re.compile(r"\d{4}-\d{2}-\d{2}-([a-z0-9_]+)(?:[-.]|$)")
 LEAK_IDENTIFIERS = ("msisdn", "email", "msisdn_sha256", "email_sha256")
@@ -45,8 +46,13 @@ def port_number(text: str) -> int:
 
 
 def label(text: str) -> str:
-    """A short lower-case tag (category, data class): feeds are inconsistent about case."""
+    """A short lower-case tag (a data class): feeds are inconsistent about case."""
     return bounded_text(MAX_LABEL_CHARS)(text).lower()
+
+
+def category_name(text: str) -> str:
+    """A lower-case category such as an IoT device type ("Camera" → "camera")."""
+    return bounded_text(MAX_CATEGORY_CHARS)(text).lower()
 
 
 def data_class_list(text: str) -> tuple[str, ...]:
@@ -94,7 +100,7 @@ def report_columns(layout: ReportLayout, tz: str) -> tuple[Column, ...]:
         Column("port", (layout.port,) if layout.port else (), port_number),
         Column("seen_at", ("timestamp",), timestamp_in(tz), required=True),
         Column("threat", THREAT_HEADERS, bounded_text(MAX_LABEL_CHARS)),
-        Column("category", layout.category_from, label, default=layout.category),
+        Column("category", layout.category_from, category_name, default=layout.category),
         Column("source", layout.source_from, bounded_text(MAX_SOURCE_CHARS)),
     )
 
@@ -109,13 +115,13 @@ def report_type_of(path: Path, report_type: str | None) -> str:
         match = SHADOWSERVER_NAME.match(path.name.lower())
         if match is None:
             raise InputError(
-                f"{path.name}: cannot tell the Shadowserver report type from the file name "
+                f"{path}: cannot tell the Shadowserver report type from the file name "
                 "(expected YYYY-MM-DD-<report_type>-….csv); give the report type explicitly"
             )
         name = match.group(1)
     if name not in REPORT_LAYOUTS:
         raise InputError(
-            f"{path.name}: unknown Shadowserver report type {name!r} (known: {', '.join(REPORT_LAYOUTS)})"
+            f"{path}: unknown Shadowserver report type {name!r} (known: {', '.join(REPORT_LAYOUTS)})"
         )
     return name
 
@@ -149,6 +155,7 @@ def leak_columns(tz: str) -> tuple[Column, ...]:
     return (
         Column("seen_at", ("leaked_at",), timestamp_in(tz)),
         Column("source", ("source",), bounded_text(MAX_SOURCE_CHARS)),
+        Column("threat", ("source",), bounded_text(MAX_LABEL_CHARS)),  # the leak is the threat
         Column("data_classes", ("data_classes",), data_class_list, default=()),
     )
 
@@ -169,7 +176,7 @@ def _build_leak_events(
             continue
         yield FeedEventRecord(
             line=line, identifier_kind=kind, identifier=identifier, port=None,
-            threat=values["source"], category=DATA_LEAK, kind=DATA_LEAK, raw=bound_raw(raw),
+            category=DATA_LEAK, kind=DATA_LEAK, raw=bound_raw(raw),
             **values,  # type: ignore[arg-type]
         )
 

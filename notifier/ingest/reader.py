@@ -13,23 +13,25 @@ from __future__ import annotations
 import csv
 import functools
 import gzip
+import io
 import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from notifier.errors import InputError
 from notifier.identifiers import get_zone, parse_timestamp
 from notifier.ingest.records import ParseResult, Rejection, bound_raw
 
 if TYPE_CHECKING:
-    from _csv import _reader as CsvReader
+    from _csv import Reader as CsvReader
 
 Row = tuple[int, dict[str, str], str]
 RowBuilder = Callable[[int, dict[str, str], str], Iterable[ParseResult]]
 Converter = Callable[[str], object]
+ByteStream = gzip.GzipFile | io.BufferedReader
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -109,7 +111,7 @@ def check_zone(path: Path, tz: str) -> None:
     try:
         get_zone(tz)
     except ValueError as exc:
-        raise InputError(f"{path.name}: {exc}") from None
+        raise InputError(f"{path}: {exc}") from None
 
 
 def parse_rows(
@@ -149,7 +151,8 @@ def read_rows(
 
     Header names are matched trimmed and case-insensitively, after renaming through `column_map`
     (source header → our name). `required` headers must all exist, and at least one of `one_of`
-    if given. A missing, empty, binary or header-less file raises InputError on the first next().
+    if given. A missing, empty, binary or header-less file raises InputError on the first next();
+    a gzip stream found damaged midway raises it when reached, after the rows before the damage.
     """
     path = Path(path)
     with _open_stream(path) as stream:
@@ -160,16 +163,16 @@ def read_rows(
         yield from _rows(reader, lines, header, shown)
 
 
-def _open_stream(path: Path) -> BinaryIO:
+def _open_stream(path: Path) -> ByteStream:
     """Open plain or gzip (told by magic bytes, whatever the suffix) and refuse non-text at once."""
     try:
         with path.open("rb") as probe:
             magic = probe.read(len(ZIP_MAGIC))
-        stream: BinaryIO = gzip.open(path, "rb") if magic.startswith(GZIP_MAGIC) else path.open("rb")
+        stream: ByteStream = gzip.GzipFile(path, "rb") if magic.startswith(GZIP_MAGIC) else path.open("rb")
     except FileNotFoundError:
-        raise InputError(f"{path.name}: no such file") from None
+        raise InputError(f"{path}: no such file") from None
     except OSError as exc:
-        raise InputError(f"{path.name}: cannot open ({exc.strerror or exc})") from None
+        raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
     try:
         _sniff(path, magic, _peek(stream, path))
     except InputError:
@@ -178,22 +181,22 @@ def _open_stream(path: Path) -> BinaryIO:
     return stream
 
 
-def _peek(stream: BinaryIO, path: Path) -> bytes:
+def _peek(stream: ByteStream, path: Path) -> bytes:
     try:
-        return stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]  # type: ignore[attr-defined]
+        return stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]
     except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{path.name}: damaged gzip file ({exc})") from None
+        raise InputError(f"{path}: damaged gzip file ({exc})") from None
 
 
 def _sniff(path: Path, magic: bytes, head: bytes) -> None:
     if magic.startswith(ZIP_MAGIC):
-        raise InputError(f"{path.name}: a zip archive, not CSV (unzip it, or use gzip)")
+        raise InputError(f"{path}: a zip archive, not CSV (unzip it, or use gzip)")
     if not head:
-        raise InputError(f"{path.name}: empty file")
+        raise InputError(f"{path}: empty file")
     if head.startswith(UTF16_BOMS):
-        raise InputError(f"{path.name}: UTF-16 text is not supported (save the file as UTF-8 CSV)")
+        raise InputError(f"{path}: UTF-16 text is not supported (save the file as UTF-8 CSV)")
     if b"\0" in head:
-        raise InputError(f"{path.name}: binary data, not a CSV text file")
+        raise InputError(f"{path}: binary data, not a CSV text file")
 
 
 class _LineSource:
@@ -203,7 +206,7 @@ class _LineSource:
     `_bad_utf8` finds afterwards, so the decision is made per row instead of per file.
     """
 
-    def __init__(self, stream: BinaryIO, path: Path) -> None:
+    def __init__(self, stream: ByteStream, path: Path) -> None:
         self._stream = stream
         self._path = path
         self._first = True
@@ -216,7 +219,7 @@ class _LineSource:
         try:
             data = self._stream.readline()
         except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(f"{self._path.name}: damaged gzip file ({exc})") from None
+            raise InputError(f"{self._path}: damaged gzip file ({exc})") from None
         if not data:
             raise StopIteration
         text = data.decode("utf-8", "surrogateescape")
@@ -243,12 +246,12 @@ def _read_header(
         while not any(field.strip() for field in fields):
             fields = next(reader)
     except StopIteration:
-        raise InputError(f"{path.name}: empty file (no header line)") from None
+        raise InputError(f"{path}: empty file (no header line)") from None
     except csv.Error as exc:
-        raise InputError(f"{path.name}: unreadable header line ({exc})") from None
+        raise InputError(f"{path}: unreadable header line ({exc})") from None
     shown = [field.strip() for field in fields]
     if any(_bad_utf8(name) for name in shown):
-        raise InputError(f"{path.name}: the header is not valid UTF-8 (save the file as UTF-8 CSV)")
+        raise InputError(f"{path}: the header is not valid UTF-8 (save the file as UTF-8 CSV)")
     names = [name.lower() for name in shown]
     return [rename.get(name, name) for name in names], shown
 
@@ -258,12 +261,12 @@ def _check_header(path: Path, header: list[str], required: Sequence[str], one_of
     named = [name for name in header if name]
     duplicates = sorted({name for name in named if named.count(name) > 1})
     if duplicates:
-        raise InputError(f"{path.name}: duplicate column(s): {', '.join(duplicates)}")
+        raise InputError(f"{path}: duplicate column(s): {', '.join(duplicates)}")
     missing = [name for name in required if name not in header]
     if missing:
-        raise InputError(f"{path.name}: missing required column(s): {', '.join(missing)}")
+        raise InputError(f"{path}: missing required column(s): {', '.join(missing)}")
     if one_of and not any(name in header for name in one_of):
-        raise InputError(f"{path.name}: needs at least one of the columns: {', '.join(one_of)}")
+        raise InputError(f"{path}: needs at least one of the columns: {', '.join(one_of)}")
 
 
 def _rows(
@@ -287,7 +290,7 @@ def _rows(
         if reason:
             yield Rejection(start, reason, bound_raw(_printable(raw)))
             continue
-        yield start, {name: value.strip() for name, value in zip(header, fields) if name}, raw
+        yield start, {name: value.strip() for name, value in zip(header, fields, strict=True) if name}, raw
 
 
 def _field_count_problem(fields: list[str], shown: list[str]) -> str | None:

@@ -27,11 +27,12 @@ from notifier.ingest.records import Rejection, SubscriberRecord
 MIN_BILLING_DAY, MAX_BILLING_DAY = 1, 28  # day 29-31 does not exist in every month
 LANGUAGES = ("vi", "en")
 STATUSES = ("active", "suspended", "terminated")
-# Lengths bound what one row may store; longer text is a broken export, not a name.
+# Lengths bound what one row may store (as the tables do); longer text is a broken export, not a name.
 MAX_ACCOUNT_REF_CHARS = 64
 MAX_NAME_CHARS = 200
-MAX_ADDRESS_CHARS = 500
+MAX_ADDRESS_CHARS = 300
 MAX_SHORT_TEXT_CHARS = 100
+MAX_SERVICE_CHARS = 32
 MAX_USERNAME_CHARS = 128
 TRUE_WORDS = frozenset({"1", "true", "yes", "y", "có", "co"})
 FALSE_WORDS = frozenset({"0", "false", "no", "n", "không", "khong"})
@@ -52,8 +53,8 @@ def username_list(text: str) -> tuple[str, ...]:
     return unique([check(item) for item in split_list(text)])
 
 
-def lower_word(text: str) -> str:
-    return bounded_text(MAX_SHORT_TEXT_CHARS)(text).lower()
+def service_name(text: str) -> str:
+    return bounded_text(MAX_SERVICE_CHARS)(text).lower()
 
 
 def billing_day(text: str) -> int:
@@ -89,7 +90,7 @@ SUBSCRIBER_COLUMNS: tuple[Column, ...] = (
     Column("full_name", ("full_name",), bounded_text(MAX_NAME_CHARS), required=True),
     Column("msisdns", ("msisdn",), msisdn_list, default=()),
     Column("emails", ("email",), email_list, default=()),
-    Column("service", ("service",), lower_word),
+    Column("service", ("service",), service_name),
     Column("billing_day", ("billing_day",), billing_day),
     Column("language", ("language",), choice_of(LANGUAGES), default="vi"),
     Column("status", ("status",), choice_of(STATUSES), default="active"),

@@ -58,11 +58,13 @@ class _Smsc:
         self._sessions: dict[str, Any] = {}  # session_id -> smpp34.Esme
         self._backlog: dict[str, list[_PendingReceipt]] = defaultdict(list)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._accepted = 0
 
-    async def serve(self, stop: asyncio.Event) -> None:
+    async def serve(self) -> None:
+        """Handle server events forever (the caller cancels on SIGTERM)."""
         server = smpp34.Server(host=LOOPBACK, port=self._args.port, system_id="TESTSMSC")
         await server.start()
-        while not stop.is_set():
+        while True:
             event = await server.next()
             if isinstance(event, smpp34.Esme):
                 self._on_bind(event)
@@ -78,22 +80,38 @@ class _Smsc:
             self._spawn(self._deliver(esme.session_id, esme.system_id, receipt, delay=0.0))
 
     def _on_submit(self, event: Any) -> None:
-        message_id = f"{next(self._ids) & 0xFFFFFFFF:08X}"
-        event.accept(message_id)
         esme = self._sessions.get(event.session_id)
         system_id = esme.system_id if esme is not None else ""
-        self._write_log(event, system_id, message_id)
+        status = self._refusal(event.destination_addr)
+        if status:
+            event.reject(status)
+            self._write_log(event, system_id, None, status)
+            return
+        message_id = f"{next(self._ids) & 0xFFFFFFFF:08X}"
+        event.accept(message_id)
+        self._accepted += 1
+        self._write_log(event, system_id, message_id, smpp34.ESME_ROK)
         if event.registered_delivery & 1:
             receipt = self._receipt_for(event, message_id)
             self._spawn(self._deliver(event.session_id, system_id, receipt, delay=self._args.receipt_delay))
 
-    def _write_log(self, event: Any, system_id: str, message_id: str) -> None:
+    def _refusal(self, destination: str) -> int:
+        """The command_status to answer instead of accepting (0: accept), from --reject options."""
+        for suffix, status in self._args.reject:
+            if destination.endswith(suffix):
+                return int(status)
+        if self._args.reject_after is not None and self._accepted >= self._args.reject_after:
+            return int(smpp34.ESME_RTHROTTLED)
+        return 0
+
+    def _write_log(self, event: Any, system_id: str, message_id: str | None, status: int) -> None:
         record = {
             "at": datetime.now(UTC).isoformat(), "session_id": event.session_id, "system_id": system_id,
             "source_addr": event.source_addr, "destination_addr": event.destination_addr,
             "data_coding": event.data_coding, "esm_class": event.esm_class,
             "registered_delivery": event.registered_delivery,
             "short_message_hex": bytes(event.short_message).hex(), "message_id": message_id,
+            "command_status": status,
         }
         self._log.write(json.dumps(record) + "\n")
         self._log.flush()
@@ -109,33 +127,37 @@ class _Smsc:
                                short_message=text.encode("ascii"), receipted_id=shown_id,
                                state=STATE_UNDELIVERABLE if failed else STATE_DELIVERED)
 
-    async def _deliver(self, session_id: str, system_id: str, receipt: _PendingReceipt, *, delay: float) -> None:
-        """Send one receipt; if that ESME is gone or does not take it, keep it for the next bind."""
+    async def _deliver(self, session_id: str, system_id: str, receipt: _PendingReceipt, *,
+                       delay: float) -> None:
+        """Send one receipt. If that ESME has gone, try another bind of the same system_id, else
+        keep it for the next bind; if the ESME refused it (temporary NACK), keep it too."""
         if delay:
             await asyncio.sleep(delay)
         esme = self._sessions.get(session_id)
-        delivered = False
-        if esme is not None:
-            tlvs = [smpp34.Tlv(smpp34.TLV_RECEIPTED_MESSAGE_ID, receipt.receipted_id.encode("ascii") + b"\0"),
-                    smpp34.Tlv(smpp34.TLV_MESSAGE_STATE, bytes([receipt.state]))]
-            try:
-                response = await esme.deliver_sm(  # a Future, not a coroutine: await it here
-                    receipt.destination_addr, receipt.short_message, source_addr=receipt.source_addr,
-                    source_addr_ton=1, source_addr_npi=1, esm_class=ESM_CLASS_RECEIPT, tlvs=tlvs)
-                delivered = response.is_success
-            except smpp34.SmppError:
-                delivered = False
-        if not delivered:
-            self._store(session_id, system_id, receipt)
-
-    def _store(self, session_id: str, system_id: str, receipt: _PendingReceipt) -> None:
-        """Queue for the next bind, unless that ESME has rebound meanwhile: then retry there now."""
-        live = next((sid for sid, esme in self._sessions.items()
-                     if esme.system_id == system_id and sid != session_id), None)
-        if live is not None:
-            self._spawn(self._deliver(live, system_id, receipt, delay=0.0))
+        outcome = await self._push(esme, receipt) if esme is not None else "gone"
+        if outcome == "delivered":
+            return
+        if outcome == "gone":
+            self._sessions.pop(session_id, None)
+        sibling = next((sid for sid, other in self._sessions.items() if other.system_id == system_id),
+                       None) if outcome == "gone" else None
+        if sibling is not None:
+            self._spawn(self._deliver(sibling, system_id, receipt, delay=0.0))
         else:
             self._backlog[system_id].append(receipt)
+
+    @staticmethod
+    async def _push(esme: Any, receipt: _PendingReceipt) -> str:
+        """deliver_sm one receipt: "delivered", "refused" (non-OK deliver_sm_resp) or "gone"."""
+        tlvs = [smpp34.Tlv(smpp34.TLV_RECEIPTED_MESSAGE_ID, receipt.receipted_id.encode("ascii") + b"\0"),
+                smpp34.Tlv(smpp34.TLV_MESSAGE_STATE, bytes([receipt.state]))]
+        try:
+            response = await esme.deliver_sm(  # a Future, not a coroutine: await it, no create_task
+                receipt.destination_addr, receipt.short_message, source_addr=receipt.source_addr,
+                source_addr_ton=1, source_addr_npi=1, esm_class=ESM_CLASS_RECEIPT, tlvs=tlvs)
+        except smpp34.SmppError:
+            return "gone"
+        return "delivered" if response.is_success else "refused"
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -148,7 +170,7 @@ async def _run(args: argparse.Namespace, log_file: IO[str]) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    serving = asyncio.create_task(_Smsc(args, log_file).serve(stop))
+    serving = asyncio.create_task(_Smsc(args, log_file).serve())
     await stop.wait()
     serving.cancel()
 
@@ -160,7 +182,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-suffix", default=None, help="destinations ending so get stat:UNDELIV")
     parser.add_argument("--receipt-id-format", choices=("hex", "decimal"), default="hex")
     parser.add_argument("--receipt-delay", type=float, default=0.0, help="seconds before each receipt")
+    parser.add_argument("--reject", type=_rejection, action="append", default=[], metavar="SUFFIX=STATUS",
+                        help="answer submits to destinations ending in SUFFIX with STATUS (e.g. 13=0x0b)")
+    parser.add_argument("--reject-after", type=int, default=None, metavar="N",
+                        help="answer ESME_RTHROTTLED once N submits were accepted (a quota)")
     return parser.parse_args(argv)
+
+
+def _rejection(text: str) -> tuple[str, int]:
+    suffix, _, status = text.partition("=")
+    if not suffix or not status:
+        raise argparse.ArgumentTypeError("expected SUFFIX=STATUS, e.g. 13=0x0b")
+    return suffix, int(status, 0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,13 +211,21 @@ class SmscPeer:
     """Runs the loopback SMSC in a child process and reads what it received."""
 
     def __init__(self, log_path: Path, *, port: int | None = None, fail_suffix: str | None = None,
-                 receipt_id_format: str = "hex", receipt_delay: float = 0.0) -> None:
+                 receipt_id_format: str = "hex", receipt_delay: float = 0.0,
+                 reject: dict[str, int] | None = None, reject_after: int | None = None) -> None:
         self.log_path = Path(log_path)
         self.port = port or free_port()
         self.fail_suffix = fail_suffix
         self.receipt_id_format = receipt_id_format
         self.receipt_delay = receipt_delay
+        self.reject = dict(reject or {})
+        self.reject_after = reject_after
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server process id while it runs (tests pause it with SIGSTOP to play a hung SMSC)."""
+        return self._process.pid if self._process is not None else None
 
     def start(self) -> SmscPeer:
         """Spawn the server and wait until it listens on 127.0.0.1:port."""
@@ -193,6 +234,10 @@ class SmscPeer:
                    "--receipt-delay", str(self.receipt_delay)]
         if self.fail_suffix:
             command += ["--fail-suffix", self.fail_suffix]
+        for suffix, status in self.reject.items():
+            command += ["--reject", f"{suffix}={status}"]
+        if self.reject_after is not None:
+            command += ["--reject-after", str(self.reject_after)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
         self.log_path.touch()
@@ -224,20 +269,22 @@ class SmscPeer:
         self.stop()
 
     def submits(self) -> list[dict[str, Any]]:
-        """Every submit_sm received so far, in arrival order."""
+        """Every submit_sm received so far, in arrival order (refused ones have message_id None)."""
         if not self.log_path.exists():
             return []
         lines = self.log_path.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
     def messages(self) -> list[dict[str, Any]]:
-        """Submits grouped into messages by (destination, UDH ref), text reassembled.
+        """Accepted submits grouped into messages by (destination, UDH ref), text reassembled.
 
         A repeated seq for the same key starts a new message, since 8-bit refs wrap around.
         """
         groups: list[list[dict[str, Any]]] = []
         open_groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for submit in self.submits():
+            if submit["message_id"] is None:
+                continue
             header = _concat(submit)
             if header is None:
                 groups.append([submit])
@@ -267,7 +314,8 @@ def _seq(submit: dict[str, Any]) -> int:
 def _message(group: list[dict[str, Any]]) -> dict[str, Any]:
     first = group[0]
     ordered = sorted(group, key=_seq)
-    text = decode_parts([_part(submit) for submit in ordered], first["data_coding"], esm_class=first["esm_class"])
+    text = decode_parts([_part(submit) for submit in ordered], first["data_coding"],
+                        esm_class=first["esm_class"])
     return {"destination": first["destination_addr"], "text": text, "parts": len(group),
             "data_coding": first["data_coding"], "message_ids": [submit["message_id"] for submit in ordered]}
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 07:14:35.841137
+Create Date: 2026-11-22
 """
 from alembic import op
 import sqlalchemy as sa
@@ -195,6 +195,26 @@ def upgrade() -> None:
     with op.batch_alter_table('delivery_event', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_delivery_event_notification_id'), ['notification_id'], unique=False)
 
+    op.create_table('inbound_receipt',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('channel', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('provider_message_id', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+    sa.Column('alternative_ids', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('raw_status', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('error_code', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+    sa.Column('done_at', notifier.models.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('destination', sqlmodel.sql.sqltypes.AutoString(length=254), nullable=True),
+    sa.Column('received_at', notifier.models.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('applied_at', notifier.models.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('outcome', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+    sa.Column('notification_id', sa.Integer(), nullable=True),
+    sa.ForeignKeyConstraint(['notification_id'], ['notification.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('inbound_receipt', schema=None) as batch_op:
+        batch_op.create_index('ix_inbound_receipt_pending', ['applied_at', 'received_at'], unique=False)
+
     op.create_table('message_part',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('notification_id', sa.Integer(), nullable=False),
@@ -228,6 +248,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_message_part_provider_id')
 
     op.drop_table('message_part')
+    with op.batch_alter_table('inbound_receipt', schema=None) as batch_op:
+        batch_op.drop_index('ix_inbound_receipt_pending')
+
+    op.drop_table('inbound_receipt')
     with op.batch_alter_table('delivery_event', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_delivery_event_notification_id'))
 

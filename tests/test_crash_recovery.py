@@ -1,0 +1,106 @@
+"""kill -9 in the middle of `campaign run`, run it again: every notification is sent exactly once.
+
+The SMSC keeps the receipts of messages whose sender died and hands them to the next bind, as
+real SMSCs do; our recovery uses them to settle the rows the dead process never recorded.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlmodel import select
+
+from notifier.campaigns import create_campaign
+from notifier.db import session_scope
+from notifier.importing import import_assignments, import_feed, import_subscribers
+from notifier.models import DeliveryEvent, Notification
+from notifier.peers.smsc import SmscPeer
+from notifier.peers.smtp_sink import SmtpSink
+from tests.conftest import make_settings
+from tests.factories import settings_env, write_csv
+
+ACCOUNTS = 120
+KILL_AFTER_SUBMITS = 60
+RUN_TIMEOUT_SECONDS = 240
+
+
+def _campaign(tmp_path: Path, database_url: str) -> int:
+    subscribers = write_csv(tmp_path / "subscribers.csv", ["account_id", "full_name", "msisdn", "email"], [
+        [f"HN{i}", f"Nguyễn Văn Ánh {i}", f"091{i:07d}", f"khach{i}@example.vn"] for i in range(ACCOUNTS)])
+    sessions = write_csv(tmp_path / "sessions.csv", ["account_id", "ip", "start", "end"], [
+        [f"HN{i}", f"14.160.{i // 200}.{i % 200 + 1}", "2026-11-19 08:00:00", ""] for i in range(ACCOUNTS)])
+    feed = write_csv(tmp_path / "2026-11-20-event4_sinkhole-vn.csv",
+                     ["timestamp", "src_ip", "src_port", "infection", "family", "tag"], [
+        ["2026-11-20 03:00:00Z", f"14.160.{i // 200}.{i % 200 + 1}", "4000", "mirai", "mirai", ""]
+        for i in range(ACCOUNTS)])
+    with session_scope(database_url) as session:
+        import_subscribers(session, subscribers, tz="Asia/Ho_Chi_Minh")
+        import_assignments(session, sessions, fmt="sessions-csv", tz="Asia/Ho_Chi_Minh")
+        feed_id = import_feed(session, feed, fmt="shadowserver").id
+        return create_campaign(session, feed_id=feed_id, template="infected_device", channels=["sms", "email"]).campaign_id
+
+
+def _run(campaign_id: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "cli", "campaign", "run", str(campaign_id), "--json"],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def _wait_for_submits(smsc: SmscPeer, count: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while len(smsc.submits()) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the campaign did not start sending"
+        time.sleep(0.05)
+
+
+def test_kill_9_mid_campaign_then_rerun_sends_each_notification_once(sqlite_url: str, tmp_path: Path) -> None:
+    with SmscPeer(tmp_path / "smsc.jsonl") as smsc, SmtpSink() as smtp:
+        settings = make_settings(sqlite_url, smsc=smsc, smtp=smtp,
+                                 dispatch={"sms_per_second": 60, "email_per_second": 20,
+                                           "unknown_resend_after_seconds": 3})
+        campaign_id = _campaign(tmp_path, sqlite_url)
+        env = settings_env(settings)
+
+        first = _run(campaign_id, env)
+        _wait_for_submits(smsc, KILL_AFTER_SUBMITS, first)
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate()
+        assert first.returncode == -signal.SIGKILL
+        with session_scope(sqlite_url) as session:
+            states = collections.Counter(session.exec(select(Notification.state)).all())
+        assert states["planned"] + states["queued"] > 0, f"killed too late to prove anything: {states}"
+
+        second = _run(campaign_id, env)
+        stdout, stderr = second.communicate(timeout=RUN_TIMEOUT_SECONDS)
+        assert second.returncode == 0, stderr
+        status = json.loads(stdout)
+
+        assert status["state"] == "done"
+        assert status["by_channel"]["sms"] == {"delivered": ACCOUNTS}, status
+        assert status["by_channel"]["email"] == {"delivered": ACCOUNTS}, status
+
+        # SMS: each subscriber got exactly one message, complete, whatever the kill interrupted.
+        messages = smsc.messages()
+        per_destination = collections.Counter(m["destination"] for m in messages)
+        assert len(per_destination) == ACCOUNTS
+        assert set(per_destination.values()) == {1}
+        assert all(m["parts"] == len(m["message_ids"]) for m in messages)
+
+        # E-mail: every notification arrived; a message whose acceptance the killed process could
+        # not record is sent again with the same Message-ID, so mail stores keep one copy.
+        with session_scope(sqlite_url) as session:
+            emails = session.exec(select(Notification).where(Notification.channel == "email")).all()
+            resent = session.exec(select(DeliveryEvent.notification_id).where(
+                DeliveryEvent.to_state == "unknown")).all()
+        mail_ids = collections.Counter(str(m.message["Message-ID"]) for m in smtp.messages())
+        assert {f"notification-{n.id}" for n in emails} == {mid.strip("<>").split("@")[0] for mid in mail_ids}
+        duplicates = sum(count - 1 for count in mail_ids.values())
+        assert duplicates <= len([nid for nid in resent if nid in {n.id for n in emails}])
