@@ -123,6 +123,18 @@ class _Client(Client):  # type: ignore[misc]
                 raise exceptions.ConnectionError("not connected")
             return bool(super().send_pdu(p))
 
+    def send_pdus(self, pdus: list[Any]) -> None:
+        """Write several PDUs with one `sendall`: the parts of a long message leave together, so
+        a crash cannot cut a message between its parts (the SMSC gets all of them or none)."""
+        data = b"".join(p.generate() for p in pdus)
+        with self._write_lock:
+            if self._socket is None:
+                raise exceptions.ConnectionError("not connected")
+            try:
+                self._socket.sendall(data)
+            except OSError as exc:
+                raise exceptions.ConnectionError(str(exc)) from exc
+
     def read_pdu(self) -> Any:
         pdu = super().read_pdu()
         self.last_received = time.monotonic()
@@ -162,6 +174,7 @@ class SmppChannel:
         self._pending_lock = threading.Lock()
         self._pending: dict[int, Future[tuple[int, Any]]] = {}
         self._window = threading.BoundedSemaphore(max(1, settings.window))
+        self._window_taker = threading.Lock()
         self._references = itertools.count(random.randrange(256))  # UDH refs; next() is atomic
         self._client: _Client | None = None
         self._backoff = _BACKOFF_INITIAL_SECONDS
@@ -203,17 +216,11 @@ class SmppChannel:
             raise PermanentChannelError(str(exc)) from exc
         tag = f"[channel:sms] [notification:{message.notification_id}]"
         fields = self._submit_fields(destination, encoded.data_coding, encoded.esm_class)
-        ids: list[str] = []
-        for short_message in encoded.parts:
-            try:
-                ids.append(self._submit({**fields, "short_message": short_message}))
-            except ChannelError as exc:
-                log.warning("%s part %d/%d to %s not sent: %s", tag, len(ids) + 1, len(encoded.parts),
-                            mask_msisdn(message.destination), exc)
-                if ids:
-                    raise PartiallySentError(f"part {len(ids) + 1} of {len(encoded.parts)} failed: {exc}",
-                                             provider_status=exc.provider_status, accepted_ids=ids) from exc
-                raise
+        try:
+            ids = self._submit_parts([{**fields, "short_message": part} for part in encoded.parts])
+        except ChannelError as exc:
+            log.warning("%s message to %s not (fully) sent: %s", tag, mask_msisdn(message.destination), exc)
+            raise
         log.info("%s accepted %d %s part(s) to %s", tag, len(ids), encoded.encoding,
                  mask_msisdn(message.destination))
         return SendResult(provider_message_ids=ids, provider_status="ESME_ROK", parts=len(ids),
@@ -244,45 +251,63 @@ class SmppChannel:
                 "esm_class": esm_class, "data_coding": data_coding,
                 "registered_delivery": s.registered_delivery}
 
-    def _submit(self, fields: dict[str, Any]) -> str:
-        """One submit_sm inside the window; returns the SMSC's id or raises a ChannelError."""
+    def _submit_parts(self, parts: list[dict[str, Any]]) -> list[str]:
+        """Submit every part inside the window; returns the SMSC's ids or raises a ChannelError
+        (`PartiallySentError` when some parts were accepted and others not)."""
         timeout = self._settings.submit_timeout_seconds
-        if not self._window.acquire(timeout=timeout):
-            raise TransientChannelError(f"no free SMPP window slot within {timeout}s")
+        slots = self._acquire_window(len(parts), timeout)
         try:
-            status, message_id = self._exchange(fields, timeout)
+            outcomes = self._exchange(parts, timeout)
         finally:
-            self._window.release()
-        if status == consts.SMPP_ESME_ROK:
-            return normalise_message_id(message_id or b"")
-        provider_status = f"0x{status:08x}"
-        if status in _TRANSIENT_STATUSES:
-            raise TransientChannelError(f"SMSC answered {_TRANSIENT_STATUSES[status]}",
-                                        provider_status=provider_status)
-        description = consts.DESCRIPTIONS.get(status, "unknown status")
-        raise PermanentChannelError(f"SMSC rejected the message: {description}",
-                                    provider_status=provider_status)
+            for _ in range(slots):
+                self._window.release()
+        ids = [normalise_message_id(mid or b"") for status, mid in outcomes if status == consts.SMPP_ESME_ROK]
+        refused = [status for status, _ in outcomes if status != consts.SMPP_ESME_ROK]
+        if not refused:
+            return ids
+        error = _status_error(refused[0])
+        if ids:
+            raise PartiallySentError(f"{len(refused)} of {len(parts)} part(s) refused: {error}",
+                                     provider_status=error.provider_status, accepted_ids=ids)
+        raise error
 
-    def _exchange(self, fields: dict[str, Any], timeout: float) -> tuple[int, Any]:
-        """Write the PDU and wait for the reader to hand over its response (status, message_id)."""
+    def _acquire_window(self, slots: int, timeout: float) -> int:
+        """Take `slots` window places at once (one taker at a time, so two long messages cannot
+        each hold half the window and starve each other)."""
+        deadline = time.monotonic() + timeout
+        taken = 0
+        with self._window_taker:
+            while taken < min(slots, self._settings.window):
+                if not self._window.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    for _ in range(taken):
+                        self._window.release()
+                    raise TransientChannelError(f"no free SMPP window slot within {timeout}s")
+                taken += 1
+        return taken
+
+    def _exchange(self, parts: list[dict[str, Any]], timeout: float) -> list[tuple[int, Any]]:
+        """Write the PDUs and wait for the reader to hand over each response (status, message_id)."""
         client = self._bound_client()
-        pdu = smpp.make_pdu("submit_sm", client=client, **fields)
-        future: Future[tuple[int, Any]] = Future()
+        pdus = [smpp.make_pdu("submit_sm", client=client, **fields) for fields in parts]
+        futures: list[Future[tuple[int, Any]]] = [Future() for _ in pdus]
         with self._pending_lock:  # registered before writing: the answer can beat us back
-            self._pending[pdu.sequence] = future
+            for pdu, future in zip(pdus, futures):
+                self._pending[pdu.sequence] = future
         try:
             try:
-                client.send_pdu(pdu)
+                client.send_pdus(pdus)
             except _CONNECTION_ERRORS as exc:
                 self._connection_lost(client, exc)
                 raise TransientChannelError("SMSC connection lost while sending") from exc
+            deadline = time.monotonic() + timeout
             try:
-                return future.result(timeout=timeout)
+                return [future.result(timeout=max(0.0, deadline - time.monotonic())) for future in futures]
             except TimeoutError as exc:
                 raise TransientChannelError(f"no submit_sm_resp within {timeout}s") from exc
         finally:
             with self._pending_lock:
-                self._pending.pop(pdu.sequence, None)
+                for pdu in pdus:
+                    self._pending.pop(pdu.sequence, None)
 
     def _resolve(self, sequence: int, outcome: tuple[int, Any]) -> None:
         with self._pending_lock:
@@ -432,6 +457,15 @@ class SmppChannel:
                           receipt.provider_message_id)
             return int(consts.SMPP_ESME_RX_T_APPN)
         return None
+
+
+def _status_error(status: int) -> ChannelError:
+    """The channel error for a non-zero submit_sm_resp status."""
+    provider_status = f"0x{status:08x}"
+    if status in _TRANSIENT_STATUSES:
+        return TransientChannelError(f"SMSC answered {_TRANSIENT_STATUSES[status]}", provider_status=provider_status)
+    description = consts.DESCRIPTIONS.get(status, "unknown status")
+    return PermanentChannelError(f"SMSC rejected the message: {description}", provider_status=provider_status)
 
 
 def _unbind_quickly(client: _Client) -> None:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # How long a receipt may wait for its message id to be recorded before we try to resolve an
 # `unknown` notification by destination instead (a normal race resolves in milliseconds).
-ID_MATCH_GRACE_SECONDS = 5
+ID_MATCH_GRACE_SECONDS = 2
 ORPHAN_AFTER_SECONDS = 24 * 3600
 PENDING_BATCH = 500
 
@@ -91,20 +91,25 @@ def _find_part(session: Session, row: InboundReceipt) -> MessagePart | None:
 
 
 def _resolve_unknown_by_destination(session: Session, row: InboundReceipt) -> MessagePart | None:
-    """A receipt for a message we never recorded: it belongs to the `unknown` row sent to that address."""
+    """A receipt for a message we never recorded: it belongs to the row sent to that address whose
+    send was not recorded (`unknown`), or that such a receipt already resolved but whose other
+    parts are still unaccounted for."""
     if not row.destination:
         return None
-    notification = session.exec(
-        select(Notification)
-        .where(Notification.channel == row.channel, Notification.state == UNKNOWN,
-               Notification.destination == row.destination)
-        .order_by(Notification.claimed_at.desc())
+    part_count = (
+        select(sa.func.count()).select_from(MessagePart)
+        .where(MessagePart.notification_id == Notification.id).scalar_subquery()
+    )
+    candidate = session.exec(
+        select(Notification, part_count)
+        .where(Notification.channel == row.channel, Notification.destination == row.destination,
+               sa.or_(Notification.state == UNKNOWN,
+                      sa.and_(Notification.state == SENT, part_count < sa.func.coalesce(Notification.parts, 1))))
+        .order_by(Notification.claimed_at.desc(), Notification.id.desc())
     ).first()
-    if notification is None:
+    if candidate is None:
         return None
-    known_parts = session.exec(
-        select(sa.func.count()).select_from(MessagePart).where(MessagePart.notification_id == notification.id)
-    ).one()
+    notification, known_parts = candidate
     part = MessagePart(notification_id=notification.id or 0, part_no=known_parts + 1, channel=row.channel,
                        provider_message_id=row.provider_message_id)
     session.add(part)

@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 from notifier.db import session_scope
 from notifier.models import Campaign, Notification, utcnow
 from notifier.outbox import QUEUED, SENDING, UNKNOWN, transition
-from notifier.receipts import apply_pending_receipts
+from notifier.receipts import ID_MATCH_GRACE_SECONDS, apply_pending_receipts
 from notifier.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,12 @@ def mark_orphans_unknown(session: Session, *, lease_seconds: int) -> int:
 
 
 def requeue_stale_unknown(session: Session, *, after_seconds: int) -> list[int]:
-    """`unknown` rows no receipt resolved in time → `queued` again (in campaigns still running)."""
+    """`unknown` rows no receipt resolved in time → `queued` again (in campaigns still running).
+
+    Never sooner than a receipt may wait before it is matched by destination: a receipt that
+    could still resolve the row must get its chance first, or the subscriber gets it twice.
+    """
+    after_seconds = max(after_seconds, ID_MATCH_GRACE_SECONDS + 1)
     cutoff = utcnow() - timedelta(seconds=after_seconds)
     stale = session.exec(
         select(Notification.id)

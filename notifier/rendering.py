@@ -396,6 +396,7 @@ class Renderer:
         return body
 
     def _sms_text(self, name: str, values: dict[str, Any], strip: bool) -> str:
+        """Render, collapse to one line, NFC; then drop diacritics (and fancy punctuation) if asked."""
         body = unicodedata.normalize("NFC", collapse_whitespace(self._render_file(name, values)))
         if strip:
             body = strip_diacritics(body).translate(_PUNCTUATION_FALLBACKS)
