@@ -35,7 +35,7 @@ from notifier.sms import encode_sms
 log = logging.getLogger(__name__)
 # smpplib logs every PDU in hex at DEBUG, message bodies included: keep its logger above DEBUG.
 _WIRE_LOG = logging.getLogger(__name__ + ".wire")
-_WIRE_LOG.setLevel(logging.INFO)
+_WIRE_LOG.setLevel(logging.WARNING)
 
 _TRANSIENT_STATUSES = {0x08: "ESME_RSYSERR", 0x14: "ESME_RMSGQFUL", 0x58: "ESME_RTHROTTLED"}
 _RECEIPT_ESM_MASK, _RECEIPT_ESM_VALUE = 0x3C, 0x04

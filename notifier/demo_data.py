@@ -73,7 +73,7 @@ def generate(directory: Path, *, subscribers: int, seed: int) -> DemoFiles:
 
 def _subscriber(rng: random.Random, index: int) -> Subscriber:
     name = f"{rng.choice(SURNAMES)} {rng.choice(MIDDLE)} {rng.choice(GIVEN)}"
-    msisdn = rng.choice(MOBILE_PREFIXES) + f"{rng.randrange(10**7):07d}"
+    msisdn = _mobile_number(rng)
     ascii_name = _ascii(name).lower().split()
     emails = [f"{ascii_name[-1]}.{ascii_name[0]}{index}@example.vn"] if rng.random() < 0.8 else []
     return Subscriber(
@@ -82,6 +82,19 @@ def _subscriber(rng: random.Random, index: int) -> Subscriber:
         status=rng.choices(["active", "suspended", "terminated"], weights=[96, 2, 2])[0],
         sms_opt_out=rng.random() < 0.03, email_opt_out=rng.random() < 0.05, province=rng.choice(PROVINCES),
     )
+
+
+def _mobile_number(rng: random.Random) -> str:
+    """A number in a range the numbering plan has allocated (not every prefix block is)."""
+    from notifier.identifiers import normalise_msisdn
+
+    while True:
+        number = rng.choice(MOBILE_PREFIXES) + f"{rng.randrange(10**7):07d}"
+        try:
+            normalise_msisdn(number)
+        except ValueError:
+            continue
+        return number
 
 
 def _ascii(text: str) -> str:
@@ -182,3 +195,19 @@ def _csv_text(header: list[str], rows: list[list[str]]) -> str:
 
 def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     path.write_text(_csv_text(header, rows), encoding="utf-8")
+
+
+def write_uniform_inputs(directory: Path, *, accounts: int) -> DemoFiles:
+    """A uniform data set for load and crash tests: `accounts` subscribers, each with one phone,
+    one e-mail, one open session and one sinkhole hit (no leak list)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ips = [f"14.{160 + i // 60000}.{(i // 250) % 240}.{i % 250 + 1}" for i in range(accounts)]
+    files = DemoFiles(directory / "subscribers.csv", directory / "sessions.csv",
+                      directory / "2026-11-20-event4_sinkhole-vn.csv", directory / "leak-none.csv")
+    _write_csv(files.subscribers, ["account_id", "full_name", "msisdn", "email"],
+               [[f"HN{i}", f"Nguyễn Văn Ánh {i}", f"091{i:07d}", f"khach{i}@example.vn"] for i in range(accounts)])
+    _write_csv(files.sessions, ["account_id", "ip", "start", "end"],
+               [[f"HN{i}", ip, "2026-11-19 08:00:00", ""] for i, ip in enumerate(ips)])
+    _write_csv(files.shadowserver, ["timestamp", "src_ip", "src_port", "infection", "family", "tag"],
+               [["2026-11-20 03:00:00Z", ip, "4000", "mirai", "mirai", ""] for ip in ips])
+    return files

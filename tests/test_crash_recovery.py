@@ -24,7 +24,8 @@ from notifier.models import DeliveryEvent, Notification
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
 from tests.conftest import make_settings
-from tests.factories import settings_env, write_csv
+from notifier.demo_data import write_uniform_inputs
+from tests.factories import settings_env
 
 ACCOUNTS = 120
 KILL_AFTER_SUBMITS = 60
@@ -32,18 +33,11 @@ RUN_TIMEOUT_SECONDS = 240
 
 
 def _campaign(tmp_path: Path, database_url: str) -> int:
-    subscribers = write_csv(tmp_path / "subscribers.csv", ["account_id", "full_name", "msisdn", "email"], [
-        [f"HN{i}", f"Nguyễn Văn Ánh {i}", f"091{i:07d}", f"khach{i}@example.vn"] for i in range(ACCOUNTS)])
-    sessions = write_csv(tmp_path / "sessions.csv", ["account_id", "ip", "start", "end"], [
-        [f"HN{i}", f"14.160.{i // 200}.{i % 200 + 1}", "2026-11-19 08:00:00", ""] for i in range(ACCOUNTS)])
-    feed = write_csv(tmp_path / "2026-11-20-event4_sinkhole-vn.csv",
-                     ["timestamp", "src_ip", "src_port", "infection", "family", "tag"], [
-        ["2026-11-20 03:00:00Z", f"14.160.{i // 200}.{i % 200 + 1}", "4000", "mirai", "mirai", ""]
-        for i in range(ACCOUNTS)])
+    files = write_uniform_inputs(tmp_path / "inputs", accounts=ACCOUNTS)
     with session_scope(database_url) as session:
-        import_subscribers(session, subscribers, tz="Asia/Ho_Chi_Minh")
-        import_assignments(session, sessions, fmt="sessions-csv", tz="Asia/Ho_Chi_Minh")
-        feed_id = import_feed(session, feed, fmt="shadowserver").id
+        import_subscribers(session, files.subscribers, tz="Asia/Ho_Chi_Minh")
+        import_assignments(session, files.sessions, fmt="sessions-csv", tz="Asia/Ho_Chi_Minh")
+        feed_id = import_feed(session, files.shadowserver, fmt="shadowserver").id
         return create_campaign(session, feed_id=feed_id, template="infected_device", channels=["sms", "email"]).campaign_id
 
 

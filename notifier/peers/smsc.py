@@ -213,7 +213,7 @@ class SmscPeer:
     def __init__(self, log_path: Path, *, port: int | None = None, fail_suffix: str | None = None,
                  receipt_id_format: str = "hex", receipt_delay: float = 0.0,
                  reject: dict[str, int] | None = None, reject_after: int | None = None) -> None:
-        self.log_path = Path(log_path)
+        self.log_path = Path(log_path).resolve()  # the server runs with the project as cwd
         self.port = port or free_port()
         self.fail_suffix = fail_suffix
         self.receipt_id_format = receipt_id_format
