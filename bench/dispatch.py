@@ -30,11 +30,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--database-url", help="an empty database to use (default: a temporary SQLite file)")
     args = parser.parse_args()
     accounts = min(args.accounts, MAX_ACCOUNTS)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        url = f"sqlite:///{directory / 'bench.db'}"
+        url = args.database_url or f"sqlite:///{directory / 'bench.db'}"
         upgrade(url)
         files = write_uniform_inputs(directory / "inputs", accounts=accounts)
         started = time.perf_counter()

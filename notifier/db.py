@@ -69,16 +69,35 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
+_sqlite_locks: dict[str, threading.RLock] = {}
+
+
+def _unit_of_work_lock(database_url: str) -> threading.RLock | None:
+    """SQLite has one writer at a time and its busy handler waits by sleeping (up to 100 ms a
+    try); threads of one process queue on a lock instead, which costs nothing when it is free."""
+    if not database_url.startswith("sqlite"):
+        return None
+    with _engines_lock:
+        return _sqlite_locks.setdefault(database_url, threading.RLock())
+
+
 @contextmanager
 def session_scope(database_url: str) -> Iterator[Session]:
     """A session that commits on success and rolls back on error: one unit of work."""
-    with Session(get_engine(database_url), expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    lock = _unit_of_work_lock(database_url)
+    if lock is not None:
+        lock.acquire()
+    try:
+        with Session(get_engine(database_url), expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def alembic_config(database_url: str) -> Config:

@@ -179,6 +179,8 @@ def _leaks(rng: random.Random, people: list[Subscriber]) -> bytes:
             email = person.emails[0] if person.emails else ""
             rows.append([number[:4] + "." + number[4:7] + "." + number[7:], email, "", "2026-03-02",
                          "ecommerce-leak", "password;address;national_id"])
+    for _ in range(3):  # other operators' customers: unmatched here
+        rows.append([_mobile_number(rng), "", "", "2026-03-02", "ecommerce-leak", "password"])
     rows.append(["0999", "", "", "2026-03-02", "ecommerce-leak", "password"])  # not a phone number
     rows.append(["", "khong-phai-email", "", "2026-03-02", "ecommerce-leak", "password"])
     rows.append(["0912345678", "", "", "02/30/2026", "ecommerce-leak", "password"])  # bad date

@@ -63,17 +63,22 @@ def apply_receipt(session: Session, row: InboundReceipt, *, allow_destination_ma
     return True
 
 
-def apply_pending_receipts(session: Session) -> int:
-    """Retry every stored receipt not yet applied; old ones become orphans. Returns how many applied."""
+def apply_pending_receipts(session: Session, *, destination_match: bool = True) -> int:
+    """Apply stored receipts not yet applied; old ones become orphans. Returns how many applied.
+
+    Rows are locked (`SKIP LOCKED` on PostgreSQL) so several workers never apply one receipt twice.
+    `destination_match` allows resolving `unknown` rows by address for receipts past the grace.
+    """
     now = utcnow()
     applied = 0
     rows = session.exec(
         select(InboundReceipt).where(InboundReceipt.applied_at.is_(None))
-        .order_by(InboundReceipt.id).limit(PENDING_BATCH)
+        .order_by(InboundReceipt.id).limit(PENDING_BATCH).with_for_update(skip_locked=True)
     ).all()
     for row in rows:
         age = now - row.received_at
-        if apply_receipt(session, row, allow_destination_match=age > timedelta(seconds=ID_MATCH_GRACE_SECONDS)):
+        by_destination = destination_match and age > timedelta(seconds=ID_MATCH_GRACE_SECONDS)
+        if apply_receipt(session, row, allow_destination_match=by_destination):
             applied += 1
         elif age > timedelta(seconds=ORPHAN_AFTER_SECONDS):
             row.applied_at, row.outcome = now, "orphan"
@@ -122,7 +127,12 @@ def _resolve_unknown_by_destination(session: Session, row: InboundReceipt) -> Me
 
 
 def _settle_notification(session: Session, notification_id: int, row: InboundReceipt, part: MessagePart) -> None:
-    notification = session.get(Notification, notification_id)
+    # Lock the row: two processes applying receipts for two parts of one message at once would
+    # each count only its own part as delivered, and neither would settle the message.
+    notification = session.exec(
+        select(Notification).where(Notification.id == notification_id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
     if notification is None:
         return
     source = f"{row.channel}-receipt"

@@ -6,9 +6,11 @@ through `current_runtime()`, set by `activate()` when the process starts sending
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from channels.base import Channel, Receipt
@@ -17,6 +19,8 @@ from notifier.errors import ConfigError, InputError
 from notifier.ratelimit import TokenBucket
 from notifier.rendering import Renderer
 from notifier.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def process_owner() -> str:
@@ -32,12 +36,16 @@ class Runtime:
     _channels: dict[str, Channel] = field(default_factory=dict)
     _limiters: dict[str, TokenBucket] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _applier: ReceiptApplier | None = None
 
     def channel(self, name: str) -> Channel:
         """The open adapter for `name`, opened on first use."""
         with self._lock:
             if name not in self._channels:
                 self._channels[name] = build_channel(name, self.settings)
+                if name == "sms" and self._applier is None:
+                    self._applier = ReceiptApplier(self.settings.database_url)
+                    self._applier.start()
             return self._channels[name]
 
     def limiter(self, name: str) -> TokenBucket:
@@ -53,6 +61,9 @@ class Runtime:
             channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             channel.close()
+        if self._applier is not None:
+            self._applier.stop()
+            self._applier = None
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -75,16 +86,47 @@ def build_channel(name: str, settings: Settings) -> Channel:
     raise InputError(f"unknown channel '{name}'")
 
 
-def receipt_sink(database_url: str):  # type: ignore[no-untyped-def]
-    """A thread-safe callback that stores a receipt, then applies it if it can already."""
-    from notifier.receipts import apply_receipt, record_receipt
+def receipt_sink(database_url: str) -> Callable[[Receipt], None]:
+    """A thread-safe callback that stores a receipt and returns: one INSERT on the SMPP reader
+    thread, which must get back to reading submit responses. `ReceiptApplier` applies it."""
+    from notifier.receipts import record_receipt
 
     def sink(receipt: Receipt) -> None:
         with session_scope(database_url) as session:
-            row = record_receipt(session, receipt)
-            apply_receipt(session, row, allow_destination_match=False)
+            record_receipt(session, receipt)
 
     return sink
+
+
+class ReceiptApplier:
+    """A thread that applies stored receipts in batches, shortly after they arrive."""
+
+    IDLE_SECONDS = 0.2
+
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="receipt-applier", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from notifier.receipts import apply_pending_receipts
+
+        while not self._stop.is_set():
+            try:
+                with session_scope(self._database_url) as session:
+                    applied = apply_pending_receipts(session, destination_match=False)
+            except Exception:  # noqa: BLE001 - keep applying; maintenance retries what failed
+                log.exception("applying receipts failed; retrying")
+                applied = 0
+            if not applied:
+                self._stop.wait(self.IDLE_SECONDS)
 
 
 _current: Runtime | None = None
