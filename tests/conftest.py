@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -34,54 +35,53 @@ def postgres_server() -> str:
     return POSTGRES_ADMIN_URL
 
 
-def _create_postgres_database(admin_url: str) -> tuple[str, str]:
+@contextmanager
+def _postgres_database(admin_url: str) -> Iterator[str]:
+    """A migrated database of our own on the shared server, dropped afterwards."""
     name = f"notifier_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    return name, f"{base}/{name}"
+    try:
+        upgrade(f"{base}/{name}")
+        yield f"{base}/{name}"
+    finally:
+        dispose_engines()
+        with psycopg.connect(admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _drop_postgres_database(admin_url: str, name: str) -> None:
-    dispose_engines()
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+@contextmanager
+def _sqlite_database(directory: Path) -> Iterator[str]:
+    url = f"sqlite:///{directory / 'notifier.db'}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        dispose_engines()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database of each kind the product supports."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'notifier.db'}"
-        upgrade(url)
-        yield url
-        dispose_engines()
-        return
-    admin = request.getfixturevalue("postgres_server")
-    name, url = _create_postgres_database(admin)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        _drop_postgres_database(admin, name)
+        with _sqlite_database(tmp_path) as url:
+            yield url
+    else:
+        with _postgres_database(request.getfixturevalue("postgres_server")) as url:
+            yield url
 
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'notifier.db'}"
-    upgrade(url)
-    yield url
-    dispose_engines()
+    with _sqlite_database(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
 def postgres_url(postgres_server: str) -> Iterator[str]:
-    name, url = _create_postgres_database(postgres_server)
-    try:
-        upgrade(url)
+    with _postgres_database(postgres_server) as url:
         yield url
-    finally:
-        _drop_postgres_database(postgres_server, name)
 
 
 @pytest.fixture
