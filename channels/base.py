@@ -55,7 +55,7 @@ class SendResult:
 class Receipt:
     """A provider's later word on one message (or one SMS part).
 
-    `provider_message_id` is normalised by the adapter (see `channels.smpp.normalise_message_id`).
+    `provider_message_id` is normalised by the adapter (see `channels.smpp_receipts.normalise_message_id`).
     `destination` is the subscriber address the receipt names, in E.164 or lower-case e-mail,
     when the protocol carries it: it lets a receipt resolve a notification whose send was never
     recorded because the sender crashed (state `unknown`).

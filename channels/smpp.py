@@ -12,21 +12,19 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-import re
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
-from datetime import UTC, datetime
 from typing import Any
 
 from smpplib import consts, exceptions, smpp
 from smpplib.client import Client, SimpleSequenceGenerator
 
-from channels.base import (RECEIPT_DELIVERED, RECEIPT_EXPIRED, RECEIPT_FAILED, RECEIPT_PENDING,
-                           RECEIPT_UNDELIVERED, OutgoingMessage, Receipt, ReceiptSink, SendResult)
+from channels.base import OutgoingMessage, ReceiptSink, SendResult
+from channels.smpp_receipts import e164_address, is_delivery_receipt, normalise_message_id, parse_receipt
 from notifier.errors import ChannelError, PermanentChannelError, TransientChannelError
 from notifier.identifiers import mask_msisdn
 from notifier.settings import SmppSettings
@@ -38,20 +36,11 @@ _WIRE_LOG = logging.getLogger(__name__ + ".wire")
 _WIRE_LOG.setLevel(logging.WARNING)
 
 _TRANSIENT_STATUSES = {0x08: "ESME_RSYSERR", 0x14: "ESME_RMSGQFUL", 0x58: "ESME_RTHROTTLED"}
-_RECEIPT_ESM_MASK, _RECEIPT_ESM_VALUE = 0x3C, 0x04
 _POLL_SECONDS = 0.2
 _UNBIND_TIMEOUT_SECONDS = 1.0
 _BACKOFF_INITIAL_SECONDS, _BACKOFF_MAX_SECONDS = 0.5, 30.0
 _CONNECTION_ERRORS = (exceptions.ConnectionError, exceptions.PDUError, OSError)
 
-# message_state TLV values, spelled like the `stat:` field of a receipt's text.
-_MESSAGE_STATES = {1: "ENROUTE", 2: "DELIVRD", 3: "EXPIRED", 4: "DELETED", 5: "UNDELIV",
-                   6: "ACCEPTD", 7: "UNKNOWN", 8: "REJECTD"}
-# Keyed by the first five letters, so vendor spellings (DELIVERED, UNDELIVERABLE) map too.
-_RECEIPT_STATUS = {"DELIV": RECEIPT_DELIVERED, "UNDEL": RECEIPT_UNDELIVERED, "EXPIR": RECEIPT_EXPIRED,
-                   "ACCEP": RECEIPT_PENDING, "ENROU": RECEIPT_PENDING}
-_RECEIPT_FIELD = re.compile(r"(?<!\S)(id|sub|dlvrd|submit date|done date|stat|err):(\S*)", re.IGNORECASE)
-_DECIMAL, _HEX = frozenset("0123456789"), frozenset("0123456789abcdef")
 
 
 class PartiallySentError(TransientChannelError):
@@ -66,22 +55,6 @@ class PartiallySentError(TransientChannelError):
         self.accepted_ids = accepted_ids
 
 
-def normalise_message_id(raw: str | bytes) -> str:
-    """One spelling per SMSC message id: SMSCs pad with NUL/spaces, vary case and leading zeros."""
-    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
-    text = text.strip("\x00 \t\r\n").lower()
-    return text.lstrip("0") or ("0" if text else "")
-
-
-def message_id_alternatives(raw: str | bytes) -> tuple[str, ...]:
-    """Other readings of an id (decimal <-> hex): many SMSCs answer in hex and report in decimal."""
-    primary = normalise_message_id(raw)
-    readings = []
-    if primary and set(primary) <= _DECIMAL:
-        readings.append(format(int(primary), "x"))
-    if primary and set(primary) <= _HEX:
-        readings.append(str(int(primary, 16)))
-    return tuple(dict.fromkeys(reading for reading in readings if reading != primary))
 
 
 class _LockedSequence(SimpleSequenceGenerator):
@@ -440,11 +413,11 @@ class SmppChannel:
         """Hand a receipt to the sink; the returned status goes into deliver_sm_resp (None = OK)."""
         if pdu.command != "deliver_sm":
             return None  # alert_notification
-        if (pdu.esm_class or 0) & _RECEIPT_ESM_MASK != _RECEIPT_ESM_VALUE:
+        if not is_delivery_receipt(pdu.esm_class or 0):
             log.info("[channel:sms] ignored a message from %s (not a delivery receipt)",
-                     mask_msisdn(_e164(pdu.source_addr) or ""))
+                     mask_msisdn(e164_address(pdu.source_addr) or ""))
             return None
-        receipt = _parse_receipt(pdu)
+        receipt = parse_receipt(pdu)
         if receipt is None:
             log.warning("[channel:sms] delivery receipt without a message id ignored")
             return None
@@ -485,51 +458,3 @@ def _destination_digits(destination: str) -> str:
     if not (digits.isascii() and digits.isdigit() and 1 <= len(digits) <= 20):
         raise PermanentChannelError(f"destination {mask_msisdn(destination)} is not an E.164 number")
     return digits
-
-
-def _e164(address: bytes | str | None) -> str | None:
-    text = address.decode("latin-1") if isinstance(address, bytes) else (address or "")
-    return "+" + text if text.isascii() and text.isdigit() else None
-
-
-def _parse_receipt(pdu: Any) -> Receipt | None:
-    """Build a Receipt from TLVs (preferred) and the de-facto `id:… stat:… err:…` text."""
-    text = (pdu.short_message or b"").decode("latin-1")
-    fields = _receipt_fields(text)
-    raw_ids = [raw for raw in (pdu.receipted_message_id, fields.get("id")) if raw]
-    if not raw_ids:
-        return None
-    primary = normalise_message_id(raw_ids[0])
-    state_name = _MESSAGE_STATES.get(pdu.message_state) if pdu.message_state is not None else None
-    raw_status = fields.get("stat") or state_name or "UNKNOWN"
-    extra = {key.replace(" ", "_"): fields[key] for key in ("sub", "dlvrd", "submit date") if key in fields}
-    if pdu.message_state is not None:
-        extra["message_state"] = str(pdu.message_state)
-    return Receipt(channel="sms", provider_message_id=primary,
-                   status=_RECEIPT_STATUS.get((state_name or raw_status).upper()[:5], RECEIPT_FAILED),
-                   raw_status=raw_status, error_code=fields.get("err"),
-                   done_at=_parse_smpp_date(fields.get("done date")), destination=_e164(pdu.source_addr),
-                   alternative_ids=_other_readings(raw_ids, primary), extra=extra)
-
-
-def _receipt_fields(text: str) -> dict[str, str]:
-    """Fields before `text:` (the message excerpt after it could contain anything)."""
-    head = re.split(r"(?<!\S)text:", text, maxsplit=1, flags=re.IGNORECASE)[0]
-    return {key.lower(): value for key, value in _RECEIPT_FIELD.findall(head)}
-
-
-def _other_readings(raw_ids: list[Any], primary: str) -> tuple[str, ...]:
-    readings = [reading for raw in raw_ids
-                for reading in (normalise_message_id(raw), *message_id_alternatives(raw))]
-    return tuple(dict.fromkeys(reading for reading in readings if reading and reading != primary))
-
-
-def _parse_smpp_date(value: str | None) -> datetime | None:
-    """YYMMDDhhmm[ss] as UTC; SMSCs rarely say their zone and receipts only order events."""
-    if not value or not value.isdigit() or len(value) not in (10, 12):
-        return None
-    try:
-        parsed = datetime.strptime(value, "%y%m%d%H%M%S" if len(value) == 12 else "%y%m%d%H%M")
-        return parsed.replace(tzinfo=UTC)
-    except ValueError:
-        return None

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from channels.base import OutgoingMessage, Receipt
-from channels.smpp import PartiallySentError, SmppChannel, message_id_alternatives, normalise_message_id
+from channels.smpp import PartiallySentError, SmppChannel
+from channels.smpp_receipts import message_id_alternatives, normalise_message_id
 from notifier.errors import PermanentChannelError, TransientChannelError
 from notifier.peers.smsc import SmscPeer
 from notifier.settings import SmppSettings

@@ -1,0 +1,97 @@
+"""Reading SMPP delivery receipts: message ids in every spelling, `id:… stat:…` text, TLVs.
+
+Kept apart from the channel so the parsing rules (which differ between SMSC vendors) can be read
+and tested on their own.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from channels.base import (
+    RECEIPT_DELIVERED, RECEIPT_EXPIRED, RECEIPT_FAILED, RECEIPT_PENDING, RECEIPT_UNDELIVERED, Receipt,
+)
+
+_RECEIPT_ESM_MASK, _RECEIPT_ESM_VALUE = 0x3C, 0x04
+# message_state TLV values, spelled like the `stat:` field of a receipt's text.
+_MESSAGE_STATES = {1: "ENROUTE", 2: "DELIVRD", 3: "EXPIRED", 4: "DELETED", 5: "UNDELIV",
+                   6: "ACCEPTD", 7: "UNKNOWN", 8: "REJECTD"}
+# Keyed by the first five letters, so vendor spellings (DELIVERED, UNDELIVERABLE) map too.
+_RECEIPT_STATUS = {"DELIV": RECEIPT_DELIVERED, "UNDEL": RECEIPT_UNDELIVERED, "EXPIR": RECEIPT_EXPIRED,
+                   "ACCEP": RECEIPT_PENDING, "ENROU": RECEIPT_PENDING}
+_RECEIPT_FIELD = re.compile(r"(?<!\S)(id|sub|dlvrd|submit date|done date|stat|err):(\S*)", re.IGNORECASE)
+_DECIMAL, _HEX = frozenset("0123456789"), frozenset("0123456789abcdef")
+
+
+
+def is_delivery_receipt(esm_class: int) -> bool:
+    """deliver_sm carries a receipt (not a subscriber's message) when its esm_class says so."""
+    return esm_class & _RECEIPT_ESM_MASK == _RECEIPT_ESM_VALUE
+
+
+def normalise_message_id(raw: str | bytes) -> str:
+    """One spelling per SMSC message id: SMSCs pad with NUL/spaces, vary case and leading zeros."""
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+    text = text.strip("\x00 \t\r\n").lower()
+    return text.lstrip("0") or ("0" if text else "")
+
+
+def message_id_alternatives(raw: str | bytes) -> tuple[str, ...]:
+    """Other readings of an id (decimal <-> hex): many SMSCs answer in hex and report in decimal."""
+    primary = normalise_message_id(raw)
+    readings = []
+    if primary and set(primary) <= _DECIMAL:
+        readings.append(format(int(primary), "x"))
+    if primary and set(primary) <= _HEX:
+        readings.append(str(int(primary, 16)))
+    return tuple(dict.fromkeys(reading for reading in readings if reading != primary))
+
+
+def e164_address(address: bytes | str | None) -> str | None:
+    text = address.decode("latin-1") if isinstance(address, bytes) else (address or "")
+    return "+" + text if text.isascii() and text.isdigit() else None
+
+
+def parse_receipt(pdu: Any) -> Receipt | None:
+    """Build a Receipt from TLVs (preferred) and the de-facto `id:… stat:… err:…` text."""
+    text = (pdu.short_message or b"").decode("latin-1")
+    fields = receipt_fields(text)
+    raw_ids = [raw for raw in (pdu.receipted_message_id, fields.get("id")) if raw]
+    if not raw_ids:
+        return None
+    primary = normalise_message_id(raw_ids[0])
+    state_name = _MESSAGE_STATES.get(pdu.message_state) if pdu.message_state is not None else None
+    raw_status = fields.get("stat") or state_name or "UNKNOWN"
+    extra = {key.replace(" ", "_"): fields[key] for key in ("sub", "dlvrd", "submit date") if key in fields}
+    if pdu.message_state is not None:
+        extra["message_state"] = str(pdu.message_state)
+    return Receipt(channel="sms", provider_message_id=primary,
+                   status=_RECEIPT_STATUS.get((state_name or raw_status).upper()[:5], RECEIPT_FAILED),
+                   raw_status=raw_status, error_code=fields.get("err"),
+                   done_at=_parse_smpp_date(fields.get("done date")), destination=e164_address(pdu.source_addr),
+                   alternative_ids=_other_readings(raw_ids, primary), extra=extra)
+
+
+def receipt_fields(text: str) -> dict[str, str]:
+    """Fields before `text:` (the message excerpt after it could contain anything)."""
+    head = re.split(r"(?<!\S)text:", text, maxsplit=1, flags=re.IGNORECASE)[0]
+    return {key.lower(): value for key, value in _RECEIPT_FIELD.findall(head)}
+
+
+def _other_readings(raw_ids: list[Any], primary: str) -> tuple[str, ...]:
+    readings = [reading for raw in raw_ids
+                for reading in (normalise_message_id(raw), *message_id_alternatives(raw))]
+    return tuple(dict.fromkeys(reading for reading in readings if reading and reading != primary))
+
+
+def _parse_smpp_date(value: str | None) -> datetime | None:
+    """YYMMDDhhmm[ss] as UTC; SMSCs rarely say their zone and receipts only order events."""
+    if not value or not value.isdigit() or len(value) not in (10, 12):
+        return None
+    try:
+        parsed = datetime.strptime(value, "%y%m%d%H%M%S" if len(value) == 12 else "%y%m%d%H%M")
+        return parsed.replace(tzinfo=UTC)
+    except ValueError:
+        return None
