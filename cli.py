@@ -229,6 +229,30 @@ def campaign_run(campaign_id: int, as_json: JsonOption = False) -> None:
         _print_status(status)
 
 
+@campaign_app.command("pause")
+@cli_errors
+def campaign_pause(campaign_id: int) -> None:
+    """Hold a campaign; `campaign run ID` resumes it."""
+    from notifier.campaigns import pause_campaign
+    from notifier.db import session_scope
+
+    with session_scope(_settings().database_url) as session:
+        pause_campaign(session, campaign_id)
+    err.print(f"campaign {campaign_id} paused; `notifier campaign run {campaign_id}` resumes it")
+
+
+@campaign_app.command("cancel")
+@cli_errors
+def campaign_cancel(campaign_id: int) -> None:
+    """Stop a campaign for good; what was not yet sent is cancelled."""
+    from notifier.campaigns import cancel_campaign
+    from notifier.db import session_scope
+
+    with session_scope(_settings().database_url) as session:
+        cancelled = cancel_campaign(session, campaign_id)
+    err.print(f"campaign {campaign_id} cancelled; {cancelled} notification(s) will not be sent")
+
+
 @campaign_app.command("status")
 @cli_errors
 def campaign_status_cmd(campaign_id: int, as_json: JsonOption = False) -> None:

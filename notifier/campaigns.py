@@ -20,7 +20,7 @@ from notifier.identifiers import mask_identifier
 from notifier.models import (
     Account, Campaign, ContactPoint, Feed, FeedItem, Notification, NotificationItem, utcnow,
 )
-from notifier.outbox import ALL_STATES, PLANNED, SUPPRESSED
+from notifier.outbox import ALL_STATES, CANCELLED, PLANNED, QUEUED, SCHEDULED, SUPPRESSED, transition_many
 
 KNOWN_CHANNELS = ("sms", "email")
 MAX_EVENTS_IN_CONTEXT = 10
@@ -159,6 +159,33 @@ def _seen_key(item: FeedItem) -> datetime:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
+
+
+# --- operator control -------------------------------------------------------------------------
+
+
+def pause_campaign(session: Session, campaign_id: int) -> Campaign:
+    """Hold a campaign: workers leave its queued rows alone until `campaign run` resumes it."""
+    campaign = get_campaign(session, campaign_id)
+    if campaign.state in ("done", "cancelled"):
+        raise InputError(f"campaign {campaign_id} is {campaign.state}: nothing to pause")
+    campaign.state = "paused"
+    return campaign
+
+
+def cancel_campaign(session: Session, campaign_id: int) -> int:
+    """Stop a campaign for good: rows not yet handed to a provider become `cancelled`."""
+    campaign = get_campaign(session, campaign_id)
+    if campaign.state in ("done", "cancelled"):
+        raise InputError(f"campaign {campaign_id} is {campaign.state}: nothing to cancel")
+    campaign.state, campaign.finished_at = "cancelled", utcnow()
+    cancelled = 0
+    for state in (PLANNED, SCHEDULED, QUEUED):
+        ids = session.exec(select(Notification.id).where(
+            Notification.campaign_id == campaign_id, Notification.state == state)).all()
+        cancelled += len(transition_many(session, ids, expected=state, to_state=CANCELLED, source="operator",
+                                         detail="campaign cancelled"))
+    return cancelled
 
 
 # --- progress ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 from notifier.actors import declare_actors, enqueue_all, make_broker
 from notifier.campaigns import campaign_status, get_campaign
 from notifier.db import session_scope
+from notifier.delivery import HELD_CAMPAIGN_STATES
 from notifier.errors import ConfigError
 from notifier.models import Notification, utcnow
 from notifier.outbox import PENDING_STATES, PLANNED, QUEUED, SENT, transition_many
@@ -41,16 +42,19 @@ def queue_campaign(session: Session, campaign_id: int, *, include_queued: bool) 
     ids = transition_many(session, planned, expected=PLANNED, to_state=QUEUED, source="dispatcher",
                           values={"queued_at": utcnow()})
     if include_queued:
+        moved = set(ids)
         ids += [nid for nid in session.exec(select(Notification.id).where(
-            Notification.campaign_id == campaign_id, Notification.state == QUEUED)).all() if nid not in set(ids)]
+            Notification.campaign_id == campaign_id, Notification.state == QUEUED)).all() if nid not in moved]
     return ids
 
 
 def run_campaign(settings: Settings, campaign_id: int, on_progress: ProgressCallback | None = None) -> dict[str, object]:
-    """Drive one campaign until no row needs work and receipts are in (or stopped waiting)."""
+    """Drive one campaign until no row needs work and receipts are in (or stopped waiting), or
+    until an operator pauses or cancels it. Running a paused campaign resumes it."""
+    settings.check_secrets()
     with session_scope(settings.database_url) as session:
         campaign = get_campaign(session, campaign_id)
-        if campaign.state in ("cancelled",):
+        if campaign.state == "cancelled":
             return campaign_status(session, campaign_id)
         channels = campaign.channel_list
         campaign.state, campaign.finished_at = "running", None
@@ -61,7 +65,8 @@ def run_campaign(settings: Settings, campaign_id: int, on_progress: ProgressCall
         status = _follow(settings, campaign_id, actor, on_progress)
     with session_scope(settings.database_url) as session:
         campaign = get_campaign(session, campaign_id)
-        campaign.state, campaign.finished_at = "done", utcnow()
+        if campaign.state == "running":
+            campaign.state, campaign.finished_at = "done", utcnow()
         status = campaign_status(session, campaign_id)
     if on_progress:
         on_progress(status)
@@ -85,6 +90,9 @@ def _follow(settings: Settings, campaign_id: int, actor: dramatiq.Actor,
             status = campaign_status(session, campaign_id)
         if on_progress:
             on_progress(status)
+        if status["state"] in HELD_CAMPAIGN_STATES:
+            log.warning("[campaign:%s] %s by an operator: stopping here", campaign_id, status["state"])
+            return status
         states: dict[str, int] = status["states"]  # type: ignore[assignment]
         if any(states.get(state) for state in PENDING_STATES):
             settled_since = None
@@ -125,6 +133,7 @@ class _embedded_worker:
 
 def run_worker(settings: Settings, stop: threading.Event, *, channels: list[str], threads: int | None = None) -> None:
     """A `notifier worker`: consume from the Redis broker until `stop` is set; run maintenance too."""
+    settings.check_secrets()
     if settings.embedded:
         raise ConfigError("notifier worker needs a broker: set NOTIFIER_BROKER_URL=redis://… "
                           "(in embedded mode `campaign run` sends by itself)")
