@@ -38,7 +38,9 @@ class RetryLater(NotifierError):
 
 
 @dataclass(frozen=True)
-class Claimed:
+class Send:
+    """One rendered message on its way: what `prepare` built and `claim` committed to send."""
+
     notification_id: int
     campaign_id: int
     channel: str
@@ -49,11 +51,16 @@ class Claimed:
 
 def deliver(runtime: Runtime, notification_id: int) -> str:
     """Send notification `notification_id` at most once; returns what happened, for logs and tests."""
-    claimed = claim(runtime, notification_id)
-    if isinstance(claimed, str):
-        return claimed
+    prepared = prepare(runtime, notification_id)
+    if isinstance(prepared, str):
+        return prepared
+    # Pace before claiming: a row waits for its turn in `queued`, never in `sending`, so a slow
+    # route cannot make a live sender look dead to the recovery.
+    runtime.limiter(prepared.channel).acquire(prepared.parts)
+    claimed = claim(runtime, prepared)
+    if claimed is None:
+        return "skipped"
     tag = f"[campaign:{claimed.campaign_id}] [notification:{notification_id}] [channel:{claimed.channel}]"
-    runtime.limiter(claimed.channel).acquire(claimed.parts)
     try:
         result = runtime.channel(claimed.channel).send(claimed.message)
     except TransientChannelError as exc:
@@ -68,15 +75,15 @@ def deliver(runtime: Runtime, notification_id: int) -> str:
     return "sent"
 
 
-def claim(runtime: Runtime, notification_id: int) -> Claimed | str:
-    """Render the message and move the row queued → sending, or say why not."""
+def prepare(runtime: Runtime, notification_id: int) -> Send | str:
+    """Render a queued notification (nothing changes yet), or say why it is not to be sent."""
     with session_scope(runtime.settings.database_url) as session:
         notification = session.get(Notification, notification_id)
         if notification is None:
             return "missing"
-        campaign = session.get(Campaign, notification.campaign_id)
         if notification.state != QUEUED:
             return "skipped"
+        campaign = session.get(Campaign, notification.campaign_id)
         if campaign is None or campaign.state in HELD_CAMPAIGN_STATES:
             return "held"
         account = session.get(Account, notification.account_id)
@@ -86,23 +93,28 @@ def claim(runtime: Runtime, notification_id: int) -> Claimed | str:
             transition(session, notification_id, expected=QUEUED, to_state=FAILED, source="worker",
                        detail=f"cannot render: {exc}", values={"reason": f"template error: {exc}"[:300]})
             return "failed"
-        parts = count_parts(rendered.body) if notification.channel == "sms" else 1
-        attempt = notification.attempts + 1
-        moved = transition(
-            session, notification_id, expected=QUEUED, to_state=SENDING, source="worker",
-            detail=f"attempt {attempt} by {runtime.owner}",
-            values={"claimed_by": runtime.owner, "claimed_at": utcnow(), "attempts": attempt,
-                    "text": rendered.body, "subject": rendered.subject, "parts": parts,
-                    "encoding": sms_encoding(rendered.body) if notification.channel == "sms" else "utf-8"},
-        )
-        if not moved:
-            return "skipped"
         message = OutgoingMessage(
             notification_id=notification_id, destination=notification.destination or "",
             body=rendered.body, subject=rendered.subject, html=rendered.html,
             reference=f"notification-{notification_id}",
         )
-        return Claimed(notification_id, notification.campaign_id, notification.channel, attempt, message, parts)
+        parts = count_parts(rendered.body) if notification.channel == "sms" else 1
+        return Send(notification_id, notification.campaign_id, notification.channel,
+                       notification.attempts + 1, message, parts)
+
+
+def claim(runtime: Runtime, prepared: Send) -> Send | None:
+    """Move the row queued → sending with the text about to go out; None if another took it."""
+    message = prepared.message
+    with session_scope(runtime.settings.database_url) as session:
+        moved = transition(
+            session, prepared.notification_id, expected=QUEUED, to_state=SENDING, source="worker",
+            detail=f"attempt {prepared.attempt} by {runtime.owner}",
+            values={"claimed_by": runtime.owner, "claimed_at": utcnow(), "attempts": prepared.attempt,
+                    "text": message.body, "subject": message.subject, "parts": prepared.parts,
+                    "encoding": sms_encoding(message.body) if prepared.channel == "sms" else "utf-8"},
+        )
+    return prepared if moved else None
 
 
 def render_notification(
@@ -134,7 +146,7 @@ def reference_code(campaign_id: int, notification_id: int | None) -> str:
     return f"CB-{campaign_id}-{notification_id}"
 
 
-def record_sent(runtime: Runtime, claimed: Claimed, result: SendResult) -> None:
+def record_sent(runtime: Runtime, claimed: Send, result: SendResult) -> None:
     with session_scope(runtime.settings.database_url) as session:
         moved = transition(
             session, claimed.notification_id, expected=SENDING, to_state=SENT, source="worker",
@@ -155,11 +167,11 @@ def record_sent(runtime: Runtime, claimed: Claimed, result: SendResult) -> None:
                        detail="accepted by the recipients' mail server", values={"delivered_at": utcnow()})
 
 
-def _accepted_is_delivery(runtime: Runtime, claimed: Claimed) -> bool:
+def _accepted_is_delivery(runtime: Runtime, claimed: Send) -> bool:
     return claimed.channel == "email" and runtime.settings.smtp.accepted_means_delivered
 
 
-def _after_transient_error(runtime: Runtime, claimed: Claimed, exc: TransientChannelError, tag: str) -> str:
+def _after_transient_error(runtime: Runtime, claimed: Send, exc: TransientChannelError, tag: str) -> str:
     accepted = getattr(exc, "accepted_ids", None)
     if accepted:
         # Part of a long SMS went out: sending it all again would duplicate those parts.
@@ -180,7 +192,7 @@ def _after_transient_error(runtime: Runtime, claimed: Claimed, exc: TransientCha
 
 
 def _record_failure(
-    runtime: Runtime, claimed: Claimed, reason: str, provider_status: str | None,
+    runtime: Runtime, claimed: Send, reason: str, provider_status: str | None,
     accepted_ids: list[str] | None = None,
 ) -> None:
     with session_scope(runtime.settings.database_url) as session:
