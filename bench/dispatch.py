@@ -30,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--channels", default="sms,email", help="the campaign's channel chain")
     parser.add_argument("--database-url", help="an empty database to use (default: a temporary SQLite file)")
     args = parser.parse_args()
     accounts = min(args.accounts, MAX_ACCOUNTS)
@@ -44,7 +45,7 @@ def main() -> None:
             import_assignments(session, files.sessions, fmt="sessions-csv", tz="Asia/Ho_Chi_Minh")
             feed_id = import_feed(session, files.shadowserver, fmt="shadowserver").id
             campaign_id = create_campaign(session, feed_id=feed_id, template="infected_device",
-                                          channels=["sms", "email"]).campaign_id
+                                          channels=args.channels.split(",")).campaign_id
         prepared = time.perf_counter()
         with SmscPeer(directory / "smsc.jsonl") as smsc, SmtpSink() as smtp:
             settings = Settings(
@@ -56,7 +57,7 @@ def main() -> None:
             finished = time.perf_counter()
             submits = len(smsc.submits())
         states = collections.Counter({f"{ch}:{st}": n for ch, c in status["by_channel"].items() for st, n in c.items()})
-        notifications = 2 * accounts
+        notifications = len(args.channels.split(",")) * accounts
         print(f"accounts={accounts} threads={args.threads}")
         print(f"import+match+plan: {prepared - started:.2f}s ({accounts / (prepared - started):.0f} accounts/s)")
         print(f"send+receipts:     {finished - prepared:.2f}s ({notifications / (finished - prepared):.0f} notifications/s, "

@@ -61,10 +61,12 @@ def transition(
     must then leave the row alone. The UPDATE's WHERE clause names the exact state that was read,
     so two concurrent callers can never both win.
     """
-    allowed = {expected} if isinstance(expected, str) else set(expected)
-    current = session.exec(select(Notification.state).where(Notification.id == notification_id)).first()
-    if current is None or current not in allowed:
-        return False
+    if isinstance(expected, str):
+        current: str | None = expected  # the UPDATE's WHERE checks it: no need to read first
+    else:
+        current = session.exec(select(Notification.state).where(Notification.id == notification_id)).first()
+        if current is None or current not in expected:
+            return False
     moment = at or utcnow()
     result = session.execute(
         sa.update(Notification)
