@@ -8,12 +8,14 @@ returns an `ImportResult` whose `errors` list names each rejected line and why, 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from notifier.errors import InputError
 from notifier.identifiers import email_sha256, ip_key, msisdn_sha256
@@ -24,7 +26,8 @@ from notifier.matching import match_feed
 from notifier.models import Account, ContactPoint, Feed, FeedItem, IpAssignment, utcnow
 
 BATCH_ROWS = 1000
-MAX_REPORTED_ERRORS = 1000  # the JSON output lists at most this many; counts stay exact
+MAX_REPORTED_ERRORS = 1000
+T = TypeVar("T")  # the JSON output lists at most this many; counts stay exact
 
 
 @dataclass
@@ -59,37 +62,66 @@ _ACCOUNT_FIELDS = (
 def import_subscribers(
     session: Session, path: Path, *, tz: str, column_map: Mapping[str, str] | None = None
 ) -> ImportResult:
-    """Create or update accounts and their contact points; an unchanged row changes nothing."""
+    """Create or update accounts and their contact points, a batch of rows per few statements.
+
+    An unchanged row changes nothing (not even `updated_at`); a later row for the same account
+    wins over an earlier one; a contact point that stays keeps its opt-out.
+    """
     result = ImportResult()
-    for record in parse_subscribers(path, tz=tz, column_map=column_map):
-        if isinstance(record, Rejection):
-            result.reject(record)
-            continue
-        changed = _upsert_account(session, record)
-        result.accepted += 1
-        result.unchanged += 0 if changed else 1
-        if result.accepted % BATCH_ROWS == 0:
-            session.flush()
-            session.expunge_all()
+    for chunk in _chunks(parse_subscribers(path, tz=tz, column_map=column_map), BATCH_ROWS):
+        records: list[SubscriberRecord] = []
+        for record in chunk:
+            if isinstance(record, Rejection):
+                result.reject(record)
+            else:
+                records.append(record)
+        result.accepted += len(records)
+        changed = _store_subscribers(session, {r.account_ref: r for r in records})
+        result.unchanged += len({r.account_ref for r in records}) - changed
     return result
 
 
-def _upsert_account(session: Session, record: SubscriberRecord) -> bool:
-    account = session.exec(select(Account).where(Account.account_ref == record.account_ref)).first()
-    if account is None:
-        account = Account(account_ref=record.account_ref, full_name=record.full_name)
-        session.add(account)
-        session.flush()
-    changed = False
-    for name in _ACCOUNT_FIELDS:
-        value = getattr(record, name)
-        if getattr(account, name) != value:
-            setattr(account, name, value)
-            changed = True
-    changed = _sync_contact_points(session, account.id, _contact_rows(record)) or changed
-    if changed:
-        account.updated_at = utcnow()
-    return changed
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _store_subscribers(session: Session, latest: dict[str, SubscriberRecord]) -> int:
+    """Upsert one batch of accounts (keyed by account_ref); returns how many changed."""
+    if not latest:
+        return 0
+    now = utcnow()
+    existing = {row["account_ref"]: row for row in session.execute(
+        sa.select(Account.__table__).where(Account.account_ref.in_(list(latest)))).mappings()}
+    new_refs = [ref for ref in latest if ref not in existing]
+    ids = {ref: row["id"] for ref, row in existing.items()}
+    if new_refs:
+        inserted = session.execute(
+            sa.insert(Account).returning(Account.id, Account.account_ref),
+            [{"account_ref": ref, **_account_values(latest[ref]), "created_at": now, "updated_at": now}
+             for ref in new_refs],
+        ).all()
+        ids.update({ref: account_id for account_id, ref in inserted})
+    fields_changed = {ref for ref in existing
+                      if _account_values(latest[ref]) != {f: existing[ref][f] for f in _ACCOUNT_FIELDS}}
+    contacts_changed = _sync_contact_points(session, {ids[ref]: _contact_rows(r) for ref, r in latest.items()})
+    refresh = fields_changed | {ref for ref in existing if ids[ref] in contacts_changed}
+    if refresh:
+        session.execute(
+            sa.update(Account.__table__).where(Account.__table__.c.id == sa.bindparam("b_id"))
+            .values({name: sa.bindparam(name) for name in (*_ACCOUNT_FIELDS, "updated_at")}),
+            [{"b_id": ids[ref], **_account_values(latest[ref]), "updated_at": now} for ref in refresh])
+    return len(new_refs) + len(refresh)
+
+
+def _account_values(record: SubscriberRecord) -> dict[str, object]:
+    return {name: getattr(record, name) for name in _ACCOUNT_FIELDS}
 
 
 def _contact_rows(record: SubscriberRecord) -> list[tuple[str, str, str | None]]:
@@ -100,25 +132,39 @@ def _contact_rows(record: SubscriberRecord) -> list[tuple[str, str, str | None]]
     return rows
 
 
-def _sync_contact_points(
-    session: Session, account_id: int | None, wanted: list[tuple[str, str, str | None]]
-) -> bool:
-    """Make the account's contact points equal `wanted`, keeping rows (and opt-outs) that stay."""
-    existing = {(cp.kind, cp.value): cp for cp in
-                session.exec(select(ContactPoint).where(ContactPoint.account_id == account_id))}
-    changed = False
-    for position, (kind, value, digest) in enumerate(wanted):
-        contact = existing.pop((kind, value), None)
-        if contact is None:
-            session.add(ContactPoint(account_id=account_id, kind=kind, value=value,
-                                     value_sha256=digest, position=position))
-            changed = True
-        elif contact.position != position:
-            contact.position = position
-            changed = True
-    for contact in existing.values():
-        session.delete(contact)
-        changed = True
+def _sync_contact_points(session: Session, wanted: dict[int, list[tuple[str, str, str | None]]]) -> set[int]:
+    """Make each account's contact points equal `wanted`, keeping rows (and opt-outs) that stay.
+    Returns the ids of the accounts whose contact points changed."""
+    table = ContactPoint.__table__
+    existing: dict[int, dict[tuple[str, str], tuple[int, int]]] = defaultdict(dict)
+    for row in session.execute(sa.select(table.c.id, table.c.account_id, table.c.kind, table.c.value,
+                                         table.c.position).where(table.c.account_id.in_(list(wanted)))):
+        existing[row.account_id][(row.kind, row.value)] = (row.id, row.position)
+    inserts: list[dict[str, object]] = []
+    moves: list[dict[str, object]] = []
+    deletes: list[int] = []
+    changed: set[int] = set()
+    for account_id, rows in wanted.items():
+        current = dict(existing.get(account_id, {}))
+        for position, (kind, value, digest) in enumerate(rows):
+            found = current.pop((kind, value), None)
+            if found is None:
+                inserts.append({"account_id": account_id, "kind": kind, "value": value, "value_sha256": digest,
+                                "opted_out": False, "position": position})
+            elif found[1] != position:
+                moves.append({"b_id": found[0], "position": position})
+            else:
+                continue
+            changed.add(account_id)
+        deletes += [contact_id for contact_id, _ in current.values()]
+        changed.update([account_id] if current else [])
+    if inserts:
+        session.execute(sa.insert(table), inserts)
+    if moves:
+        session.execute(sa.update(table).where(table.c.id == sa.bindparam("b_id"))
+                        .values(position=sa.bindparam("position")), moves)
+    if deletes:
+        session.execute(sa.delete(table).where(table.c.id.in_(deletes)))
     return changed
 
 
@@ -143,53 +189,55 @@ def load_column_map(path: Path) -> dict[str, str]:
 
 
 def import_assignments(session: Session, path: Path, *, fmt: str, tz: str) -> ImportResult:
-    """Store sessions (who had which IP when); a session seen again only gains its end time."""
+    """Store sessions (who had which IP when), a batch at a time; a session seen again only gains
+    its end time, so re-importing a log, or a later log that closes a session, is safe."""
     parser = get_assignment_parser(fmt)
-    accounts = _AccountIds(session)
     result = ImportResult()
-    for record in parser(path, tz=tz):
-        if isinstance(record, Rejection):
-            result.reject(record)
-            continue
-        account_id = accounts.get(record.account_ref)
-        if account_id is None:
-            result.reject(Rejection(record.line, f"unknown account '{record.account_ref}'", ""))
-            continue
-        _upsert_session(session, account_id, record, fmt)
-        result.accepted += 1
+    for chunk in _chunks(parser(path, tz=tz), BATCH_ROWS):
+        records = [r for r in chunk if not isinstance(r, Rejection)]
+        accounts = _account_ids(session, {r.account_ref for r in records})
+        for record in chunk:
+            if isinstance(record, Rejection):
+                result.reject(record)
+            elif record.account_ref not in accounts:
+                result.reject(Rejection(record.line, f"unknown account '{record.account_ref}'", ""))
+        known = [r for r in records if r.account_ref in accounts]
+        _store_sessions(session, known, accounts, fmt)
+        result.accepted += len(known)
+    result.errors.sort(key=lambda error: int(error["line"]))  # type: ignore[arg-type]
     return result
 
 
-def _upsert_session(session: Session, account_id: int, record: SessionRecord, fmt: str) -> None:
-    key = ip_key(record.ip)
-    existing = session.exec(
-        select(IpAssignment).where(
-            IpAssignment.account_id == account_id,
-            IpAssignment.range_start == key,
-            IpAssignment.started_at == record.started_at,
-        )
-    ).first()
-    if existing is not None:
-        if record.ended_at is not None and existing.ended_at != record.ended_at:
-            existing.ended_at = record.ended_at
+def _account_ids(session: Session, refs: set[str]) -> dict[str, int]:
+    if not refs:
+        return {}
+    return {ref: account_id for account_id, ref in
+            session.execute(sa.select(Account.id, Account.account_ref).where(Account.account_ref.in_(list(refs))))}
+
+
+def _store_sessions(session: Session, records: list[SessionRecord], accounts: dict[str, int], fmt: str) -> None:
+    table = IpAssignment.__table__
+    wanted: dict[tuple[int, str, object], SessionRecord] = {
+        (accounts[r.account_ref], ip_key(r.ip), r.started_at): r for r in records}
+    if not wanted:
         return
-    session.add(IpAssignment(account_id=account_id, network=record.ip, range_start=key, range_end=key,
-                             started_at=record.started_at, ended_at=record.ended_at, source=fmt,
-                             username=record.username))
-
-
-class _AccountIds:
-    """account_ref → id, cached for the length of one import."""
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._cache: dict[str, int | None] = {}
-
-    def get(self, account_ref: str) -> int | None:
-        if account_ref not in self._cache:
-            self._cache[account_ref] = self._session.exec(
-                select(Account.id).where(Account.account_ref == account_ref)).first()
-        return self._cache[account_ref]
+    existing = {
+        (row.account_id, row.range_start, row.started_at): row
+        for row in session.execute(sa.select(table.c.id, table.c.account_id, table.c.range_start, table.c.started_at,
+                                             table.c.ended_at)
+                                   .where(table.c.account_id.in_({key[0] for key in wanted}),
+                                          table.c.range_start.in_({key[1] for key in wanted})))
+    }
+    inserts = [{"account_id": key[0], "network": r.ip, "range_start": key[1], "range_end": key[1],
+                "started_at": r.started_at, "ended_at": r.ended_at, "source": fmt, "username": r.username}
+               for key, r in wanted.items() if key not in existing]
+    closes = [{"b_id": existing[key].id, "ended_at": r.ended_at} for key, r in wanted.items()
+              if key in existing and r.ended_at is not None and existing[key].ended_at != r.ended_at]
+    if inserts:
+        session.execute(sa.insert(table), inserts)
+    if closes:
+        session.execute(sa.update(table).where(table.c.id == sa.bindparam("b_id"))
+                        .values(ended_at=sa.bindparam("ended_at")), closes)
 
 
 # --- feeds ------------------------------------------------------------------------------------
