@@ -242,6 +242,18 @@ def network_keys(prefix: str) -> tuple[str, str]:
     return _address_key(network.network_address), _address_key(network.broadcast_address)
 
 
+def mapped_prefix_len(prefix: str) -> int:
+    """The length of a network's prefix in the 128-bit space `ip_key` uses (IPv4 /24 → 120)."""
+    network = ipaddress.ip_network(prefix.strip(), strict=True)
+    return network.prefixlen + (96 if network.version == 4 else 0)
+
+
+def key_network_start(key: str, prefix_len: int) -> str:
+    """The key of the first address of the /prefix_len network (in `ip_key` space) holding `key`."""
+    host_bits = 128 - prefix_len
+    return format((int(key, 16) >> host_bits) << host_bits, "032x")
+
+
 # --- masking for logs and screens ----------------------------------------------------------------
 
 MASK = "*"

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from notifier.batching import chunks
 from notifier.errors import InputError
 from notifier.identifiers import email_sha256, ip_key, msisdn_sha256
 from notifier.ingest import get_assignment_parser, get_feed_parser
@@ -26,8 +26,7 @@ from notifier.matching import match_feed
 from notifier.models import Account, ContactPoint, Feed, FeedItem, IpAssignment, utcnow
 
 BATCH_ROWS = 1000
-MAX_REPORTED_ERRORS = 1000
-T = TypeVar("T")  # the JSON output lists at most this many; counts stay exact
+MAX_REPORTED_ERRORS = 1000  # the JSON output lists at most this many; counts stay exact
 
 
 @dataclass
@@ -68,7 +67,7 @@ def import_subscribers(
     wins over an earlier one; a contact point that stays keeps its opt-out.
     """
     result = ImportResult()
-    for chunk in _chunks(parse_subscribers(path, tz=tz, column_map=column_map), BATCH_ROWS):
+    for chunk in chunks(parse_subscribers(path, tz=tz, column_map=column_map), BATCH_ROWS):
         records: list[SubscriberRecord] = []
         for record in chunk:
             if isinstance(record, Rejection):
@@ -79,17 +78,6 @@ def import_subscribers(
         changed = _store_subscribers(session, {r.account_ref: r for r in records})
         result.unchanged += len({r.account_ref for r in records}) - changed
     return result
-
-
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _store_subscribers(session: Session, latest: dict[str, SubscriberRecord]) -> int:
@@ -193,7 +181,7 @@ def import_assignments(session: Session, path: Path, *, fmt: str, tz: str) -> Im
     its end time, so re-importing a log, or a later log that closes a session, is safe."""
     parser = get_assignment_parser(fmt)
     result = ImportResult()
-    for chunk in _chunks(parser(path, tz=tz), BATCH_ROWS):
+    for chunk in chunks(parser(path, tz=tz), BATCH_ROWS):
         records = [r for r in chunk if not isinstance(r, Rejection)]
         accounts = _account_ids(session, {r.account_ref for r in records})
         for record in chunk:

@@ -94,7 +94,9 @@ class IpAssignment(SQLModel, table=True):
     """Which account used which address (or prefix) when.
 
     `range_start`/`range_end` are `identifiers.ip_key` strings, so one index serves IPv4, IPv6
-    and prefixes alike; a single address has start == end. `ended_at` NULL = still open.
+    and prefixes alike; a single address has start == end and `prefix_len` 128. Matching computes,
+    for each prefix length in use, the network that would hold an address and looks it up by
+    equality on `range_start`: a few indexed lookups, not a scan. `ended_at` NULL = still open.
     """
 
     __tablename__ = "ip_assignment"
@@ -108,6 +110,7 @@ class IpAssignment(SQLModel, table=True):
     network: str = Field(max_length=64)  # as given: "14.160.1.2" or "2402:800::/56"
     range_start: str = Field(max_length=32)
     range_end: str = Field(max_length=32)
+    prefix_len: int = 128  # in ip_key space: 128 = one address, 120 = an IPv4 /24, 56 = an IPv6 /56
     started_at: datetime = Field(sa_column=_utc_column(nullable=False))
     ended_at: datetime | None = Field(default=None, sa_column=_utc_column())
     source: str = Field(default="sessions-csv", max_length=32)

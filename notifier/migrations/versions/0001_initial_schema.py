@@ -135,6 +135,7 @@ def upgrade() -> None:
     sa.Column('network', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('range_start', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('range_end', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('prefix_len', sa.Integer(), nullable=False),
     sa.Column('started_at', notifier.models.UtcDateTime(timezone=True), nullable=False),
     sa.Column('ended_at', notifier.models.UtcDateTime(timezone=True), nullable=True),
     sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
