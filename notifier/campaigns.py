@@ -15,6 +15,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from notifier.batching import chunks
 from notifier.errors import InputError, NotFoundError
 from notifier.identifiers import mask_identifier
 from notifier.models import (
@@ -24,6 +25,7 @@ from notifier.outbox import ALL_STATES, CANCELLED, PLANNED, QUEUED, SCHEDULED, S
 
 KNOWN_CHANNELS = ("sms", "email")
 MAX_EVENTS_IN_CONTEXT = 10
+PLAN_BATCH = 500
 _CHANNEL_CONTACT = {"sms": "msisdn", "email": "email"}
 
 
@@ -59,24 +61,26 @@ def create_campaign(
     session.add(campaign)
     session.flush()
     items_by_account = _matched_items(session, feed_id)
-    accounts = {a.id: a for a in session.exec(select(Account).where(Account.id.in_(list(items_by_account))))}
-    contacts = _contacts(session, list(items_by_account))
     planned = suppressed = 0
-    for account_id, items in items_by_account.items():
-        account = accounts[account_id]
-        context = json.dumps(build_context(account, items), ensure_ascii=False)
-        for step, channel in enumerate(channels):
-            destination, reason = choose_destination(account, channel, contacts.get(account_id, []))
-            notification = Notification(
-                campaign_id=campaign.id, account_id=account_id, channel=channel, step=step,
-                destination=destination, state=SUPPRESSED if reason else PLANNED, reason=reason,
-                threat=_main_threat(items), context=context,
-            )
-            session.add(notification)
-            session.flush()
-            session.execute(sa.insert(NotificationItem), [
-                {"notification_id": notification.id, "feed_item_id": item.id} for item in items])
-            planned, suppressed = (planned, suppressed + 1) if reason else (planned + 1, suppressed)
+    for batch in chunks(list(items_by_account), PLAN_BATCH):
+        accounts = {a.id: a for a in session.exec(select(Account).where(Account.id.in_(batch)))}
+        contacts = _contacts(session, batch)
+        rows, items_per_row = [], []
+        for account_id in batch:
+            account, items = accounts[account_id], items_by_account[account_id]
+            context = json.dumps(build_context(account, items), ensure_ascii=False)
+            for step, channel in enumerate(channels):
+                destination, reason = choose_destination(account, channel, contacts.get(account_id, []))
+                rows.append({"campaign_id": campaign.id, "account_id": account_id, "channel": channel, "step": step,
+                             "destination": destination, "state": SUPPRESSED if reason else PLANNED,
+                             "reason": reason, "threat": _main_threat(items), "context": context,
+                             "attempts": 0, "created_at": utcnow(), "updated_at": utcnow()})
+                items_per_row.append(items)
+                planned, suppressed = (planned, suppressed + 1) if reason else (planned + 1, suppressed)
+        ids = session.execute(sa.insert(Notification).returning(Notification.id, sort_by_parameter_order=True),
+                              rows).scalars().all()
+        session.execute(sa.insert(NotificationItem), [
+            {"notification_id": nid, "feed_item_id": item.id} for nid, items in zip(ids, items_per_row) for item in items])
     return PlanSummary(campaign.id or 0, len(items_by_account), planned, suppressed)
 
 

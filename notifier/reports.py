@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlmodel import Session, select
 
 from notifier.errors import NotFoundError
-from notifier.models import Feed, FeedItem
+from notifier.models import Account, Feed, FeedItem
 
 
 def feed_summary(session: Session, feed_id: int) -> dict[str, object]:
@@ -24,23 +24,14 @@ def feed_items(session: Session, feed_id: int, *, status: str | None = None) -> 
     """Every line of the feed with its outcome: the `feed show ID --items --json` document."""
     if session.get(Feed, feed_id) is None:
         raise NotFoundError("feed", feed_id)
-    query = select(FeedItem).where(FeedItem.feed_id == feed_id)
+    query = (select(FeedItem, Account.account_ref)
+             .join(Account, Account.id == FeedItem.account_id, isouter=True)
+             .where(FeedItem.feed_id == feed_id))
     if status:
         query = query.where(FeedItem.status == status)
-    rows = session.exec(query.order_by(FeedItem.line, FeedItem.id)).all()
-    account_refs = _account_refs(session, {r.account_id for r in rows if r.account_id})
     return [
-        {"line": r.line, "status": r.status, "account_id": account_refs.get(r.account_id or 0),
+        {"line": r.line, "status": r.status, "account_id": account_ref,
          "reason": r.reason, "identifier_kind": r.identifier_kind, "threat": r.threat,
          "seen_at": r.seen_at.isoformat() if r.seen_at else None}
-        for r in rows
+        for r, account_ref in session.exec(query.order_by(FeedItem.line, FeedItem.id))
     ]
-
-
-def _account_refs(session: Session, ids: set[int]) -> dict[int, str]:
-    from notifier.models import Account
-
-    if not ids:
-        return {}
-    return {a.id: a.account_ref for a in session.exec(select(Account).where(Account.id.in_(list(ids))))
-            if a.id is not None}
