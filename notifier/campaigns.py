@@ -60,9 +60,11 @@ def create_campaign(
                         name=name or f"{template} – feed {feed_id} ({feed.filename})")
     session.add(campaign)
     session.flush()
-    items_by_account = _matched_items(session, feed_id)
+    account_ids = session.exec(select(FeedItem.account_id).where(
+        FeedItem.feed_id == feed_id, FeedItem.status == "matched").distinct().order_by(FeedItem.account_id)).all()
     planned = suppressed = 0
-    for batch in chunks(list(items_by_account), PLAN_BATCH):
+    for batch in chunks(account_ids, PLAN_BATCH):  # memory holds one batch of accounts, not the feed
+        items_by_account = _matched_items(session, feed_id, batch)
         accounts = {a.id: a for a in session.exec(select(Account).where(Account.id.in_(batch)))}
         contacts = _contacts(session, batch)
         rows, items_per_row = [], []
@@ -81,13 +83,15 @@ def create_campaign(
                               rows).scalars().all()
         session.execute(sa.insert(NotificationItem), [
             {"notification_id": nid, "feed_item_id": item.id} for nid, items in zip(ids, items_per_row) for item in items])
-    return PlanSummary(campaign.id or 0, len(items_by_account), planned, suppressed)
+        session.expunge_all()
+    return PlanSummary(campaign.id or 0, len(account_ids), planned, suppressed)
 
 
-def _matched_items(session: Session, feed_id: int) -> dict[int, list[FeedItem]]:
+def _matched_items(session: Session, feed_id: int, account_ids: list[int]) -> dict[int, list[FeedItem]]:
     grouped: dict[int, list[FeedItem]] = defaultdict(list)
     for item in session.exec(
-        select(FeedItem).where(FeedItem.feed_id == feed_id, FeedItem.status == "matched").order_by(FeedItem.id)
+        select(FeedItem).where(FeedItem.feed_id == feed_id, FeedItem.status == "matched",
+                               FeedItem.account_id.in_(account_ids)).order_by(FeedItem.id)
     ):
         grouped[item.account_id or 0].append(item)
     return dict(grouped)
