@@ -146,6 +146,7 @@ def feed_import(
     source: Annotated[str | None, typer.Option(help="Who sent the feed.")] = None,
     report_type: Annotated[str | None, typer.Option(help="Shadowserver report type, if not in the file name.")] = None,
     tz: TzOption = None,
+    again: Annotated[bool, typer.Option("--again", help="Import a file that was imported before.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Import a security feed, keep every line, and match it to accounts."""
@@ -154,7 +155,7 @@ def feed_import(
 
     settings = _settings()
     with session_scope(settings.database_url) as session:
-        result = import_feed(session, file, fmt=fmt, tz=tz, source=source, report_type=report_type)
+        result = import_feed(session, file, fmt=fmt, tz=tz, source=source, report_type=report_type, again=again)
     if as_json:
         _print_json(result.as_json())
         return

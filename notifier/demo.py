@@ -15,7 +15,7 @@ from notifier.campaigns import create_campaign
 from notifier.db import session_scope, upgrade
 from notifier.demo_data import DemoFiles, generate
 from notifier.dispatch import run_campaign
-from notifier.importing import import_assignments, import_feed, import_subscribers
+from notifier.importing import file_sha256, find_feed_by_digest, import_assignments, import_feed, import_subscribers
 from notifier.outbox import ACCEPTED_STATES, DELIVERED, SUPPRESSED
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
@@ -58,11 +58,19 @@ def _import_all(settings: Settings, files: DemoFiles, log: Callable[[str], None]
     for template, path, fmt in (("infected_device", files.shadowserver, "shadowserver"),
                                 ("data_leak", files.leaks, "leak-csv")):
         with session_scope(settings.database_url) as session:
-            result = import_feed(session, path, fmt=fmt, source="demo")
-        feeds[template] = (result.id or 0, {"file": path.name, "accepted": result.accepted,
-                                            "rejected": result.rejected, **result.counts})
-        for error in result.errors:
-            log(f"  {path.name} line {error['line']}: {error['reason']}")
+            earlier = find_feed_by_digest(session, file_sha256(path))
+            if earlier is None:
+                result = import_feed(session, path, fmt=fmt, source="demo")
+                feed_id, counts = result.id or 0, {"accepted": result.accepted, "rejected": result.rejected,
+                                                   **result.counts}
+                for error in result.errors:
+                    log(f"  {path.name} line {error['line']}: {error['reason']}")
+            else:  # a second demo run: the same file is the same feed
+                log(f"{path.name} was imported before as feed {earlier.id}: reusing it")
+                feed_id, counts = earlier.id or 0, {"accepted": earlier.accepted, "rejected": earlier.rejected,
+                                                    "matched": earlier.matched, "unmatched": earlier.unmatched,
+                                                    "ambiguous": earlier.ambiguous}
+        feeds[template] = (feed_id, {"file": path.name, **counts})
     return feeds
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from notifier.batching import chunks
 from notifier.errors import InputError
@@ -239,8 +239,13 @@ def import_feed(
     tz: str | None = None,
     source: str | None = None,
     report_type: str | None = None,
+    again: bool = False,
 ) -> ImportResult:
-    """Store a feed and every line of it (accepted or rejected), then match it to accounts."""
+    """Store a feed and every line of it (accepted or rejected), then match it to accounts.
+
+    The same file twice is refused unless `again`: a second feed would become a second campaign,
+    and every subscriber in it would be warned twice.
+    """
     parser = get_feed_parser(fmt)
     options: dict[str, object] = {}
     if tz:
@@ -248,8 +253,12 @@ def import_feed(
     if fmt == "shadowserver" and report_type:
         options["report_type"] = report_type
     records = parser(path, **options)
-    feed = Feed(format=fmt, source=source, report_type=report_type, filename=path.name,
-                file_sha256=file_sha256(path))
+    digest = file_sha256(path)
+    earlier = find_feed_by_digest(session, digest)
+    if earlier is not None and not again:
+        raise InputError(f"{path}: already imported as feed {earlier.id} on {earlier.imported_at:%Y-%m-%d %H:%M} UTC "
+                         "(use --again to import it as a new feed)")
+    feed = Feed(format=fmt, source=source, report_type=report_type, filename=path.name, file_sha256=digest)
     session.add(feed)
     session.flush()
     result = ImportResult(id=feed.id)
@@ -261,6 +270,11 @@ def import_feed(
     result.counts = {"matched": counts.matched, "unmatched": counts.unmatched,
                      "ambiguous": counts.ambiguous}
     return result
+
+
+def find_feed_by_digest(session: Session, digest: str) -> Feed | None:
+    """The earliest feed imported from a file with these exact bytes, if any."""
+    return session.exec(select(Feed).where(Feed.file_sha256 == digest).order_by(Feed.id)).first()
 
 
 def _store_items(

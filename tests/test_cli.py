@@ -104,3 +104,13 @@ def test_bad_input_is_one_line_and_exit_code_2(cli_db: str, tmp_path: Path, args
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "Traceback" not in result.output
+
+
+def test_the_same_feed_file_twice_is_refused_unless_again(cli_db: str, tmp_path: Path) -> None:
+    feed = _bad_feed(tmp_path)
+    first = _json("feed", "import", str(feed), "--format", "shadowserver")
+    refused = runner.invoke(app, ["feed", "import", str(feed), "--format", "shadowserver"])
+    assert refused.exit_code == 2
+    assert f"already imported as feed {first['id']}" in refused.stderr
+    again = _json("feed", "import", str(feed), "--format", "shadowserver", "--again")
+    assert again["id"] != first["id"] and again["accepted"] == first["accepted"]
