@@ -196,6 +196,7 @@ def campaign_create(
     template: Annotated[str, typer.Option(help="infected_device | data_leak")],
     channels: Annotated[str, typer.Option(help="Ordered channel chain, e.g. sms,email.")] = "sms,email",
     name: Annotated[str | None, typer.Option(help="A name for people.")] = None,
+    again: Annotated[bool, typer.Option("--again", help="Allow a second campaign on the same feed and channel.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Plan a campaign: one notification per matched account and channel."""
@@ -206,7 +207,8 @@ def campaign_create(
     settings = _settings()
     Renderer(settings.templates_dir).check_template(template)
     with session_scope(settings.database_url) as session:
-        plan = create_campaign(session, feed_id=feed, template=template, channels=parse_channels(channels), name=name)
+        plan = create_campaign(session, feed_id=feed, template=template, channels=parse_channels(channels),
+                               name=name, again=again)
     if as_json:
         _print_json({"id": plan.campaign_id, "accounts": plan.accounts, "planned": plan.planned,
                      "suppressed": plan.suppressed})

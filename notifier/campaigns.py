@@ -50,12 +50,22 @@ def parse_channels(text: str) -> list[str]:
 
 
 def create_campaign(
-    session: Session, *, feed_id: int, template: str, channels: list[str], name: str | None = None
+    session: Session, *, feed_id: int, template: str, channels: list[str], name: str | None = None,
+    again: bool = False,
 ) -> PlanSummary:
-    """Create a campaign for a feed's matched accounts and plan its notifications."""
+    """Create a campaign for a feed's matched accounts and plan its notifications.
+
+    A second campaign for the same feed on a channel an earlier one (not cancelled) already uses
+    is refused unless `again`: it would warn the same subscribers twice on that channel.
+    """
     feed = session.get(Feed, feed_id)
     if feed is None:
         raise NotFoundError("feed", feed_id)
+    earlier = next((c for c in session.exec(select(Campaign).where(
+        Campaign.feed_id == feed_id, Campaign.state != "cancelled")) if set(c.channel_list) & set(channels)), None)
+    if earlier is not None and not again:
+        raise InputError(f"feed {feed_id} already has campaign {earlier.id} on {earlier.channels} "
+                         "(use --again for a second one)")
     campaign = Campaign(feed_id=feed_id, template=template, channels=",".join(channels),
                         name=name or f"{template} – feed {feed_id} ({feed.filename})")
     session.add(campaign)

@@ -40,7 +40,8 @@ def run_demo(settings: Settings, *, subscribers: int, seed: int, log: Callable[[
         campaigns = {}
         for template, (feed_id, _) in feeds.items():
             with session_scope(live.database_url) as session:
-                plan = create_campaign(session, feed_id=feed_id, template=template, channels=["sms", "email"])
+                plan = create_campaign(session, feed_id=feed_id, template=template, channels=["sms", "email"],
+                                       again=True)  # each demo run is a new campaign
             log(f"campaign {plan.campaign_id} ({template}): {plan.planned} planned, {plan.suppressed} suppressed")
             status = run_campaign(live, plan.campaign_id)
             campaigns[f"{plan.campaign_id} {template}"] = channel_summary(status)

@@ -80,6 +80,9 @@ def test_import_match_plan_and_inspect_with_json(cli_db: str, tmp_path: Path) ->
                     "--channels", "sms,email")
     status = _json("campaign", "status", str(created["id"]))
     assert status["by_channel"] == {"sms": {"planned": 1}, "email": {"planned": 1}}
+    twice = runner.invoke(app, ["campaign", "create", "--feed", str(feed["id"]), "--template", "infected_device",
+                                "--channels", "email"])
+    assert twice.exit_code == 2 and f"already has campaign {created['id']}" in twice.stderr
 
     history = _json("history", "--email", "ANH@example.vn")
     assert sorted((h["channel"], h["state"], h["threat"]) for h in history) == \
