@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlmodel import select
+
 from channels.base import OutgoingMessage, SendResult
 from notifier.db import session_scope
 from notifier.errors import NotifierError, PermanentChannelError, TransientChannelError
@@ -78,15 +80,19 @@ def deliver(runtime: Runtime, notification_id: int) -> str:
 def prepare(runtime: Runtime, notification_id: int) -> Send | str:
     """Render a queued notification (nothing changes yet), or say why it is not to be sent."""
     with session_scope(runtime.settings.database_url) as session:
-        notification = session.get(Notification, notification_id)
-        if notification is None:
+        found = session.exec(
+            select(Notification, Campaign, Account)
+            .join(Campaign, Campaign.id == Notification.campaign_id)
+            .join(Account, Account.id == Notification.account_id)
+            .where(Notification.id == notification_id)
+        ).first()
+        if found is None:
             return "missing"
+        notification, campaign, account = found
         if notification.state != QUEUED:
             return "skipped"
-        campaign = session.get(Campaign, notification.campaign_id)
-        if campaign is None or campaign.state in HELD_CAMPAIGN_STATES:
+        if campaign.state in HELD_CAMPAIGN_STATES:
             return "held"
-        account = session.get(Account, notification.account_id)
         try:
             rendered = render_notification(runtime, notification, campaign, account)
         except NotifierError as exc:
@@ -118,12 +124,12 @@ def claim(runtime: Runtime, prepared: Send) -> Send | None:
 
 
 def render_notification(
-    runtime: Runtime, notification: Notification, campaign: Campaign, account: Account | None
+    runtime: Runtime, notification: Notification, campaign: Campaign, account: Account
 ) -> RenderedMessage:
     context = template_context(notification, runtime)
     return runtime.renderer.render(
         campaign.template, notification.channel,
-        language=account.language if account else runtime.settings.default_language,
+        language=account.language or runtime.settings.default_language,
         context=context,
         strip_sms_diacritics=not runtime.settings.dispatch.sms_diacritics,
     )

@@ -29,7 +29,7 @@ from notifier.settings import Settings
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.25
+POLL_SECONDS = 1.0  # maintenance and progress once a second: counting a big campaign is not free
 MAINTENANCE_SECONDS = 1.0
 ProgressCallback = Callable[[dict[str, object]], None]
 
@@ -75,17 +75,11 @@ def run_campaign(settings: Settings, campaign_id: int, on_progress: ProgressCall
 
 def _follow(settings: Settings, campaign_id: int, actor: dramatiq.Actor,
             on_progress: ProgressCallback | None) -> dict[str, object]:
-    first = True
+    with session_scope(settings.database_url) as session:
+        enqueue_all(actor, queue_campaign(session, campaign_id, include_queued=True))
     settled_since: float | None = None
-    next_maintenance = 0.0
     while True:
-        if time.monotonic() >= next_maintenance:
-            run_maintenance(settings, lambda ids: enqueue_all(actor, ids))
-            next_maintenance = time.monotonic() + MAINTENANCE_SECONDS
-        with session_scope(settings.database_url) as session:
-            ids = queue_campaign(session, campaign_id, include_queued=first)
-        enqueue_all(actor, ids)
-        first = False
+        run_maintenance(settings, lambda ids: enqueue_all(actor, ids))
         with session_scope(settings.database_url) as session:
             status = campaign_status(session, campaign_id)
         if on_progress:
