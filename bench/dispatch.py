@@ -14,11 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from notifier.campaigns import create_campaign
-from notifier.db import session_scope, upgrade
-from notifier.demo_data import write_uniform_inputs
+from notifier.db import upgrade
+from notifier.demo_data import load_uniform_campaign
 from notifier.dispatch import run_campaign
-from notifier.importing import import_assignments, import_feed, import_subscribers
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
 from notifier.settings import DispatchSettings, Settings, SmppSettings, SmtpSettings
@@ -38,14 +36,9 @@ def main() -> None:
         directory = Path(tmp)
         url = args.database_url or f"sqlite:///{directory / 'bench.db'}"
         upgrade(url)
-        files = write_uniform_inputs(directory / "inputs", accounts=accounts)
         started = time.perf_counter()
-        with session_scope(url) as session:
-            import_subscribers(session, files.subscribers, tz="Asia/Ho_Chi_Minh")
-            import_assignments(session, files.sessions, fmt="sessions-csv", tz="Asia/Ho_Chi_Minh")
-            feed_id = import_feed(session, files.shadowserver, fmt="shadowserver").id
-            campaign_id = create_campaign(session, feed_id=feed_id, template="infected_device",
-                                          channels=args.channels.split(",")).campaign_id
+        campaign_id = load_uniform_campaign(url, directory / "inputs", accounts=accounts,
+                                            channels=args.channels.split(","))
         prepared = time.perf_counter()
         with SmscPeer(directory / "smsc.jsonl") as smsc, SmtpSink() as smtp:
             settings = Settings(

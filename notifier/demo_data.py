@@ -12,9 +12,12 @@ import csv
 import hashlib
 import io
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 SURNAMES = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi", "Đỗ", "Hồ", "Ngô", "Dương"]
 MIDDLE = ["Văn", "Thị", "Hữu", "Minh", "Thanh", "Quốc", "Ngọc", "Đức", "Thu", "Gia", "Bảo", "Xuân"]
@@ -213,3 +216,39 @@ def write_uniform_inputs(directory: Path, *, accounts: int) -> DemoFiles:
     _write_csv(files.shadowserver, ["timestamp", "src_ip", "src_port", "infection", "family", "tag"],
                [["2026-11-20 03:00:00Z", ip, "4000", "mirai", "mirai", ""] for ip in ips])
     return files
+
+
+StepCallback = Callable[[str, int, float], None]
+
+
+def load_uniform_campaign(database_url: str, directory: Path, *, accounts: int, channels: list[str],
+                          on_step: StepCallback | None = None) -> int:
+    """Write the uniform data set, import and match it, plan a campaign on `channels`; returns its id.
+
+    Each step is its own unit of work; `on_step(label, rows, seconds)` hears how long each took
+    (the ingest benchmark prints it).
+    """
+    from notifier.campaigns import create_campaign
+    from notifier.db import session_scope
+    from notifier.importing import import_assignments, import_feed, import_subscribers
+
+    files = write_uniform_inputs(directory, accounts=accounts)
+    tz = "Asia/Ho_Chi_Minh"
+    steps: list[tuple[str, Callable[..., Any]]] = [
+        ("subscribers import", lambda s: import_subscribers(s, files.subscribers, tz=tz)),
+        ("sessions import", lambda s: import_assignments(s, files.sessions, fmt="sessions-csv", tz=tz)),
+        ("feed import + match", lambda s: import_feed(s, files.shadowserver, fmt="shadowserver")),
+    ]
+    results = []
+    for label, step in steps:
+        started = time.perf_counter()
+        with session_scope(database_url) as session:
+            results.append(step(session))
+        if on_step:
+            on_step(label, accounts, time.perf_counter() - started)
+    started = time.perf_counter()
+    with session_scope(database_url) as session:
+        plan = create_campaign(session, feed_id=results[-1].id, template="infected_device", channels=channels)
+    if on_step:
+        on_step(f"campaign plan ({len(channels)} ch.)", accounts, time.perf_counter() - started)
+    return plan.campaign_id

@@ -17,14 +17,12 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from notifier.campaigns import create_campaign
 from notifier.db import session_scope
-from notifier.importing import import_assignments, import_feed, import_subscribers
 from notifier.models import DeliveryEvent, Notification
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
 from tests.conftest import make_settings
-from notifier.demo_data import write_uniform_inputs
+from notifier.demo_data import load_uniform_campaign
 from tests.factories import settings_env
 
 ACCOUNTS = 120
@@ -33,12 +31,7 @@ RUN_TIMEOUT_SECONDS = 240
 
 
 def _campaign(tmp_path: Path, database_url: str) -> int:
-    files = write_uniform_inputs(tmp_path / "inputs", accounts=ACCOUNTS)
-    with session_scope(database_url) as session:
-        import_subscribers(session, files.subscribers, tz="Asia/Ho_Chi_Minh")
-        import_assignments(session, files.sessions, fmt="sessions-csv", tz="Asia/Ho_Chi_Minh")
-        feed_id = import_feed(session, files.shadowserver, fmt="shadowserver").id
-        return create_campaign(session, feed_id=feed_id, template="infected_device", channels=["sms", "email"]).campaign_id
+    return load_uniform_campaign(database_url, tmp_path / "inputs", accounts=ACCOUNTS, channels=["sms", "email"])
 
 
 def _run(campaign_id: int, env: dict[str, str]) -> subprocess.Popen[str]:
