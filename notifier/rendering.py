@@ -26,6 +26,10 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 
+from notifier.content import (
+    CONJUNCTIONS, DATA_CLASS_LABELS, DATETIME_FORMATS, DEVICE_HINTS, DEVICE_KEYWORDS, DEVICE_ORDER,
+    KNOWN_THREAT_NAMES, LEAK_SEVERITY, MONTHS_EN, OTHER_DATA,
+)
 from notifier.errors import InputError
 from notifier.sms import GSM7, sms_encoding
 
@@ -39,92 +43,6 @@ SMS_MAX_CHARS_GSM7 = 306  # 2 concatenated GSM-7 parts of 153 characters
 SMS_MAX_CHARS_UCS2 = 201  # 3 concatenated UCS-2 parts of 67 characters
 _NAME_RE = re.compile(r"^[a-z0-9_]+$")
 _BLANK_LINES_RE = re.compile(r"\n{3,}")
-
-# What a leaked field is called in a notice. Keys are the feed's data-class codes.
-DATA_CLASS_LABELS: dict[str, dict[str, str]] = {
-    "vi": {
-        "password": "mật khẩu",
-        "address": "địa chỉ",
-        "national_id": "số CCCD/CMND",
-        "dob": "ngày sinh",
-        "bank": "thông tin tài khoản ngân hàng",
-        "email": "địa chỉ e-mail",
-        "phone": "số điện thoại",
-        "msisdn": "số điện thoại",
-        "name": "họ tên",
-        "full_name": "họ tên",
-    },
-    "en": {
-        "password": "password",
-        "address": "address",
-        "national_id": "national ID number",
-        "dob": "date of birth",
-        "bank": "bank account details",
-        "email": "e-mail address",
-        "phone": "phone number",
-        "msisdn": "phone number",
-        "name": "full name",
-        "full_name": "full name",
-    },
-}
-
-# Which device a threat most likely lives on, keyed by words found in its name or category.
-DEVICE_KEYWORDS: dict[str, frozenset[str]] = {
-    "android": frozenset(
-        {"android", "flubot", "anubis", "cerberus", "sharkbot", "teabot", "godfather",
-         "spynote", "gigabud", "goldpickaxe", "goldfactory", "triada", "joker", "brata",
-         "ermac", "octo", "xenomorph", "mobile"}
-    ),
-    "iot": frozenset(
-        {"mirai", "gafgyt", "bashlite", "mozi", "hajime", "moobot", "satori", "okiru",
-         "masuta", "tsunami", "kaiten", "fbot", "hns", "hideandseek", "darknexus",
-         "iot", "router", "camera", "dvr", "nvr", "cpe"}
-    ),
-    "windows": frozenset(
-        {"windows", "win32", "win64", "emotet", "qakbot", "qbot", "conficker", "downadup",
-         "sality", "ramnit", "andromeda", "gamarue", "trickbot", "zeus", "zbot", "necurs",
-         "dridex", "icedid", "redline", "agenttesla", "lokibot", "formbook"}
-    ),
-}
-DEVICE_HINTS: dict[str, dict[str, str]] = {
-    "vi": {
-        "android": "điện thoại Android",
-        "iot": "bộ định tuyến (modem/router Wi-Fi), camera hoặc thiết bị IoT",
-        "windows": "máy tính chạy Windows",
-        "default": "máy tính, điện thoại hoặc thiết bị kết nối Internet",
-    },
-    "en": {
-        "android": "an Android phone",
-        "iot": "your router (Wi-Fi modem/router), a camera or another IoT device",
-        "windows": "a Windows computer",
-        "default": "a computer, phone or other Internet-connected device",
-    },
-}
-_DEVICE_ORDER = ("android", "iot", "windows")
-
-# Most harmful first: a notice that names only a few leaked classes names these.
-LEAK_SEVERITY = ("password", "bank", "national_id", "dob", "address", "email", "phone", "msisdn", "name")
-_OTHER_DATA = {"vi": "thông tin khác", "en": "other details"}
-
-# language -> style -> pattern. "short" drops the year, "compact" every word (for tight SMS).
-_DATETIME_FORMATS: dict[str, dict[str, str]] = {
-    "vi": {"full": "{hm} ngày {d:02d}/{m:02d}/{y}", "short": "{hm} ngày {d:02d}/{m:02d}",
-           "compact": "{hm} {d:02d}/{m:02d}"},
-    "en": {"full": "{hm} on {d} {mon} {y}", "short": "{hm} on {d} {mon}", "compact": "{hm} {d} {mon}"},
-}
-_MONTHS_EN = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_CONJUNCTIONS = {"vi": "và", "en": "and"}
-
-# How threat families are usually written; feeds often send them in lower case.
-KNOWN_THREAT_NAMES = {
-    name.lower(): name
-    for name in (
-        "Mirai", "Mozi", "Gafgyt", "Bashlite", "Hajime", "Moobot", "Satori", "Tsunami", "Fbot", "Emotet",
-        "QakBot", "Qbot", "QSnatch", "Conficker", "Sality", "Ramnit", "Andromeda", "Gamarue", "TrickBot",
-        "Zeus", "Necurs", "Dridex", "IcedID", "RedLine", "AgentTesla", "FluBot", "Anubis", "Cerberus",
-        "SharkBot", "TeaBot", "Godfather", "SpyNote", "Gigabud", "GoldPickaxe", "Triada", "Joker",
-    )
-}
 
 # Typographic punctuation that has no GSM-7 code: folded for the no-diacritics SMS.
 _PUNCTUATION_FALLBACKS = str.maketrans(
@@ -188,10 +106,10 @@ def format_localtime(
     if value is None or value == "":
         return ""
     local = _as_utc(value).astimezone(zone)
-    styles = _DATETIME_FORMATS.get(_language_key(language), _DATETIME_FORMATS[DEFAULT_LANGUAGE])
+    styles = DATETIME_FORMATS.get(_language_key(language), DATETIME_FORMATS[DEFAULT_LANGUAGE])
     pattern = styles.get(style, styles["full"])
     return pattern.format(
-        hm=local.strftime("%H:%M"), d=local.day, m=local.month, y=local.year, mon=_MONTHS_EN[local.month - 1]
+        hm=local.strftime("%H:%M"), d=local.day, m=local.month, y=local.year, mon=MONTHS_EN[local.month - 1]
     )
 
 
@@ -211,7 +129,7 @@ def leak_labels(codes: Iterable[str], language: str = DEFAULT_LANGUAGE, limit: i
     labels = list(dict.fromkeys(data_class_label(code, language) for code in ordered))
     if limit is None or len(labels) <= limit:
         return labels
-    other = _OTHER_DATA.get(_language_key(language), _OTHER_DATA[DEFAULT_LANGUAGE])
+    other = OTHER_DATA.get(_language_key(language), OTHER_DATA[DEFAULT_LANGUAGE])
     return labels[:limit] + [other]
 
 
@@ -266,7 +184,7 @@ def device_hint(
     """
     hints = DEVICE_HINTS.get(_language_key(language), DEVICE_HINTS[DEFAULT_LANGUAGE])
     words = _threat_words(threat, category)
-    for kind in _DEVICE_ORDER:
+    for kind in DEVICE_ORDER:
         if words & DEVICE_KEYWORDS[kind]:
             return hints[kind]
     return hints["default"]
@@ -277,7 +195,7 @@ def human_join(items: Iterable[Any], language: str = DEFAULT_LANGUAGE) -> str:
     words = [str(item) for item in items if item]
     if len(words) < 2:
         return "".join(words)
-    conjunction = _CONJUNCTIONS.get(_language_key(language), _CONJUNCTIONS[DEFAULT_LANGUAGE])
+    conjunction = CONJUNCTIONS.get(_language_key(language), CONJUNCTIONS[DEFAULT_LANGUAGE])
     return f"{', '.join(words[:-1])} {conjunction} {words[-1]}"
 
 

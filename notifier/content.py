@@ -1,0 +1,91 @@
+"""The words notices are made of, per language: data-class labels, likely devices per threat,
+threat spellings, date formats. Data, kept apart from the rendering code so that content reviews
+(by the operator's communications team) touch one file."""
+
+from __future__ import annotations
+
+# What a leaked field is called in a notice. Keys are the feed's data-class codes.
+DATA_CLASS_LABELS: dict[str, dict[str, str]] = {
+    "vi": {
+        "password": "mật khẩu",
+        "address": "địa chỉ",
+        "national_id": "số CCCD/CMND",
+        "dob": "ngày sinh",
+        "bank": "thông tin tài khoản ngân hàng",
+        "email": "địa chỉ e-mail",
+        "phone": "số điện thoại",
+        "msisdn": "số điện thoại",
+        "name": "họ tên",
+        "full_name": "họ tên",
+    },
+    "en": {
+        "password": "password",
+        "address": "address",
+        "national_id": "national ID number",
+        "dob": "date of birth",
+        "bank": "bank account details",
+        "email": "e-mail address",
+        "phone": "phone number",
+        "msisdn": "phone number",
+        "name": "full name",
+        "full_name": "full name",
+    },
+}
+
+# Which device a threat most likely lives on, keyed by words found in its name or category.
+DEVICE_KEYWORDS: dict[str, frozenset[str]] = {
+    "android": frozenset(
+        {"android", "flubot", "anubis", "cerberus", "sharkbot", "teabot", "godfather",
+         "spynote", "gigabud", "goldpickaxe", "goldfactory", "triada", "joker", "brata",
+         "ermac", "octo", "xenomorph", "mobile"}
+    ),
+    "iot": frozenset(
+        {"mirai", "gafgyt", "bashlite", "mozi", "hajime", "moobot", "satori", "okiru",
+         "masuta", "tsunami", "kaiten", "fbot", "hns", "hideandseek", "darknexus",
+         "iot", "router", "camera", "dvr", "nvr", "cpe"}
+    ),
+    "windows": frozenset(
+        {"windows", "win32", "win64", "emotet", "qakbot", "qbot", "conficker", "downadup",
+         "sality", "ramnit", "andromeda", "gamarue", "trickbot", "zeus", "zbot", "necurs",
+         "dridex", "icedid", "redline", "agenttesla", "lokibot", "formbook"}
+    ),
+}
+DEVICE_HINTS: dict[str, dict[str, str]] = {
+    "vi": {
+        "android": "điện thoại Android",
+        "iot": "bộ định tuyến (modem/router Wi-Fi), camera hoặc thiết bị IoT",
+        "windows": "máy tính chạy Windows",
+        "default": "máy tính, điện thoại hoặc thiết bị kết nối Internet",
+    },
+    "en": {
+        "android": "an Android phone",
+        "iot": "your router (Wi-Fi modem/router), a camera or another IoT device",
+        "windows": "a Windows computer",
+        "default": "a computer, phone or other Internet-connected device",
+    },
+}
+DEVICE_ORDER = ("android", "iot", "windows")
+
+# Most harmful first: a notice that names only a few leaked classes names these.
+LEAK_SEVERITY = ("password", "bank", "national_id", "dob", "address", "email", "phone", "msisdn", "name")
+OTHER_DATA = {"vi": "thông tin khác", "en": "other details"}
+
+# language -> style -> pattern. "short" drops the year, "compact" every word (for tight SMS).
+DATETIME_FORMATS: dict[str, dict[str, str]] = {
+    "vi": {"full": "{hm} ngày {d:02d}/{m:02d}/{y}", "short": "{hm} ngày {d:02d}/{m:02d}",
+           "compact": "{hm} {d:02d}/{m:02d}"},
+    "en": {"full": "{hm} on {d} {mon} {y}", "short": "{hm} on {d} {mon}", "compact": "{hm} {d} {mon}"},
+}
+MONTHS_EN = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+CONJUNCTIONS = {"vi": "và", "en": "and"}
+
+# How threat families are usually written; feeds often send them in lower case.
+KNOWN_THREAT_NAMES = {
+    name.lower(): name
+    for name in (
+        "Mirai", "Mozi", "Gafgyt", "Bashlite", "Hajime", "Moobot", "Satori", "Tsunami", "Fbot", "Emotet",
+        "QakBot", "Qbot", "QSnatch", "Conficker", "Sality", "Ramnit", "Andromeda", "Gamarue", "TrickBot",
+        "Zeus", "Necurs", "Dridex", "IcedID", "RedLine", "AgentTesla", "FluBot", "Anubis", "Cerberus",
+        "SharkBot", "TeaBot", "Godfather", "SpyNote", "Gigabud", "GoldPickaxe", "Triada", "Joker",
+    )
+}
