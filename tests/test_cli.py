@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from sqlmodel import select
+
 from cli import app
+from notifier.db import session_scope
+from notifier.models import Account, ContactPoint
 from notifier.settings import reset_settings
 from tests.factories import write_csv
 
@@ -117,3 +121,25 @@ def test_the_same_feed_file_twice_is_refused_unless_again(cli_db: str, tmp_path:
     assert f"already imported as feed {first['id']}" in refused.stderr
     again = _json("feed", "import", str(feed), "--format", "shadowserver", "--again")
     assert again["id"] != first["id"] and again["accepted"] == first["accepted"]
+
+
+def test_subscribers_import_renames_the_operators_headers_with_a_column_map(cli_db: str, tmp_path: Path) -> None:
+    export = write_csv(tmp_path / "export.csv", ["MA_KH", "TEN_KH", "SO_DT", "EMAIL"],
+                       [["HN7", "Lê Quốc Đạt", "0912 345 678", "dat@example.vn"]])
+    mapping = Path(__file__).resolve().parent.parent / "config" / "subscriber_columns.example.toml"
+    result = _json("subscribers", "import", str(export), "--column-map", str(mapping))
+    assert (result["accepted"], result["rejected"]) == (1, 0)
+    with session_scope(cli_db) as session:
+        account = session.exec(select(Account).where(Account.account_ref == "HN7")).one()
+        assert account.full_name == "Lê Quốc Đạt"
+        assert sorted(c.value for c in session.exec(select(ContactPoint).where(
+            ContactPoint.account_id == account.id))) == ["+84912345678", "dat@example.vn"]
+
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[columns\nMA_KH = ", encoding="utf-8")
+    refused = runner.invoke(app, ["subscribers", "import", str(export), "--column-map", str(broken)])
+    assert refused.exit_code == 2 and "not valid TOML" in refused.stderr
+    no_table = tmp_path / "empty.toml"
+    no_table.write_text('title = "x"\n', encoding="utf-8")
+    refused = runner.invoke(app, ["subscribers", "import", str(export), "--column-map", str(no_table)])
+    assert refused.exit_code == 2 and "needs a [columns] table" in refused.stderr
