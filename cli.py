@@ -8,23 +8,131 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
+import re
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, NoSuchOption, UsageError  # Typer vendors Click
+from typer.core import TyperGroup
 
 from notifier.errors import NotifierError
 from notifier.settings import Settings, get_settings
 
+# --- failures: one line `error: …` on stderr, exit code 2 -------------------------------------
+
+EXIT_FAILURE = 2
+VERBOSE_KEY = "notifier.verbose"  # in the click context's meta, set by the `main` callback
+MAX_WORD_CHARS = 120  # a 5,000-character argument echoed in a message is cut to this
+_NEGATIVE_NUMBER = re.compile(r"-\d+(\.\d+)?")
+
+
+def _fail(message: str) -> NoReturn:
+    """Print `error: <message>` as exactly one line, personal data and passwords masked; exit 2."""
+    from notifier.redaction import one_line, redact
+
+    line = re.sub(rf"\S{{{MAX_WORD_CHARS + 1},}}", _shorten_word, one_line(redact(message)))
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    raise typer.Exit(EXIT_FAILURE)
+
+
+def _shorten_word(match: re.Match[str]) -> str:
+    word = match.group(0)
+    return f"{word[:MAX_WORD_CHARS // 2]}…({len(word)} characters)"
+
+
+def _command_path(ctx: typer.Context | None) -> str:
+    """`notifier feed import`, whatever name the program was started under (tests, python -m)."""
+    names: list[str] = []
+    while ctx is not None:
+        names.append((ctx.info_name or "") if ctx.parent is not None else "notifier")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
+def _usage_message(exc: UsageError) -> str:
+    """Click's usage error as one clause plus where to look: "missing option '--format' (see …)"."""
+    if isinstance(exc, NoSuchOption) and _NEGATIVE_NUMBER.fullmatch(exc.option_name):
+        message = f"{exc.option_name} is not allowed here: ids and counts are whole numbers from 1"
+    else:
+        message = exc.format_message().replace("Value error, ", "").replace("Input should be", "must be")
+    message = message.rstrip(".")
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]
+    return f"{message} (see `{_command_path(exc.ctx)} --help`)"
+
+
+def _database_url() -> str | None:
+    try:
+        return get_settings().database_url
+    except Exception:  # noqa: BLE001 - the settings' own error is reported elsewhere
+        return None
+
+
+def _unexpected(exc: Exception, *, verbose: bool) -> NoReturn:
+    """A database problem people can fix gets its sentence; anything else its type and first line.
+
+    With -v the traceback comes first, redacted: it quotes SQL parameters and message texts.
+    """
+    from notifier.db import explain_database_error
+    from notifier.redaction import format_exception
+
+    if verbose:
+        sys.stderr.write(format_exception(exc))
+    explained = explain_database_error(exc, _database_url())
+    if explained is not None:
+        _fail(str(explained))
+    lines = str(exc).strip().splitlines()
+    detail = f": {lines[0]}" if lines else ""
+    _fail(f"unexpected {type(exc).__name__}{detail} (run with -v for details)")
+
+
+@contextmanager
+def _one_line_errors(ctx: typer.Context | None) -> Iterator[None]:
+    """Map every failure of parsing or running a command to `_fail`; help and exits pass through."""
+    try:
+        yield
+    except (typer.Exit, NoArgsIsHelpError, KeyboardInterrupt, BrokenPipeError):
+        raise  # --help, a bare group (its help), a command's own exit, Ctrl-C, `| head`: as Typer does
+    except typer.Abort:
+        _fail("aborted")
+    except UsageError as exc:
+        _fail(_usage_message(exc))
+    except ClickException as exc:
+        _fail(exc.format_message())
+    except NotifierError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a bare traceback
+        _unexpected(exc, verbose=bool(ctx and ctx.meta.get(VERBOSE_KEY)))
+
+
+class _RootGroup(TyperGroup):
+    """The `notifier` group: parsing and running every command go through `_one_line_errors`.
+
+    Being the group itself (not a wrapper around `app()`), it behaves the same for the installed
+    script, `python cli.py` and the test runner.
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: typer.Context | None = None,
+                     **extra: Any) -> typer.Context:
+        with _one_line_errors(None):
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _one_line_errors(ctx):
+            return super().invoke(ctx)
+
+
 app = typer.Typer(help="Warn subscribers about infected devices and leaked data, in Vietnamese.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=_RootGroup)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 subscribers_app = typer.Typer(help="The operator's customer export.", no_args_is_help=True)
 assignments_app = typer.Typer(help="Which account used which IP address when.", no_args_is_help=True)
@@ -35,6 +143,9 @@ app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(assignments_app, name="assignments")
 app.add_typer(feed_app, name="feed")
 app.add_typer(campaign_app, name="campaign")
+peers_app = typer.Typer(help="Loopback stand-ins for the SMSC and the mail relay (tests and demos).",
+                        no_args_is_help=True)
+app.add_typer(peers_app, name="peers")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -43,17 +154,58 @@ F = TypeVar("F", bound=Callable[..., Any])
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 TzOption = Annotated[str | None, typer.Option("--tz", help="Zone of times without one (default: the format's).")]
 
+# --- option types: refuse what the database could not hold, before it gets there ---------------
+
+MAX_ID = 2_147_483_647  # ids are PostgreSQL `integer` columns
+
+
+def _row_id(text: str | int) -> int:
+    """An id as people type it: 1 … MAX_ID, else refused here. A larger one names no row, and on
+    PostgreSQL it would not even fit the query's `integer` parameter (a driver error, not "not found")."""
+    value = str(text).strip()
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_ID):
+        raise ValueError(f"must be a whole number from 1 to {MAX_ID}, not {value!r}")
+    return int(value)
+
+
+def id_option(help_text: str) -> Any:
+    """A `--feed`-style option holding an id, checked like every id argument (`IdArgument`)."""
+    return typer.Option(parser=_row_id, help=help_text)
+
+
+IdArgument = Annotated[int, typer.Argument(parser=_row_id)]
+
+
+def fits(column: str) -> Callable[[str], str]:
+    """A parser for a text option stored in `table.column`: longer text is refused with the limit
+    models.py declares, instead of a PostgreSQL error (or, on SQLite, a value kept over length)."""
+    table, name = column.split(".")
+
+    def parse(text: str) -> str:
+        import notifier.models  # noqa: F401 - registers the tables
+        from sqlmodel import SQLModel
+
+        limit = SQLModel.metadata.tables[table].c[name].type.length
+        if limit is not None and len(text) > limit:
+            raise ValueError(f"longer than {limit} characters ({len(text)} given)")
+        return text
+
+    return parse
+
 
 def cli_errors(func: F) -> F:
-    """Turn notifier's own errors into one line on stderr and exit code 2."""
+    """Turn notifier's own errors into one line on stderr and exit code 2.
+
+    The root group does this for every error anyway; the decorator keeps a command's own failures
+    visibly handled where it is defined.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except NotifierError as exc:
-            err.print(f"error: {exc}", markup=False, highlight=False)
-            raise typer.Exit(2) from None
+            _fail(str(exc))
 
     return wrapper  # type: ignore[return-value]
 
@@ -63,14 +215,28 @@ def _settings() -> Settings:
 
 
 def _print_json(document: object) -> None:
-    sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2, default=_json_value) + "\n")
+
+
+def _json_value(value: object) -> object:
+    """Times in JSON are ISO 8601 in UTC with the offset (`…+00:00`), whoever built the document."""
+    from datetime import datetime
+
+    from notifier.timefmt import iso_utc
+
+    return iso_utc(value) if isinstance(value, datetime) else str(value)
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False) -> None:
+def main(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
+) -> None:
     """notifier: warn an operator's subscribers, in Vietnamese, and prove delivery."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from notifier.redaction import configure_logging
+
+    ctx.meta[VERBOSE_KEY] = verbose
+    configure_logging(verbose=verbose)
 
 
 # --- db ---------------------------------------------------------------------------------------
@@ -99,6 +265,12 @@ def _print_import(result: Any, as_json: bool, what: str) -> None:
         err.print(f"  line {error['line']}: {error['reason']}", markup=False, highlight=False)
     if result.rejected > 50:
         err.print(f"  … {result.rejected - 50} more (use --json or `feed show --items`)")
+    if result.warned:
+        err.print(f"{result.warned} warning{'' if result.warned == 1 else 's'}")
+        for warning in result.warnings[:50]:
+            err.print(f"  line {warning['line']}: {warning['reason']}", markup=False, highlight=False)
+        if result.warned > 50:
+            err.print(f"  … {result.warned - 50} more (use --json)")
 
 
 @subscribers_app.command("import")
@@ -124,7 +296,8 @@ def subscribers_import(
 @cli_errors
 def assignments_import(
     file: Path,
-    fmt: Annotated[str, typer.Option("--format", help="sessions-csv")] = "sessions-csv",
+    fmt: Annotated[str, typer.Option("--format", parser=fits("ip_assignment.source"),
+                                     help="sessions-csv")] = "sessions-csv",
     tz: TzOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -142,9 +315,10 @@ def assignments_import(
 @cli_errors
 def feed_import(
     file: Path,
-    fmt: Annotated[str, typer.Option("--format", help="shadowserver | leak-csv")],
-    source: Annotated[str | None, typer.Option(help="Who sent the feed.")] = None,
-    report_type: Annotated[str | None, typer.Option(help="Shadowserver report type, if not in the file name.")] = None,
+    fmt: Annotated[str, typer.Option("--format", parser=fits("feed.format"), help="shadowserver | leak-csv")],
+    source: Annotated[str | None, typer.Option(parser=fits("feed.source"), help="Who sent the feed.")] = None,
+    report_type: Annotated[str | None, typer.Option(parser=fits("feed.report_type"),
+                                                    help="Shadowserver report type, if not in the file name.")] = None,
     tz: TzOption = None,
     again: Annotated[bool, typer.Option("--again", help="Import a file that was imported before.")] = False,
     as_json: JsonOption = False,
@@ -166,9 +340,10 @@ def feed_import(
 @feed_app.command("show")
 @cli_errors
 def feed_show(
-    feed_id: int,
+    feed_id: IdArgument,
     items: Annotated[bool, typer.Option("--items", help="List every line with its outcome.")] = False,
-    status: Annotated[str | None, typer.Option(help="Only items with this status.")] = None,
+    status: Annotated[str | None, typer.Option(parser=fits("feed_item.status"),
+                                               help="Only items with this status.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show a feed's counts, and with --items each line's outcome (bad rows with their reason)."""
@@ -181,9 +356,39 @@ def feed_show(
     if as_json:
         _print_json(rows if items else summary)
         return
-    out.print(_table("feed", [{"field": k, "value": v} for k, v in summary.items()]))
+    out.print(_fields_table("feed", summary))
     if items:
-        out.print(_table("items", [{k: r[k] for k in ("line", "status", "account_id", "reason")} for r in rows]))
+        out.print(_table("items", [_item_row(r) for r in rows]))
+
+
+def _item_row(item: dict[str, Any]) -> dict[str, Any]:
+    """A feed line for people; a day-only `seen_at` is shown as that day, without a made-up 00:00."""
+    from notifier.timefmt import DATE_PRECISION, local_display
+
+    row = {k: item.get(k) for k in ("line", "status", "account_id", "seen_at", "reason")}
+    if item.get("seen_precision") == DATE_PRECISION:
+        row["seen_at"] = local_display(item["seen_at"], _settings().timezone, precision=DATE_PRECISION)
+    return row
+
+
+@feed_app.command("list")
+@cli_errors
+def feed_list(as_json: JsonOption = False) -> None:
+    """Every feed, newest first: counts per outcome and the campaigns planned on it."""
+    from notifier.db import session_scope
+    from notifier.reports import list_feeds
+
+    with session_scope(_settings().database_url) as session:
+        feeds = list_feeds(session)
+    if as_json:
+        _print_json(feeds)
+        return
+    if not feeds:
+        err.print("no feeds yet (import one with `notifier feed import FILE --format F`)", markup=False,
+                  highlight=False)
+        return
+    rows = [{**feed, "campaigns": ", ".join(str(c) for c in feed["campaigns"])} for feed in feeds]
+    out.print(_table(f"{len(feeds)} feed(s), newest first", rows))
 
 
 # --- campaigns --------------------------------------------------------------------------------
@@ -192,10 +397,11 @@ def feed_show(
 @campaign_app.command("create")
 @cli_errors
 def campaign_create(
-    feed: Annotated[int, typer.Option(help="Feed id.")],
-    template: Annotated[str, typer.Option(help="infected_device | data_leak")],
-    channels: Annotated[str, typer.Option(help="Ordered channel chain, e.g. sms,email.")] = "sms,email",
-    name: Annotated[str | None, typer.Option(help="A name for people.")] = None,
+    feed: Annotated[int, id_option("Feed id.")],
+    template: Annotated[str, typer.Option(parser=fits("campaign.template"), help="infected_device | data_leak")],
+    channels: Annotated[str, typer.Option(parser=fits("campaign.channels"),
+                                          help="Ordered channel chain, e.g. sms,email.")] = "sms,email",
+    name: Annotated[str | None, typer.Option(parser=fits("campaign.name"), help="A name for people.")] = None,
     again: Annotated[bool, typer.Option("--again", help="Allow a second campaign on the same feed and channel.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -219,7 +425,7 @@ def campaign_create(
 
 @campaign_app.command("run")
 @cli_errors
-def campaign_run(campaign_id: int, as_json: JsonOption = False) -> None:
+def campaign_run(campaign_id: IdArgument, as_json: JsonOption = False) -> None:
     """Send a campaign and follow it until every notification is settled."""
     from notifier.dispatch import run_campaign
 
@@ -234,7 +440,7 @@ def campaign_run(campaign_id: int, as_json: JsonOption = False) -> None:
 
 @campaign_app.command("pause")
 @cli_errors
-def campaign_pause(campaign_id: int) -> None:
+def campaign_pause(campaign_id: IdArgument) -> None:
     """Hold a campaign; `campaign run ID` resumes it."""
     from notifier.campaigns import pause_campaign
     from notifier.db import session_scope
@@ -246,7 +452,7 @@ def campaign_pause(campaign_id: int) -> None:
 
 @campaign_app.command("cancel")
 @cli_errors
-def campaign_cancel(campaign_id: int) -> None:
+def campaign_cancel(campaign_id: IdArgument) -> None:
     """Stop a campaign for good; what was not yet sent is cancelled."""
     from notifier.campaigns import cancel_campaign
     from notifier.db import session_scope
@@ -258,7 +464,7 @@ def campaign_cancel(campaign_id: int) -> None:
 
 @campaign_app.command("status")
 @cli_errors
-def campaign_status_cmd(campaign_id: int, as_json: JsonOption = False) -> None:
+def campaign_status_cmd(campaign_id: IdArgument, as_json: JsonOption = False) -> None:
     """Counts per state and per channel."""
     from notifier.campaigns import campaign_status
     from notifier.db import session_scope
@@ -271,32 +477,83 @@ def campaign_status_cmd(campaign_id: int, as_json: JsonOption = False) -> None:
         _print_status(status)
 
 
+@campaign_app.command("list")
+@cli_errors
+def campaign_list(
+    state: Annotated[str | None, typer.Option(help="Only campaigns in this state: planned | running | paused "
+                                                   "| done | cancelled.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every campaign, newest first, with its notifications counted per state."""
+    from notifier.campaigns import list_campaigns
+    from notifier.db import session_scope
+
+    with session_scope(_settings().database_url) as session:
+        campaigns = list_campaigns(session, state=state)
+    if as_json:
+        _print_json(campaigns)
+        return
+    if not campaigns:
+        err.print(f"no {state.strip().lower() + ' ' if state else ''}campaigns yet (plan one with `notifier campaign "
+                  "create --feed ID --template T`; `notifier feed list` shows the feeds)", markup=False,
+                  highlight=False)
+        return
+    out.print(_table(f"{len(campaigns)} campaign(s), newest first", _campaign_rows(campaigns)))
+
+
+CAMPAIGN_LIST_COUNTS = ("planned", "queued", "sent", "delivered", "failed", "suppressed")
+
+
+def _campaign_rows(campaigns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The table's rows: the usual counts always, any other state only when some campaign has it."""
+    from notifier.outbox import ALL_STATES
+
+    shown = [s for s in ALL_STATES if s in CAMPAIGN_LIST_COUNTS or any(c["counts"][s] for c in campaigns)]
+    return [{"id": c["id"], "feed": c["feed_id"], "template": c["template"], "channels": ",".join(c["channels"]),
+             "state": c["state"], "created_at": c["created_at"], "total": c["total"],
+             **{s: c["counts"][s] for s in shown}} for c in campaigns]
+
+
 def _print_status(status: dict[str, Any]) -> None:
+    from notifier.timefmt import local_display
+
+    zone = _settings().timezone
     out.print(f"campaign {status['id']} [{status['state']}] {status['name']}", markup=False, highlight=False)
+    times = [f"{label} {local_display(status.get(f'{label}_at'), zone)}"
+             for label in ("created", "started", "finished") if status.get(f"{label}_at")]
+    if times:
+        out.print(", ".join(times), markup=False, highlight=False)
     rows = [{"channel": channel, **counts} for channel, counts in status["by_channel"].items()]
     out.print(_table("by channel", rows))
 
 
 class _progress:
-    """A rich progress bar on stderr fed by the dispatcher's status callbacks."""
+    """A rich progress bar on stderr fed by the dispatcher's status callbacks.
+
+    It appears with the first status, so a run refused before it starts (a route down) prints
+    its one error line and nothing else.
+    """
 
     def __init__(self, *, enabled: bool) -> None:
         self.enabled = enabled
+        self.bar: Any = None
 
     def __enter__(self) -> Callable[[dict[str, object]], None] | None:
-        if not self.enabled:
-            return None
+        return self.update if self.enabled else None
+
+    def _start(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[detail]}"), console=err, transient=False)
         self.bar.start()
         self.task = self.bar.add_task("sending", total=None, detail="")
-        return self.update
 
     def update(self, status: dict[str, Any]) -> None:
         from notifier.outbox import PENDING_STATES
 
+        if self.bar is None:
+            self._start()
         states: dict[str, int] = status["states"]
         total = int(status["total"])
         done = total - sum(states.get(s, 0) for s in PENDING_STATES)
@@ -304,7 +561,7 @@ class _progress:
         self.bar.update(self.task, total=total, completed=done, detail=detail)
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled:
+        if self.bar is not None:
             self.bar.stop()
 
 
@@ -314,24 +571,58 @@ class _progress:
 @app.command("history")
 @cli_errors
 def history(
-    msisdn: Annotated[str | None, typer.Option(help="Phone number, any usual form.")] = None,
-    email: Annotated[str | None, typer.Option(help="E-mail address.")] = None,
-    account: Annotated[str | None, typer.Option(help="The operator's account id.")] = None,
-    actor: Annotated[str | None, typer.Option(help="Who is looking (recorded in the audit log).")] = None,
+    msisdn: Annotated[str | None, typer.Option(parser=fits("contact_point.value"),
+                                               help="Phone number, any usual form.")] = None,
+    email: Annotated[str | None, typer.Option(parser=fits("contact_point.value"), help="E-mail address.")] = None,
+    account: Annotated[str | None, typer.Option(parser=fits("account.account_ref"),
+                                                help="The operator's account id (any case).")] = None,
+    reference: Annotated[str | None, typer.Option(help="The code the subscriber quotes, e.g. CB-12-3456.")] = None,
+    actor: Annotated[str | None, typer.Option(parser=fits("audit_log.actor"),
+                                              help="Who is looking (recorded in the audit log).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """What was sent to a subscriber, when, and whether it arrived. Every lookup is audited."""
+    from notifier.audit import default_actor
     from notifier.db import session_scope
-    from notifier.history import default_actor, lookup_history
+    from notifier.history import find_history, history_table_rows
 
     with session_scope(_settings().database_url) as session:
-        rows = lookup_history(session, msisdn=msisdn, email=email, account=account, actor=actor or default_actor())
+        found = find_history(session, msisdn=msisdn, email=email, account=account, reference=reference,
+                             actor=actor or default_actor())
+    if as_json:
+        _print_json(found.rows)
+        return
+    if not found.rows:
+        out.print(f"no notifications for {found.target}", markup=False, highlight=False)
+        return
+    out.print(_table(f"{len(found.rows)} notification(s)", history_table_rows(found.rows)))
+
+
+@app.command("audit")
+@cli_errors
+def audit(
+    since: Annotated[str | None, typer.Option(help="From a local date (2026-11-01) or a span back (7d, 12h).")] = None,
+    actor: Annotated[str | None, typer.Option(parser=fits("audit_log.actor"),
+                                              help="Only the lookups of this actor.")] = None,
+    viewer: Annotated[str | None, typer.Option(parser=fits("audit_log.actor"),
+                                               help="Who is reading the audit (recorded; default: OS user).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Who looked up whose data, when (oldest first). Reading the audit is audited too."""
+    from notifier.audit import audit_table_rows, default_actor, list_audit, parse_since
+    from notifier.db import session_scope
+
+    settings = _settings()
+    start = parse_since(since, zone=settings.timezone) if since else None
+    with session_scope(settings.database_url) as session:
+        rows = list_audit(session, viewer=viewer or default_actor(), since=start, actor=actor)
     if as_json:
         _print_json(rows)
         return
-    table_rows = [{k: r[k] for k in ("notification_id", "campaign_id", "channel", "destination", "state",
-                                     "threat", "sent_at", "delivered_at")} for r in rows]
-    out.print(_table(f"{len(rows)} notification(s)", table_rows))
+    if not rows:
+        out.print("no audit records", markup=False, highlight=False)
+        return
+    out.print(_table(f"{len(rows)} audit record(s)", audit_table_rows(rows)))
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -340,7 +631,8 @@ def history(
 @app.command("worker")
 @cli_errors
 def worker(
-    threads: Annotated[int | None, typer.Option(help="Worker threads (default: dispatch.worker_threads).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1,
+                                                help="Worker threads (default: dispatch.worker_threads).")] = None,
     channels: Annotated[str, typer.Option(help="Channels this worker opens.")] = "sms,email",
 ) -> None:
     """Consume notifications from the Redis broker until SIGTERM / Ctrl-C."""
@@ -356,7 +648,7 @@ def worker(
 @app.command("demo")
 @cli_errors
 def demo(
-    subscribers: Annotated[int, typer.Option(help="How many subscribers to generate.")] = 300,
+    subscribers: Annotated[int, typer.Option(min=1, help="How many subscribers to generate.")] = 300,
     seed: Annotated[int, typer.Option(help="Random seed of the generated data.")] = 2026,
     as_json: JsonOption = False,
 ) -> None:
@@ -373,16 +665,76 @@ def demo(
         out.print(_table(f"campaign {name}", [{"channel": ch, **c} for ch, c in part.items()]))
 
 
-def _table(title: str, rows: list[dict[str, Any]]) -> Table:
+@peers_app.command("smsc")
+@cli_errors
+def peers_smsc(
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port on 127.0.0.1 (default: smpp.port).")] = None,
+    log: Annotated[Path, typer.Option(help="Where each submit_sm received is logged, one JSON line each.")]
+        = Path("var/peers/smsc-submits.jsonl"),
+) -> None:
+    """Run the loopback SMSC (SMPP 3.4) in the foreground until Ctrl-C / SIGTERM. Test only."""
+    from notifier.peers.smsc import serve_foreground
+
+    serve_foreground(port=port or _settings().smpp.port, log_path=log, announce=_announce)
+
+
+@peers_app.command("smtp")
+@cli_errors
+def peers_smtp(
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port on 127.0.0.1 (default: smtp.port).")] = None,
+    store: Annotated[Path, typer.Option(help="Where each message's headers are logged, one JSON line each.")]
+        = Path("var/peers/mail-received.jsonl"),
+) -> None:
+    """Run the loopback mail relay (SMTP) in the foreground until Ctrl-C / SIGTERM. Test only."""
+    from notifier.peers.smtp_sink import serve_foreground
+
+    serve_foreground(port=port or _settings().smtp.port, store_path=store, announce=_announce)
+
+
+def _announce(line: str) -> None:
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
+    sys.stderr.flush()
+
+
+def _table(title: str, rows: list[dict[str, Any]], *, zone: str | None = None) -> Table:
+    """A table for people. Rule: every column named `*_at` (`seen_at`, `created_at`…), `at`,
+    `first_seen` or `last_seen` holds a time and is shown in local time, `18/11/2026 08:24` in
+    the `timezone` setting (Asia/Ho_Chi_Minh), whether the row has a datetime or an ISO string
+    (`notifier.timefmt.is_time_column`); so a new listing only has to name its time columns that
+    way. Such columns never wrap. `--json` output keeps ISO 8601 UTC with the offset instead."""
+    from notifier.timefmt import is_time_column
+
+    zone = zone or _settings().timezone
     table = Table(title=title, title_justify="left")
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
     for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        table.add_column(column, no_wrap=is_time_column(column))  # a time cut in two reads as two values
+    for row in rows:  # Text, not markup: a name or a reason with "[…]" is shown as written
+        table.add_row(*(Text(_cell(c, row.get(c), zone)) for c in columns))
     return table
+
+
+def _fields_table(title: str, fields: dict[str, Any]) -> Table:
+    """One record as field/value rows; the same time rule applies to each field's name."""
+    zone = _settings().timezone
+    return _table(title, [{"field": k, "value": _cell(k, v, zone)} for k, v in fields.items()], zone=zone)
+
+
+def _cell(column: str, value: Any, zone: str) -> str:
+    from datetime import datetime
+
+    from notifier.timefmt import is_time_column, local_display
+
+    if value is None:
+        return ""
+    if is_time_column(column) and isinstance(value, (str, datetime)):
+        try:
+            return local_display(value, zone)
+        except ValueError:  # not a time after all: show it as it is rather than hide it
+            return str(value)
+    return str(value)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 Adapters know nothing of the database: they get an `OutgoingMessage`, hand it to the provider and
 return a `SendResult`, or raise `TransientChannelError` / `PermanentChannelError`
-(`notifier.errors`). Channels whose provider reports delivery later (SMPP receipts) call the
-`ReceiptSink` given to them at construction; the sink is thread-safe and owns persistence.
+(`notifier.errors`) — `RouteUnreachableError`, a transient error, when the provider cannot be
+reached at all, before any byte of the message left. Channels whose provider reports delivery
+later (SMPP receipts) call the `ReceiptSink` given to them at construction; the sink is
+thread-safe and owns persistence.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -75,6 +78,35 @@ class Receipt:
 ReceiptSink = Callable[[Receipt], None]
 
 
+def describe_connection_error(exc: BaseException, *, timeout_seconds: float | None = None) -> str:
+    """A few words for people on why a connection failed ("connection refused", "timed out after
+    5s"), from the first OS-level error in the exception's chain: libraries such as smpplib wrap
+    the socket error in one of their own whose text says less (or something else)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        reason = _os_error_reason(current, timeout_seconds)
+        if reason:
+            return reason
+        current = current.__cause__ or current.__context__
+    return str(exc) or type(exc).__name__
+
+
+def _os_error_reason(exc: BaseException, timeout_seconds: float | None) -> str | None:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout_seconds:g}s" if timeout_seconds else "timed out"
+    if isinstance(exc, socket.gaierror):
+        return "host name not found"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return None
+
+
 @runtime_checkable
 class Channel(Protocol):
     """A delivery channel adapter. Implementations must be safe to call from several threads."""
@@ -83,6 +115,16 @@ class Channel(Protocol):
 
     def send(self, message: OutgoingMessage) -> SendResult:
         """Hand one message to the provider; raise a ChannelError subclass when it was not taken."""
+        ...
+
+    def check(self) -> None:
+        """Raise `RouteUnreachableError` unless the provider can be reached.
+
+        Cheap while the route is known to work; otherwise a real attempt (SMPP: connect and bind,
+        SMTP: connect and EHLO) with the configured timeouts, at most once per short interval.
+        `campaign run` calls it before queuing anything and while it follows a run, so that a
+        dead route stops the run instead of failing every message.
+        """
         ...
 
     def close(self) -> None:

@@ -18,14 +18,15 @@ import smtplib
 import ssl
 import string
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 
-from channels.base import OutgoingMessage, SendResult
-from notifier.errors import ChannelError, PermanentChannelError, TransientChannelError
+from channels.base import OutgoingMessage, SendResult, describe_connection_error
+from notifier.errors import ChannelError, PermanentChannelError, RouteUnreachableError, TransientChannelError
 from notifier.settings import SmtpSettings
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 # RFC 5322 atext plus "." (dot-atom-text), minus "=" which we use as the escape character.
 _ID_SAFE = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/?^_`{|}~.")
 _SERVICE_CLOSING = 421
+_PROBE_INTERVAL_SECONDS = 1.0  # while the relay is unreachable, `check()` tries it at most this often
 
 
 class EmailChannel:
@@ -49,6 +51,21 @@ class EmailChannel:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: set[smtplib.SMTP] = set()
+        # Route state for `check()`: True after a session opened, False after one could not be.
+        self._route_ok: bool | None = None
+        self._route_failure: RouteUnreachableError | None = None
+        self._route_failed_at = 0.0
+
+    def check(self) -> None:
+        """Nothing to do while sessions open fine; otherwise connect and EHLO now (at most once a
+        second while the relay stays away) and raise RouteUnreachableError if that fails."""
+        with self._lock:
+            ok, failure, failed_at = self._route_ok, self._route_failure, self._route_failed_at
+        if ok:
+            return
+        if failure is not None and time.monotonic() - failed_at < _PROBE_INTERVAL_SECONDS:
+            raise _copy(failure)
+        _quit_quietly(self._open())
 
     def send(self, message: OutgoingMessage) -> SendResult:
         """Deliver one message to the relay, or raise Transient/PermanentChannelError."""
@@ -56,6 +73,9 @@ class EmailChannel:
         message_id = mime["Message-ID"].strip("<>")
         try:
             self._transmit(mime, message.destination)
+        except RouteUnreachableError as error:  # nothing was sent; the outage is logged once, not per message
+            logger.debug("e-mail to %s not sent: %s", mask_address(message.destination), error)
+            raise
         except ChannelError as error:
             _log_failure(message.destination, error)
             raise
@@ -122,8 +142,9 @@ class EmailChannel:
         """Connect, EHLO, STARTTLS and log in as configured.
 
         A refusal while setting up the session (bad credentials, no STARTTLS, 554 banner) is about
-        the relay, not the message, so it is transient even when the reply is 5xx: marking every
-        queued warning permanently failed because of a configuration slip would lose them.
+        the relay, not the message, so it is a RouteUnreachableError (transient) even when the reply
+        is 5xx: marking every queued warning permanently failed because of a configuration slip
+        would lose them. So is a relay that cannot be connected to at all.
         """
         settings = self._settings
         connection = smtplib.SMTP(timeout=settings.timeout_seconds)
@@ -137,14 +158,27 @@ class EmailChannel:
                 connection.login(settings.username, settings.password.get_secret_value())
         except smtplib.SMTPResponseException as exc:
             connection.close()
-            raise TransientChannelError(
-                f"SMTP session setup refused by {settings.host}:{settings.port}",
-                provider_status=_status_text(exc.smtp_code, exc.smtp_error),
-            ) from exc
+            status = _status_text(exc.smtp_code, exc.smtp_error)
+            raise self._route_down(f"session set-up refused: {status}", status) from exc
+        except OSError as exc:  # refused, timed out, closed before the banner, unknown host
+            connection.close()
+            reason = describe_connection_error(exc, timeout_seconds=settings.timeout_seconds)
+            raise self._route_down(reason, type(exc).__name__) from exc
         except BaseException:
             connection.close()
             raise
+        with self._lock:
+            self._route_ok, self._route_failure = True, None
         return connection
+
+    def _route_down(self, reason: str, provider_status: str) -> RouteUnreachableError:
+        """Remember that the relay could not be used (for `check()`) and return the error to raise."""
+        address = f"{self._settings.host}:{self._settings.port}"
+        error = RouteUnreachableError(f"cannot reach the mail relay at {address} ({reason})", channel=self.name,
+                                      address=address, reason=reason, provider_status=provider_status)
+        with self._lock:
+            self._route_ok, self._route_failure, self._route_failed_at = False, error, time.monotonic()
+        return error
 
 
 def build_email(message: OutgoingMessage, settings: SmtpSettings) -> EmailMessage:
@@ -216,6 +250,12 @@ def _relay_hung_up(exc: OSError) -> bool:
     if isinstance(exc, smtplib.SMTPServerDisconnected):
         return True
     return isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == _SERVICE_CLOSING
+
+
+def _copy(error: RouteUnreachableError) -> RouteUnreachableError:
+    """A fresh instance to raise: one exception object raised by several threads shares a traceback."""
+    return RouteUnreachableError(str(error), channel=error.channel, address=error.address, reason=error.reason,
+                                 provider_status=error.provider_status)
 
 
 def _log_failure(destination: str, error: ChannelError) -> None:

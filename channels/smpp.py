@@ -23,9 +23,11 @@ from typing import Any
 from smpplib import consts, exceptions, smpp
 from smpplib.client import Client, SimpleSequenceGenerator
 
-from channels.base import OutgoingMessage, ReceiptSink, SendResult
+from channels.base import OutgoingMessage, ReceiptSink, SendResult, describe_connection_error
 from channels.smpp_receipts import e164_address, is_delivery_receipt, normalise_message_id, parse_receipt
-from notifier.errors import ChannelError, PermanentChannelError, TransientChannelError
+from notifier.errors import (
+    ChannelError, OutcomeUnknownError, PermanentChannelError, RouteUnreachableError, TransientChannelError,
+)
 from notifier.identifiers import mask_msisdn
 from notifier.settings import SmppSettings
 from notifier.sms import encode_sms
@@ -55,6 +57,10 @@ class PartiallySentError(TransientChannelError):
         self.accepted_ids = accepted_ids
 
 
+
+
+class _NotConnected(exceptions.ConnectionError):  # type: ignore[misc]
+    """The session was already gone: nothing of this write left."""
 
 
 class _LockedSequence(SimpleSequenceGenerator):
@@ -93,7 +99,7 @@ class _Client(Client):  # type: ignore[misc]
     def send_pdu(self, p: Any) -> bool:
         with self._write_lock:
             if self._socket is None:
-                raise exceptions.ConnectionError("not connected")
+                raise _NotConnected("not connected")
             return bool(super().send_pdu(p))
 
     def send_pdus(self, pdus: list[Any]) -> None:
@@ -102,7 +108,7 @@ class _Client(Client):  # type: ignore[misc]
         data = b"".join(p.generate() for p in pdus)
         with self._write_lock:
             if self._socket is None:
-                raise exceptions.ConnectionError("not connected")
+                raise _NotConnected("not connected")
             try:
                 self._socket.sendall(data)
             except OSError as exc:
@@ -152,6 +158,7 @@ class SmppChannel:
         self._client: _Client | None = None
         self._backoff = _BACKOFF_INITIAL_SECONDS
         self._next_attempt = 0.0
+        self._last_bind_failure = "not connected yet"  # why the last bind failed, for people
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
 
@@ -191,6 +198,13 @@ class SmppChannel:
         fields = self._submit_fields(destination, encoded.data_coding, encoded.esm_class)
         try:
             ids = self._submit_parts([{**fields, "short_message": part} for part in encoded.parts])
+        except RouteUnreachableError as exc:  # nothing was written; the outage is logged once, not per message
+            log.debug("%s not sent: %s", tag, exc)
+            raise
+        except OutcomeUnknownError as exc:
+            log.warning("%s message to %s may or may not have reached the SMSC: %s", tag,
+                        mask_msisdn(message.destination), exc)
+            raise
         except ChannelError as exc:
             log.warning("%s message to %s not (fully) sent: %s", tag, mask_msisdn(message.destination), exc)
             raise
@@ -198,6 +212,15 @@ class SmppChannel:
                  mask_msisdn(message.destination))
         return SendResult(provider_message_ids=ids, provider_status="ESME_ROK", parts=len(ids),
                           encoding=encoded.encoding)
+
+    def check(self) -> None:
+        """Nothing to do while bound; otherwise bind now, unless the last attempt failed less than
+        a backoff ago (the reader thread keeps trying), and raise RouteUnreachableError if unbound."""
+        if self._stop.is_set():
+            raise TransientChannelError("SMPP channel is closed")
+        if self._reader is None:
+            self.start()
+        self._bound_client()
 
     def close(self) -> None:
         """Stop the reader, unbind briefly (smpp34 never answers unbind) and fail waiting sends."""
@@ -210,7 +233,7 @@ class SmppChannel:
         if client is not None:
             _unbind_quickly(client)
             client.abort()
-        self._fail_pending(lambda: TransientChannelError("SMPP channel closed before submit_sm_resp"))
+        self._fail_pending(lambda: OutcomeUnknownError("SMPP channel closed before submit_sm_resp"))
         log.info("[channel:sms] closed")
 
     # -- sending ------------------------------------------------------------------------------
@@ -269,14 +292,19 @@ class SmppChannel:
         try:
             try:
                 client.send_pdus(pdus)
-            except _CONNECTION_ERRORS as exc:
+            except _NotConnected as exc:  # another thread saw the session die: nothing was written
                 self._connection_lost(client, exc)
-                raise TransientChannelError("SMSC connection lost while sending") from exc
+                address = f"{self._settings.host}:{self._settings.port}"
+                raise RouteUnreachableError(f"cannot reach the SMSC at {address} (connection lost)",
+                                            channel=self.name, address=address, reason="connection lost") from exc
+            except _CONNECTION_ERRORS as exc:  # part of the write may have reached the SMSC
+                self._connection_lost(client, exc)
+                raise OutcomeUnknownError("SMSC connection lost while sending") from exc
             deadline = time.monotonic() + timeout
             try:
                 return [future.result(timeout=max(0.0, deadline - time.monotonic())) for future in futures]
             except TimeoutError as exc:
-                raise TransientChannelError(f"no submit_sm_resp within {timeout}s") from exc
+                raise OutcomeUnknownError(f"no submit_sm_resp within {timeout}s") from exc
         finally:
             with self._pending_lock:
                 for pdu in pdus:
@@ -317,7 +345,7 @@ class SmppChannel:
             raise TransientChannelError("SMPP channel is closed")
         wait = self._next_attempt - time.monotonic()
         if wait > 0:
-            raise TransientChannelError(f"SMSC unavailable; next bind attempt in {wait:.1f}s")
+            raise self._unreachable(f"; next bind attempt in {wait:.1f}s")
         s = self._settings
         client = _Client(s, write_lock=self._write_lock, sequence=self._sequence)
         client.set_message_received_handler(self._on_deliver_sm)
@@ -330,14 +358,23 @@ class SmppChannel:
         except _CONNECTION_ERRORS as exc:
             client.abort()
             self._next_attempt = time.monotonic() + self._backoff
-            log.warning("[channel:sms] cannot bind to %s:%s as %s (%r); next attempt in %.1fs",
-                        s.host, s.port, s.system_id, exc, self._backoff)
+            self._last_bind_failure = _bind_failure_reason(exc, s.connect_timeout_seconds)
+            # INFO, not WARNING: during an outage this repeats with every backoff step; whoever
+            # drives sending (`campaign run`, `notifier worker`) reports the outage once.
+            log.info("[channel:sms] cannot bind to %s:%s as %s (%s); next attempt in %.1fs",
+                     s.host, s.port, s.system_id, self._last_bind_failure, self._backoff)
             self._backoff = min(self._backoff * 2, _BACKOFF_MAX_SECONDS)
-            raise TransientChannelError(f"cannot bind to the SMSC: {exc!r}") from exc
+            raise self._unreachable() from exc
         self._backoff = _BACKOFF_INITIAL_SECONDS
         self._client = client
         log.info("[channel:sms] bound to %s:%s as %s", s.host, s.port, s.system_id)
         return client
+
+    def _unreachable(self, note: str = "") -> RouteUnreachableError:
+        """The error for "no session and none to be had right now", with the last bind's reason."""
+        address = f"{self._settings.host}:{self._settings.port}"
+        return RouteUnreachableError(f"cannot reach the SMSC at {address} ({self._last_bind_failure}){note}",
+                                     channel=self.name, address=address, reason=self._last_bind_failure)
 
     def _connection_lost(self, client: _Client, exc: BaseException) -> None:
         """Forget the session once (several threads may notice), fail its waiting sends."""
@@ -347,8 +384,9 @@ class SmppChannel:
                 return
             self._client = None
             self._next_attempt = time.monotonic() + self._backoff
+            self._last_bind_failure = "connection lost"
         log.warning("[channel:sms] SMSC connection lost (%r); reconnecting", exc)
-        self._fail_pending(lambda: TransientChannelError("SMSC connection lost before submit_sm_resp"))
+        self._fail_pending(lambda: OutcomeUnknownError("SMSC connection lost before submit_sm_resp"))
 
     # -- the reader thread --------------------------------------------------------------------
 
@@ -417,7 +455,7 @@ class SmppChannel:
             log.info("[channel:sms] ignored a message from %s (not a delivery receipt)",
                      mask_msisdn(e164_address(pdu.source_addr) or ""))
             return None
-        receipt = parse_receipt(pdu)
+        receipt = parse_receipt(pdu, zone=self._settings.timezone)
         if receipt is None:
             log.warning("[channel:sms] delivery receipt without a message id ignored")
             return None
@@ -439,6 +477,13 @@ def _status_error(status: int) -> ChannelError:
         return TransientChannelError(f"SMSC answered {_TRANSIENT_STATUSES[status]}", provider_status=provider_status)
     description = consts.DESCRIPTIONS.get(status, "unknown status")
     return PermanentChannelError(f"SMSC rejected the message: {description}", provider_status=provider_status)
+
+
+def _bind_failure_reason(exc: BaseException, timeout_seconds: float) -> str:
+    """"connection refused", "timed out after 5s", or the SMSC's bind_resp status when it answered."""
+    if isinstance(exc, exceptions.PDUError) and len(exc.args) > 1:  # smpplib: (text, command_status)
+        return f"bind refused: {exc.args[0]}"
+    return describe_connection_error(exc, timeout_seconds=timeout_seconds)
 
 
 def _unbind_quickly(client: _Client) -> None:

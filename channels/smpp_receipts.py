@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from channels.base import (
     RECEIPT_DELIVERED, RECEIPT_EXPIRED, RECEIPT_FAILED, RECEIPT_PENDING, RECEIPT_UNDELIVERED, Receipt,
 )
+from notifier.identifiers import LOCAL_TIMEZONE, get_zone
 
 _RECEIPT_ESM_MASK, _RECEIPT_ESM_VALUE = 0x3C, 0x04
 # message_state TLV values, spelled like the `stat:` field of a receipt's text.
@@ -54,8 +56,11 @@ def e164_address(address: bytes | str | None) -> str | None:
     return "+" + text if text.isascii() and text.isdigit() else None
 
 
-def parse_receipt(pdu: Any) -> Receipt | None:
-    """Build a Receipt from TLVs (preferred) and the de-facto `id:… stat:… err:…` text."""
+def parse_receipt(pdu: Any, *, zone: str = LOCAL_TIMEZONE) -> Receipt | None:
+    """Build a Receipt from TLVs (preferred) and the de-facto `id:… stat:… err:…` text.
+
+    `zone` is the SMSC's (`smpp.timezone`): its dates carry none of their own.
+    """
     text = (pdu.short_message or b"").decode("latin-1")
     fields = receipt_fields(text)
     raw_ids = [raw for raw in (pdu.receipted_message_id, fields.get("id")) if raw]
@@ -64,13 +69,15 @@ def parse_receipt(pdu: Any) -> Receipt | None:
     primary = normalise_message_id(raw_ids[0])
     state_name = _MESSAGE_STATES.get(pdu.message_state) if pdu.message_state is not None else None
     raw_status = fields.get("stat") or state_name or "UNKNOWN"
-    extra = {key.replace(" ", "_"): fields[key] for key in ("sub", "dlvrd", "submit date") if key in fields}
+    extra = {key.replace(" ", "_"): fields[key] for key in ("sub", "dlvrd") if key in fields}
+    extra.update(_dates(fields, get_zone(zone)))
     if pdu.message_state is not None:
         extra["message_state"] = str(pdu.message_state)
     return Receipt(channel="sms", provider_message_id=primary,
                    status=_RECEIPT_STATUS.get((state_name or raw_status).upper()[:5], RECEIPT_FAILED),
                    raw_status=raw_status, error_code=fields.get("err"),
-                   done_at=_parse_smpp_date(fields.get("done date")), destination=e164_address(pdu.source_addr),
+                   done_at=parse_smpp_date(fields.get("done date"), get_zone(zone)),
+                   destination=e164_address(pdu.source_addr),
                    alternative_ids=_other_readings(raw_ids, primary), extra=extra)
 
 
@@ -86,12 +93,30 @@ def _other_readings(raw_ids: list[Any], primary: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(reading for reading in readings if reading and reading != primary))
 
 
-def _parse_smpp_date(value: str | None) -> datetime | None:
-    """YYMMDDhhmm[ss] as UTC; SMSCs rarely say their zone and receipts only order events."""
+def _dates(fields: dict[str, str], zone: ZoneInfo) -> dict[str, str]:
+    """The receipt's dates as the SMSC wrote them and read in its zone (ISO UTC), for the record."""
+    dates: dict[str, str] = {}
+    for key in ("submit date", "done date"):
+        if key in fields:
+            name = key.replace(" ", "_")
+            dates[name] = fields[key]
+            parsed = parse_smpp_date(fields[key], zone)
+            if parsed is not None:
+                dates[f"{name}_utc"] = parsed.isoformat()
+    return dates
+
+
+def parse_smpp_date(value: str | None, zone: ZoneInfo) -> datetime | None:
+    """YYMMDDhhmm[ss] in the SMSC's zone, as aware UTC; None when absent or not a date.
+
+    SMSCs write their own wall-clock time with no offset (a Vietnamese SMSC: UTC+7), so reading
+    it as UTC would put a delivery seven hours before the message was sent. Many write minutes
+    only (10 digits): such a time is up to 59 s earlier than the event, which `receipts` allows for.
+    """
     if not value or not value.isdigit() or len(value) not in (10, 12):
         return None
     try:
         parsed = datetime.strptime(value, "%y%m%d%H%M%S" if len(value) == 12 else "%y%m%d%H%M")
-        return parsed.replace(tzinfo=UTC)
     except ValueError:
         return None
+    return parsed.replace(tzinfo=zone).astimezone(UTC)

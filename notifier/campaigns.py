@@ -17,11 +17,13 @@ from sqlmodel import Session, select
 
 from notifier.batching import chunks
 from notifier.errors import InputError, NotFoundError
-from notifier.identifiers import mask_identifier
+from notifier.identifiers import LOCAL_TIMEZONE, get_zone, mask_identifier
+from notifier.ingest.records import DATE_PRECISION
 from notifier.models import (
     Account, Campaign, ContactPoint, Feed, FeedItem, Notification, NotificationItem, utcnow,
 )
 from notifier.outbox import ALL_STATES, CANCELLED, PLANNED, QUEUED, SCHEDULED, SUPPRESSED, transition_many
+from notifier.template_catalog import TemplateCatalog, load_catalog
 
 KNOWN_CHANNELS = ("sms", "email")
 MAX_EVENTS_IN_CONTEXT = 10
@@ -49,18 +51,29 @@ def parse_channels(text: str) -> list[str]:
     return names
 
 
+def feed_kinds(session: Session, feed: Feed) -> frozenset[str]:
+    """The kinds of event a feed holds, read from its accepted lines rather than `Feed.kind`
+    (a one-word label that cannot say "mixed"); `Feed.kind` only for a feed with no accepted line."""
+    kinds = session.exec(select(FeedItem.kind).where(
+        FeedItem.feed_id == feed.id, FeedItem.kind.is_not(None)).distinct()).all()
+    return frozenset(kind for kind in kinds if kind) or frozenset({feed.kind})
+
+
 def create_campaign(
     session: Session, *, feed_id: int, template: str, channels: list[str], name: str | None = None,
-    again: bool = False,
+    again: bool = False, catalog: TemplateCatalog | None = None,
 ) -> PlanSummary:
     """Create a campaign for a feed's matched accounts and plan its notifications.
 
+    The template must be written for every kind of event in the feed (`catalog`, default
+    `templates/catalog.toml`): a leak warning for infected devices would mislead everyone in it.
     A second campaign for the same feed on a channel an earlier one (not cancelled) already uses
     is refused unless `again`: it would warn the same subscribers twice on that channel.
     """
     feed = session.get(Feed, feed_id)
     if feed is None:
         raise NotFoundError("feed", feed_id)
+    (catalog or load_catalog()).check_fits(template, feed_id=feed_id, feed_kinds=feed_kinds(session, feed))
     earlier = next((c for c in session.exec(select(Campaign).where(
         Campaign.feed_id == feed_id, Campaign.state != "cancelled")) if set(c.channel_list) & set(channels)), None)
     if earlier is not None and not again:
@@ -132,27 +145,38 @@ def choose_destination(
 
 
 def _main_threat(items: list[FeedItem]) -> str | None:
-    names = Counter(item.threat for item in items if item.threat)
-    return names.most_common(1)[0][0] if names else None
+    """The threat a notification is filed under (`Notification.threat`, what care staff see): the
+    first one its messages name, i.e. the latest sighting's, else the most often seen."""
+    names = _threat_names(_sightings(items))
+    return names[0] if names else None
 
 
 def build_context(account: Account, items: list[FeedItem]) -> dict[str, object]:
-    """The template context for one account's events (JSON-safe; times as ISO 8601 UTC)."""
-    seen = sorted(item.seen_at for item in items if item.seen_at)
-    latest_ip = next((i.identifier for i in sorted(items, key=_seen_key, reverse=True)
-                      if i.identifier_kind == "ip"), None)
+    """The template context for one account's events (JSON-safe; times as ISO 8601 UTC, a day
+    given without a time as its local date `YYYY-MM-DD`).
+
+    One story: the threat named (`threat`) is the latest sighting's, whose IP and time the SMS
+    quotes; `threats` names every threat seen, that one first. Counts are of sightings (feed
+    lines), so a leak row naming both a phone and an e-mail of the account counts once.
+    """
+    sightings = _sightings(items)
+    quoted = sightings[-1][0] if sightings else None
+    dated = [group[0] for group in sightings if group[0].seen_at]
+    ips = [group[0].identifier for group in sightings if group[0].identifier_kind == "ip"]
     leak_items = [i for i in items if i.kind == "data_leak"]
-    categories = Counter(item.category for item in items if item.category)
+    categories = Counter(group[0].category for group in sightings if group[0].category)
     return {
         "subscriber": {"full_name": account.full_name, "account_id": account.account_ref},
-        "threat": {"name": _main_threat(items),
-                   "category": categories.most_common(1)[0][0] if categories else None,
+        "threat": {"name": quoted.threat if quoted else None,
+                   "category": (quoted.category if quoted and quoted.category
+                                else categories.most_common(1)[0][0] if categories else None),
                    "description": None},
-        "events": [_event(item) for item in sorted(items, key=_seen_key)[-MAX_EVENTS_IN_CONTEXT:]],
-        "event_count": len(items),
-        "first_seen": _iso(seen[0]) if seen else None,
-        "last_seen": _iso(seen[-1]) if seen else None,
-        "ip": latest_ip,
+        "threats": _threat_names(sightings),
+        "events": [_event(group) for group in sightings[-MAX_EVENTS_IN_CONTEXT:]],
+        "event_count": len(sightings),
+        "first_seen": _when(dated[0]) if dated else None,
+        "last_seen": _when(dated[-1]) if dated else None,
+        "ip": ips[-1] if ips else None,
         "data_classes": sorted({c for i in leak_items for c in (i.data_classes or "").split(";") if c}),
         "leaked_identifier": next((_masked(i) for i in leak_items if i.identifier), None),
         "leak_source": next((i.source for i in leak_items if i.source), None),
@@ -160,9 +184,47 @@ def build_context(account: Account, items: list[FeedItem]) -> dict[str, object]:
     }
 
 
-def _event(item: FeedItem) -> dict[str, object]:
-    identifier = item.identifier if item.identifier_kind == "ip" else _masked(item)
-    return {"identifier": identifier, "port": item.port, "seen_at": _iso(item.seen_at), "threat": item.threat}
+def _sightings(items: list[FeedItem]) -> list[list[FeedItem]]:
+    """The items grouped by the feed line they came from, oldest first (undated ones before all).
+
+    A leak row naming a phone and an e-mail is two items, each matched on its own; when both
+    reach this account they are still one sighting.
+    """
+    grouped: dict[tuple[int, int], list[FeedItem]] = {}
+    for item in sorted(items, key=_order_key):
+        grouped.setdefault((item.feed_id, item.line), []).append(item)
+    return sorted(grouped.values(), key=lambda group: _order_key(group[0]))
+
+
+def _threat_names(sightings: list[list[FeedItem]]) -> list[str]:
+    """Every threat named by the sightings, once each (case aside): the latest sighting's first,
+    then by how many sightings name them, the more recent first among equals."""
+    counts: Counter[str] = Counter()
+    spelling: dict[str, str] = {}
+    for group in reversed(sightings):
+        name = (group[0].threat or "").strip()
+        if name:
+            counts[name.casefold()] += 1
+            spelling.setdefault(name.casefold(), name)
+    quoted = (sightings[-1][0].threat or "").strip().casefold() if sightings else ""
+    return [spelling[key] for key in sorted(counts, key=lambda key: (key != quoted, -counts[key]))]
+
+
+def _event(group: list[FeedItem]) -> dict[str, object]:
+    """One sighting for the e-mail's table: every identifier of its line that reached the account."""
+    first = group[0]
+    shown = [item.identifier if item.identifier_kind == "ip" else _masked(item) for item in group]
+    identifier = ", ".join(dict.fromkeys(value for value in shown if value)) or None
+    return {"identifier": identifier, "port": first.port, "seen_at": _when(first), "threat": first.threat}
+
+
+def _when(item: FeedItem) -> str | None:
+    """ISO 8601 UTC, or the local date alone when the feed gave only a day."""
+    if item.seen_at is None:
+        return None
+    if item.seen_precision == DATE_PRECISION:
+        return item.seen_at.astimezone(get_zone(LOCAL_TIMEZONE)).date().isoformat()
+    return item.seen_at.isoformat()
 
 
 def _masked(item: FeedItem) -> str | None:
@@ -171,8 +233,9 @@ def _masked(item: FeedItem) -> str | None:
     return mask_identifier(item.identifier_kind, item.identifier)
 
 
-def _seen_key(item: FeedItem) -> datetime:
-    return item.seen_at or datetime.min.replace(tzinfo=utcnow().tzinfo)
+def _order_key(item: FeedItem) -> tuple[datetime, int]:
+    """Oldest first, undated before dated, then in file order."""
+    return item.seen_at or datetime.min.replace(tzinfo=utcnow().tzinfo), item.id or 0
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -237,4 +300,37 @@ def campaign_status(session: Session, campaign_id: int) -> dict[str, object]:
         "by_channel": channels,
         "created_at": _iso(campaign.created_at), "started_at": _iso(campaign.started_at),
         "finished_at": _iso(campaign.finished_at),
+    }
+
+
+# --- listing ----------------------------------------------------------------------------------
+
+CAMPAIGN_STATES = ("planned", "running", "paused", "done", "cancelled")
+
+
+def list_campaigns(session: Session, *, state: str | None = None) -> list[dict[str, object]]:
+    """Every campaign (or those in `state`), newest first, with its rows counted per state: the
+    `campaign list --json` document. The counts come from one grouped query for all campaigns,
+    not one per campaign; `counts` names every state, zeros included, so tools need no defaults."""
+    state = state.strip().lower() if state else None
+    if state is not None and state not in CAMPAIGN_STATES:
+        raise InputError(f"unknown campaign state '{state}' (known: {', '.join(CAMPAIGN_STATES)})")
+    query = select(Campaign).order_by(Campaign.created_at.desc(), Campaign.id.desc())
+    grouped = (select(Notification.campaign_id, Notification.state, sa.func.count())
+               .group_by(Notification.campaign_id, Notification.state))
+    if state is not None:
+        query = query.where(Campaign.state == state)
+        grouped = grouped.join(Campaign, Campaign.id == Notification.campaign_id).where(Campaign.state == state)
+    counts: dict[int, Counter[str]] = defaultdict(Counter)
+    for campaign_id, row_state, count in session.exec(grouped):
+        counts[campaign_id][row_state] += count
+    return [_campaign_row(campaign, counts[campaign.id or 0]) for campaign in session.exec(query)]
+
+
+def _campaign_row(campaign: Campaign, counts: Counter[str]) -> dict[str, object]:
+    return {
+        "id": campaign.id, "name": campaign.name, "feed_id": campaign.feed_id, "template": campaign.template,
+        "channels": campaign.channel_list, "state": campaign.state, "created_at": _iso(campaign.created_at),
+        "started_at": _iso(campaign.started_at), "finished_at": _iso(campaign.finished_at),
+        "total": sum(counts.values()), "counts": {name: counts[name] for name in ALL_STATES},
     }

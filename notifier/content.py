@@ -89,3 +89,28 @@ KNOWN_THREAT_NAMES = {
         "SharkBot", "TeaBot", "Godfather", "SpyNote", "Gigabud", "GoldPickaxe", "Triada", "Joker",
     )
 }
+
+# language -> style -> pattern for a date known without its time (a leak list's `leaked_at` of
+# `2026-11-02`): printing "00:00 ngày 02/11/2026" would claim a time nobody gave.
+DATE_FORMATS: dict[str, dict[str, str]] = {
+    "vi": {"full": "{d:02d}/{m:02d}/{y}", "short": "{d:02d}/{m:02d}", "compact": "{d:02d}/{m:02d}"},
+    "en": {"full": "{d} {mon} {y}", "short": "{d} {mon}", "compact": "{d} {mon}"},
+}
+
+# The tail of a list of threats cut short: "Mirai, Mozi và 3 mã độc khác".
+MORE_THREATS = {"vi": "{n} mã độc khác", "en": "{n} more"}
+
+# Top-level domains that make a dotted feed label read as a link ("evil.com", "lua-dao.vn"), so
+# the label is dropped. Curated, not complete: the common and the most abused ones, without those
+# that are also usual parts of malware names ("win", "bot", "gen", "pe").
+LINK_SUFFIXES = frozenset(
+    """
+    com net org info biz edu gov mil int asia mobi name pro tel travel
+    xyz top site online club shop store app dev link live click icu buzz fun tech space website
+    cloud page vip bid loan work today life world email support help services digital network
+    host press news blog zip mov men party review stream download racing date trade science cam
+    monster rest bar cyou sbs cfd
+    vn cn ru io co me tk ml ga cf gq ly gl to cc tv ws su pw in us uk de fr jp kr br eu la kh th
+    sg my id ph hk tw ai gg im is sh ir kp ua by kz
+    """.split()
+)

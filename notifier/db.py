@@ -1,14 +1,18 @@
 """Engine, sessions and schema migrations.
 
-SQLite (embedded default) runs in WAL mode with a busy timeout so worker threads, the receipt
-reader and the CLI can share the file; PostgreSQL is used as is. The caller owns the transaction:
-data-access functions take a session and do not commit.
+SQLite (embedded default) runs in WAL mode with a busy timeout (30 s, or `?timeout=SECONDS` in the
+URL) so worker threads, the receipt reader and the CLI can share the file; PostgreSQL is used as is
+(connect timeout 10 s unless the URL says `?connect_timeout=`). The caller owns the transaction:
+data-access functions take a session and do not commit. `explain_database_error` turns the driver
+errors people can act on (no schema, unreachable, locked) into one line for the CLI.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+import functools
+import re
 import threading
 from pathlib import Path
 
@@ -18,19 +22,60 @@ from alembic.config import Config
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+from notifier.errors import ConfigError, DatabaseError, SchemaMissingError
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0  # default; `?timeout=SECONDS` in a SQLite URL overrides it
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 10  # default; `?connect_timeout=SECONDS` in the URL overrides it
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SUPPORTED_URL_EXAMPLES = "sqlite:///./var/notifier.db or postgresql+psycopg://user@host/db"
+
+
+def parse_database_url(database_url: str) -> sa.URL:
+    """The URL object, or a ConfigError that does not repeat the text (it may hold a password)."""
+    try:
+        return sa.make_url(database_url)
+    except sa.exc.ArgumentError:
+        raise ConfigError(f"database_url is not a database URL (expected e.g. {SUPPORTED_URL_EXAMPLES})") from None
+
+
+def shown_url(database_url: str) -> str:
+    """The URL as people may see it: the password replaced by ***; never the text of a bad URL."""
+    try:
+        return sa.make_url(database_url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(unparsable database URL)"
 
 
 def _prepare_sqlite_path(url: sa.URL) -> None:
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(f"cannot create the directory of the database {url.database}: "
+                                f"{exc.strerror or exc}") from exc
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def sqlite_busy_timeout_seconds(url: sa.URL) -> float:
+    """How long a SQLite statement waits for another process's lock: `?timeout=` or the default.
+
+    Refused when not a positive number: 0 would turn every concurrent write into an error.
+    """
+    raw = url.query.get("timeout")
+    if raw is None:
+        return SQLITE_BUSY_TIMEOUT_SECONDS
+    try:
+        seconds = float(raw if isinstance(raw, str) else raw[-1])
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ConfigError(f"database_url: timeout must be a number of seconds greater than 0 (timeout={raw})")
+    return seconds
+
+
+def _sqlite_pragmas(busy_timeout_ms: int, dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")  # first: WAL switching may wait too
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
@@ -50,15 +95,19 @@ def get_engine(database_url: str) -> Engine:
 
 
 def _create_engine(database_url: str) -> Engine:
-    url = sa.make_url(database_url)
-    if url.get_backend_name() == "sqlite":
-        _prepare_sqlite_path(url)
-        engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        )
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    url = parse_database_url(database_url)
+    try:
+        if url.get_backend_name() == "sqlite":
+            _prepare_sqlite_path(url)
+            timeout = sqlite_busy_timeout_seconds(url)
+            engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout})
+            sa.event.listen(engine, "connect", functools.partial(_sqlite_pragmas, int(timeout * 1000)))
+            return engine
+        connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
+    except (sa.exc.NoSuchModuleError, ImportError):
+        raise ConfigError(f"database_url: no driver for {url.drivername!r} "
+                          f"(use {SUPPORTED_URL_EXAMPLES})") from None
 
 
 def dispose_engines() -> None:
@@ -110,8 +159,9 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Bring the schema to `revision` (idempotent)."""
-    if sa.make_url(database_url).get_backend_name() == "sqlite":
-        _prepare_sqlite_path(sa.make_url(database_url))
+    url = parse_database_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        _prepare_sqlite_path(url)
     command.upgrade(alembic_config(database_url), revision)
 
 
@@ -121,3 +171,57 @@ def current_revision(database_url: str) -> str | None:
 
     with get_engine(database_url).connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+# --- errors for people ----------------------------------------------------------------------------
+
+# SQLite says "no such table: feed" / "no such column: …"; PostgreSQL raises SQLSTATE 42P01
+# (undefined table) or 42703 (undefined column). Either way the schema is missing or behind.
+_NO_SCHEMA_TEXT = re.compile(r"no such (table|column)|relation .* does not exist|column .* does not exist")
+_NO_SCHEMA_SQLSTATES = {"42P01", "42703"}
+_SQLITE_LOCKED_TEXT = re.compile(r"database (table )?is locked|database is busy")
+
+
+def explain_database_error(exc: BaseException, database_url: str | None) -> DatabaseError | None:
+    """A one-line DatabaseError for a driver error people can act on, or None for any other error.
+
+    Called once, where a command fails, instead of checking the schema before every unit of work:
+    a missing table, an unreachable server and a lock held too long by another process each get a
+    sentence naming the database (password hidden). The driver's own text is not repeated: it can
+    hold SQL and the parameters of the statement, i.e. subscribers' data.
+    """
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    orig = exc.orig
+    text = str(orig)
+    where = shown_url(database_url) if database_url else "the database"
+    if getattr(orig, "sqlstate", None) in _NO_SCHEMA_SQLSTATES or _NO_SCHEMA_TEXT.search(text):
+        return SchemaMissingError()
+    if _SQLITE_LOCKED_TEXT.search(text):
+        return _locked(where, database_url)
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)) and exc.statement is None:
+        return DatabaseError(f"cannot connect to the database {where}: {_connect_failure_reason(text)}")
+    return None
+
+
+def _locked(where: str, database_url: str | None) -> DatabaseError:
+    waited = SQLITE_BUSY_TIMEOUT_SECONDS
+    if database_url:
+        try:
+            waited = sqlite_busy_timeout_seconds(sa.make_url(database_url))
+        except (ConfigError, sa.exc.ArgumentError):
+            pass
+    return DatabaseError(f"the database {where} is locked by another process (waited {waited:g} s; "
+                         "add ?timeout=SECONDS to the database URL to wait longer)")
+
+
+def _connect_failure_reason(text: str) -> str:
+    """The last "failed:" clause of the driver's first line, without FATAL:, in lower case.
+
+    psycopg's `connection to server at "h", port 1 failed: Connection refused` (then a hint on a
+    second line) becomes "connection refused"; libpq never puts the password in these messages.
+    """
+    first = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    reason = first.rsplit("failed: ", 1)[-1].strip()
+    reason = re.sub(r"^(FATAL|ERROR):\s*", "", reason)
+    return (reason[:1].lower() + reason[1:]) if reason[:2] != reason[:2].upper() else reason

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlmodel import select
 
 from channels.base import OutgoingMessage, SendResult
 from notifier.db import session_scope
-from notifier.errors import NotifierError, PermanentChannelError, TransientChannelError
+from notifier.errors import (
+    InputError, NotifierError, OutcomeUnknownError, PermanentChannelError, RouteUnreachableError,
+    TransientChannelError,
+)
 from notifier.identifiers import mask_identifier
 from notifier.models import Account, Campaign, MessagePart, Notification, utcnow
-from notifier.outbox import DELIVERED, FAILED, QUEUED, SENDING, SENT, transition
-from notifier.rendering import RenderedMessage
+from notifier.outbox import DELIVERED, FAILED, QUEUED, SENDING, SENT, UNKNOWN, transition
+from notifier.rendering import RenderedMessage, parse_moment
 from notifier.runtime import Runtime
 from notifier.sms import count_parts, sms_encoding
 
@@ -56,6 +59,10 @@ def deliver(runtime: Runtime, notification_id: int) -> str:
     prepared = prepare(runtime, notification_id)
     if isinstance(prepared, str):
         return prepared
+    try:
+        runtime.channel(prepared.channel).check()  # cheap while the route works
+    except RouteUnreachableError as exc:
+        raise _route_down(runtime, exc) from None  # the row stays `queued`, untouched
     # Pace before claiming: a row waits for its turn in `queued`, never in `sending`, so a slow
     # route cannot make a live sender look dead to the recovery.
     runtime.limiter(prepared.channel).acquire(prepared.parts)
@@ -136,13 +143,15 @@ def render_notification(
 
 
 def template_context(notification: Notification, runtime: Runtime) -> dict[str, Any]:
-    """The stored plan context with times as datetimes, plus operator details and a reference."""
+    """The stored plan context with times as datetimes (a day given without a time as a date),
+    plus operator details, the operator's names for leak sources, and a reference."""
     context: dict[str, Any] = json.loads(notification.context)
     for key in ("first_seen", "last_seen"):
-        context[key] = _datetime(context.get(key))
+        context[key] = parse_moment(context.get(key))
     for event in context.get("events", []):
-        event["seen_at"] = _datetime(event.get("seen_at"))
+        event["seen_at"] = parse_moment(event.get("seen_at"))
     context["operator"] = runtime.settings.operator.model_dump()
+    context["source_names"] = dict(runtime.settings.source_names)
     context["reference"] = reference_code(notification.campaign_id, notification.id)
     return context
 
@@ -150,6 +159,25 @@ def template_context(notification: Notification, runtime: Runtime) -> dict[str, 
 def reference_code(campaign_id: int, notification_id: int | None) -> str:
     """What the subscriber quotes to care staff: short, and it finds the notification."""
     return f"CB-{campaign_id}-{notification_id}"
+
+
+# What people actually read out or type: "cb-12-3456", "CB 12 3456", " CB-12 – 3456 " (a phone's
+# keyboard turns "-" into a dash). 18 digits at most: every such number fits a BIGINT.
+_REFERENCE_SEPARATOR = r"[\s\-\u2010-\u2014]"
+_REFERENCE_CODE = re.compile(rf"\s*CB{_REFERENCE_SEPARATOR}*([0-9]{{1,18}}){_REFERENCE_SEPARATOR}+([0-9]{{1,18}})\s*",
+                             re.IGNORECASE)
+
+
+def parse_reference_code(text: str) -> tuple[int, int]:
+    """(campaign id, notification id) from a quoted reference code, the inverse of `reference_code`.
+
+    Tolerates case and spaces because subscribers read it aloud or retype it; refuses anything
+    else without echoing it, since a care agent may paste a phone number into the wrong field.
+    """
+    match = _REFERENCE_CODE.fullmatch(text or "")
+    if match is None:
+        raise InputError("not a reference code: expected CB-<campaign>-<notification>, e.g. CB-12-3456")
+    return int(match.group(1)), int(match.group(2))
 
 
 def record_sent(runtime: Runtime, claimed: Send, result: SendResult) -> None:
@@ -178,6 +206,23 @@ def _accepted_is_delivery(runtime: Runtime, claimed: Send) -> bool:
 
 
 def _after_transient_error(runtime: Runtime, claimed: Send, exc: TransientChannelError, tag: str) -> str:
+    if isinstance(exc, RouteUnreachableError):
+        # Nothing left here: the route is down, not the message. The attempt is given back, so an
+        # outage never fails a row; `campaign run` / the worker deal with the outage itself.
+        with session_scope(runtime.settings.database_url) as session:
+            transition(session, claimed.notification_id, expected=SENDING, to_state=QUEUED, source="worker",
+                       provider_status=exc.provider_status, detail=f"not sent: {exc}",
+                       values={"claimed_by": None, "attempts": claimed.attempt - 1})
+        raise _route_down(runtime, exc)
+    if isinstance(exc, OutcomeUnknownError):
+        # The provider may have it: sending again now could deliver it twice. Like a sender that
+        # died mid-send, the row is `unknown` until its receipt or the resend delay (recovery).
+        with session_scope(runtime.settings.database_url) as session:
+            transition(session, claimed.notification_id, expected=SENDING, to_state=UNKNOWN, source="worker",
+                       provider_status=exc.provider_status, detail=f"outcome unknown: {exc}",
+                       values={"claimed_by": None})
+        log.info("%s outcome unknown (%s): waiting for a receipt or the resend delay", tag, exc)
+        return "unknown"
     accepted = getattr(exc, "accepted_ids", None)
     if accepted:
         # Part of a long SMS went out: sending it all again would duplicate those parts.
@@ -197,6 +242,16 @@ def _after_transient_error(runtime: Runtime, claimed: Send, exc: TransientChanne
     raise RetryLater(str(exc), delay_ms=delay_ms)
 
 
+def _route_down(runtime: Runtime, exc: RouteUnreachableError) -> RetryLater:
+    """The broker keeps the message for `route_down_seconds`: by then the route is back (and the
+    run re-queues what waits) or `campaign run` has stopped. Logged at debug: once per message
+    would be hundreds of lines for one outage."""
+    delay_ms = max(1000, int(runtime.settings.dispatch.route_down_seconds * 1000))
+    log.debug("[channel:%s] route unreachable (%s); message back to the broker for %d ms",
+              exc.channel, exc.reason, delay_ms)
+    return RetryLater(str(exc), delay_ms=delay_ms)
+
+
 def _record_failure(
     runtime: Runtime, claimed: Send, reason: str, provider_status: str | None,
     accepted_ids: list[str] | None = None,
@@ -212,7 +267,3 @@ def _record_failure(
 
 def _identifier_kind(channel: str) -> str:
     return "email" if channel == "email" else "msisdn"
-
-
-def _datetime(value: object) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) else None

@@ -18,6 +18,20 @@ class InputError(NotifierError):
     """
 
 
+class DatabaseError(NotifierError):
+    """Raised when the database cannot be used at all: unreachable, locked too long, or unusable URL.
+
+    The message names the database with its password hidden, never the driver's full text.
+    """
+
+
+class SchemaMissingError(DatabaseError):
+    """Raised when tables or columns are missing: the database was never migrated or is behind."""
+
+    def __init__(self) -> None:
+        super().__init__("the database has no schema (or is at an older revision): run `notifier db upgrade`")
+
+
 class MatchError(NotifierError):
     """Raised when identity resolution cannot run (e.g. an identifier kind it does not know)."""
 
@@ -45,3 +59,25 @@ class TransientChannelError(ChannelError):
 
 class PermanentChannelError(ChannelError):
     """Raised when the provider refused the message for good (invalid destination, rejected content)."""
+
+
+class RouteUnreachableError(TransientChannelError):
+    """Raised when a channel cannot reach its provider at all (connection refused or timed out,
+    bind or session set-up refused): no message is to blame, so none may be failed for it.
+
+    `channel` is the channel's name, `address` is `host:port`, `reason` a few words for people
+    ("connection refused").
+    """
+
+    def __init__(self, message: str, *, channel: str, address: str, reason: str,
+                 provider_status: str | None = None) -> None:
+        super().__init__(message, provider_status=provider_status)
+        self.channel = channel
+        self.address = address
+        self.reason = reason
+
+
+class OutcomeUnknownError(TransientChannelError):
+    """Raised when the message was handed over but the provider's answer was lost (the connection
+    dropped or the answer timed out): the provider may have it, so sending it again at once could
+    deliver it twice. The row becomes `unknown`, settled by a receipt or the resend delay."""

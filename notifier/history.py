@@ -1,55 +1,96 @@
 """What was sent to a subscriber, when, and whether it arrived: the care-staff lookup.
 
-Every lookup writes an `AuditLog` row (who, what was looked up — masked —, how many results),
-in the same transaction as the read, so a lookup without its audit record cannot happen.
+Care staff search by what the subscriber can tell them: a phone number, an e-mail, the operator's
+account id, or the reference code quoted from the message (`CB-<campaign>-<notification>`).
+Every lookup writes an audit row (`notifier.audit.record_access`: who, what was looked up —
+masked —, how many results, and whose accounts they were) in the same transaction as the read,
+so a lookup without its audit record cannot happen.
 """
 
 from __future__ import annotations
 
-import getpass
 from collections import defaultdict
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from notifier.audit import record_access
+from notifier.delivery import parse_reference_code, reference_code
 from notifier.errors import InputError
 from notifier.identifiers import mask_identifier, normalise_email, normalise_msisdn
-from notifier.models import Account, AuditLog, ContactPoint, DeliveryEvent, Notification
+from notifier.models import Account, ContactPoint, DeliveryEvent, Notification
+from notifier.timefmt import iso_utc
+
+ACTION_HISTORY_LOOKUP = "history.lookup"
+TEXT_PREVIEW_CHARS = 60  # the first line of a message in a table: enough to recognise it
 
 
-def default_actor() -> str:
-    """The operating-system user: the audit trail names a person even when no --actor is given."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+@dataclass(frozen=True)
+class HistoryLookup:
+    """One lookup's outcome: the masked target (for "no notifications for …") and the rows."""
+
+    target: str
+    rows: list[dict[str, object]]
+
+
+def find_history(
+    session: Session, *, msisdn: str | None = None, email: str | None = None,
+    account: str | None = None, reference: str | None = None, actor: str,
+) -> HistoryLookup:
+    """Notifications for one subscriber (or the one a reference code names), newest first, audited."""
+    kind, value = _target(msisdn, email, account, reference)
+    found = _notifications(session, kind, value)
+    notifications = [notification for notification, _, _ in found]
+    events = _events(session, [n.id for n in notifications if n.id is not None])
+    target = _masked_target(kind, value)
+    record_access(session, actor=actor, action=ACTION_HISTORY_LOOKUP, target_kind=kind, target=target,
+                  result_count=len(found), account_refs=[ref for _, ref, _ in found])
+    rows = [_as_json(n, ref, name, events.get(n.id or 0, [])) for n, ref, name in found]
+    return HistoryLookup(target=target, rows=rows)
 
 
 def lookup_history(
     session: Session, *, msisdn: str | None = None, email: str | None = None,
-    account: str | None = None, actor: str,
+    account: str | None = None, reference: str | None = None, actor: str,
 ) -> list[dict[str, object]]:
-    """Notifications for one subscriber, newest first, each with its delivery events."""
-    kind, value = _target(msisdn, email, account)
-    account_ids = _accounts(session, kind, value)
-    conditions = [Notification.account_id.in_(account_ids)] if account_ids else []
-    if kind != "account":
-        conditions.append(Notification.destination == value)
-    notifications = session.exec(
-        select(Notification).where(sa.or_(*conditions)).order_by(Notification.created_at.desc(), Notification.id.desc())
-    ).all() if conditions else []
-    events = _events(session, [n.id for n in notifications if n.id is not None])
-    session.add(AuditLog(actor=actor[:100], action="history.lookup", target_kind=kind,
-                         target=mask_identifier(kind, value) if kind != "account" else value,
-                         result_count=len(notifications)))
-    return [_as_json(n, events.get(n.id or 0, [])) for n in notifications]
+    """The rows of `find_history`: the `history --json` document."""
+    return find_history(session, msisdn=msisdn, email=email, account=account, reference=reference,
+                        actor=actor).rows
 
 
-def _target(msisdn: str | None, email: str | None, account: str | None) -> tuple[str, str]:
-    given = [(k, v) for k, v in (("msisdn", msisdn), ("email", email), ("account", account)) if v]
+def history_table_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """What a care agent reads: whose, which channel, how it ended and why, when, which message.
+
+    Times stay under their `*_at` names so the CLI table shows them in local time.
+    """
+    return [{
+        "reference": row["reference"], "account": row["account_id"], "name": row["name"],
+        "channel": row["channel"], "state": _state_with_reason(row),
+        "created_at": row["created_at"], "sent_at": row["sent_at"], "delivered_at": row["delivered_at"],
+        "text": first_line(row.get("text") or row.get("subject")),
+    } for row in rows]
+
+
+def first_line(text: object, width: int = TEXT_PREVIEW_CHARS) -> str:
+    """The first non-empty line, cut to `width` characters with "…" so a table stays readable."""
+    line = next((part.strip() for part in str(text or "").splitlines() if part.strip()), "")
+    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
+
+
+def _state_with_reason(row: dict[str, object]) -> str:
+    return f"{row['state']}: {row['reason']}" if row.get("reason") else str(row["state"])
+
+
+def _target(msisdn: str | None, email: str | None, account: str | None,
+            reference: str | None = None) -> tuple[str, str]:
+    given = [(k, v) for k, v in (("msisdn", msisdn), ("email", email), ("account", account),
+                                 ("reference", reference)) if v]
     if len(given) != 1:
-        raise InputError("give exactly one of --msisdn, --email, --account")
+        raise InputError("give exactly one of --msisdn, --email, --account, --reference")
     kind, raw = given[0]
+    if kind == "reference":
+        return kind, reference_code(*parse_reference_code(raw))
     try:
         if kind == "msisdn":
             return kind, normalise_msisdn(raw)
@@ -60,11 +101,49 @@ def _target(msisdn: str | None, email: str | None, account: str | None) -> tuple
     return kind, raw.strip()
 
 
+def _masked_target(kind: str, value: str) -> str:
+    """Account ids and reference codes are not contact details; numbers and addresses are masked."""
+    return value if kind in ("account", "reference") else mask_identifier(kind, value)
+
+
+def _notifications(session: Session, kind: str, value: str) -> list[tuple[Notification, str, str]]:
+    """(notification, account id, name) rows, newest first.
+
+    By number or address: the notifications of every account holding it, plus those sent to it
+    (the number may have moved to another account since). By reference: the one it names.
+    """
+    query = (select(Notification, Account.account_ref, Account.full_name)
+             .join(Account, Account.id == Notification.account_id))
+    if kind == "reference":
+        campaign_id, notification_id = parse_reference_code(value)
+        query = query.where(Notification.id == notification_id, Notification.campaign_id == campaign_id)
+    else:
+        account_ids = _accounts(session, kind, value)
+        conditions = [Notification.account_id.in_(account_ids)] if account_ids else []
+        if kind != "account":
+            conditions.append(Notification.destination == value)
+        if not conditions:
+            return []
+        query = query.where(sa.or_(*conditions))
+    return [tuple(row) for row in session.exec(  # type: ignore[misc]
+        query.order_by(Notification.created_at.desc(), Notification.id.desc()))]
+
+
 def _accounts(session: Session, kind: str, value: str) -> list[int]:
     if kind == "account":
-        return [i for i in session.exec(select(Account.id).where(Account.account_ref == value)) if i is not None]
+        return [i for i in session.exec(select(Account.id).where(account_ref_matches(value))) if i is not None]
     return list(session.exec(select(ContactPoint.account_id).where(
         ContactPoint.kind == kind, ContactPoint.value == value).distinct()))
+
+
+def account_ref_matches(value: str) -> sa.ColumnElement[bool]:
+    """`account_ref` equal to `value` ignoring case (`HN-000123` = `hn-000123`).
+
+    `lower(account_ref) = lower(:value)` on both sides, so SQLite and PostgreSQL fold the same
+    way, and both use the expression index `ix_account_account_ref_lower` built on exactly
+    `lower(account_ref)` (ILIKE or COLLATE NOCASE could not use a plain index on both).
+    """
+    return sa.func.lower(Account.account_ref) == sa.func.lower(value.strip())
 
 
 def _events(session: Session, notification_ids: list[int]) -> dict[int, list[DeliveryEvent]]:
@@ -76,10 +155,14 @@ def _events(session: Session, notification_ids: list[int]) -> dict[int, list[Del
     return grouped
 
 
-def _as_json(notification: Notification, events: list[DeliveryEvent]) -> dict[str, object]:
+def _as_json(notification: Notification, account_ref: str, name: str,
+             events: list[DeliveryEvent]) -> dict[str, object]:
     return {
         "notification_id": notification.id,
         "campaign_id": notification.campaign_id,
+        "reference": reference_code(notification.campaign_id, notification.id),
+        "account_id": account_ref,
+        "name": name,
         "channel": notification.channel,
         "destination": mask_identifier("email" if notification.channel == "email" else "msisdn",
                                        notification.destination) if notification.destination else None,
@@ -88,16 +171,12 @@ def _as_json(notification: Notification, events: list[DeliveryEvent]) -> dict[st
         "threat": notification.threat,
         "subject": notification.subject,
         "text": notification.text,
-        "created_at": _iso(notification.created_at),
-        "sent_at": _iso(notification.sent_at),
-        "delivered_at": _iso(notification.delivered_at),
+        "created_at": iso_utc(notification.created_at),
+        "sent_at": iso_utc(notification.sent_at),
+        "delivered_at": iso_utc(notification.delivered_at),
         "events": [
-            {"at": _iso(e.at), "from_state": e.from_state, "to_state": e.to_state, "source": e.source,
+            {"at": iso_utc(e.at), "from_state": e.from_state, "to_state": e.to_state, "source": e.source,
              "provider_status": e.provider_status, "detail": e.detail}
             for e in events
         ],
     }
-
-
-def _iso(moment) -> str | None:  # type: ignore[no-untyped-def]
-    return moment.isoformat() if moment else None

@@ -38,6 +38,15 @@ LEGACY_MOBILE_PREFIXES: dict[str, str] = {
 }
 LEGACY_NATIONAL_LENGTH = 10  # old prefix (3 digits) + 7 subscriber digits, without the trunk 0
 
+# Subscriber numbers by the first digit of the national number (without the trunk 0): their kind
+# and national length. Mobile 0[35789]x xxx xxxx since 2018; fixed 02x(x) + subscriber since 2017.
+MOBILE_NATIONAL_LENGTH = 9
+FIXED_NATIONAL_LENGTH = 10
+VIETNAMESE_SUBSCRIBER_SHAPES: dict[str, tuple[str, int]] = {
+    **{first: ("mobile", MOBILE_NATIONAL_LENGTH) for first in "35789"},
+    "2": ("fixed-line", FIXED_NATIONAL_LENGTH),
+}
+
 # Service numbers reach a business, never a subscriber: a feed or export naming one is an error.
 SERVICE_NUMBER_TYPES = {
     PhoneNumberType.TOLL_FREE: "toll-free service number",
@@ -62,8 +71,21 @@ IP_KEY_HEX_DIGITS = 32
 
 # --- phone numbers -------------------------------------------------------------------------------
 
-def _phone_error(raw: str, reason: str) -> ValueError:
-    return ValueError(f"not a Vietnamese phone number: {raw!r} ({reason})")
+class PhoneNumberError(ValueError):
+    """Raised when text cannot be a phone number at all (letters, wrong length, wrong country...).
+
+    The message quotes the text, as every identifier error does; `reason` alone names no digits,
+    so an import can report the problem next to a masked number instead of the number itself.
+    """
+
+    def __init__(self, raw: str, reason: str) -> None:
+        super().__init__(f"not a Vietnamese phone number: {raw!r} ({reason})")
+        self.raw = raw
+        self.reason = reason
+
+
+def _phone_error(raw: str, reason: str) -> PhoneNumberError:
+    return PhoneNumberError(raw, reason)
 
 
 def _split_phone(raw: str) -> tuple[bool, str]:
@@ -104,6 +126,20 @@ def remap_legacy_mobile(national: str) -> str:
     return new_prefix + national[3:]
 
 
+def _parsed(international_digits: str) -> phonenumbers.PhoneNumber | None:
+    """phonenumbers' reading of "+<digits>", or None when it cannot read it at all (too long...)."""
+    try:
+        return phonenumbers.parse("+" + international_digits)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def _refuse_service_number(raw: str, number: phonenumbers.PhoneNumber) -> None:
+    service = SERVICE_NUMBER_TYPES.get(phonenumbers.number_type(number))
+    if service:
+        raise _phone_error(raw, service)
+
+
 def _validated_e164(raw: str, international_digits: str) -> str:
     """Parse "+<digits>" with phonenumbers; accept only valid, non-service numbers."""
     try:
@@ -113,26 +149,86 @@ def _validated_e164(raw: str, international_digits: str) -> str:
     if not phonenumbers.is_valid_number(number):
         reason = "no such number range" if phonenumbers.is_possible_number(number) else "wrong length"
         raise _phone_error(raw, reason)
-    service = SERVICE_NUMBER_TYPES.get(phonenumbers.number_type(number))
-    if service:
-        raise _phone_error(raw, service)
+    _refuse_service_number(raw, number)
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def normalise_msisdn(raw: str) -> str:
-    """Return a phone number in E.164 ("+84912345678").
+def _check_vietnamese_shape(raw: str, national: str) -> None:
+    """Refuse a national number that no Vietnamese subscriber line can have (domain.md).
 
-    Accepts 0912345678, +84912345678, 84912345678, 0084…, 0912.345.678, "0912 345 678",
-    "(84) 912 345 678" and the pre-2018 11-digit mobile forms, which are remapped before validation
-    because phonenumbers finds them possible but not valid. Fixed lines are accepted too: whether a
-    number is a mobile is the subscriber record's business, not its prefix's. A number written with
-    another country code is accepted if phonenumbers says it is valid.
+    A mobile is 0 + [35789] + 8 digits since the 2018 remap; a fixed line is 0 + a 2x/2xx area code
+    + its subscriber number, 11 digits in all since 2017. Anything else starting with 1, 4 or 6 is a
+    service number or nothing, and phonenumbers has already accepted the service numbers we take.
+    """
+    shape = VIETNAMESE_SUBSCRIBER_SHAPES.get(national[:1])
+    if shape is None:
+        raise _phone_error(raw, "no such number range")
+    name, length = shape
+    if len(national) != length:
+        raise _phone_error(raw, f"wrong length: a {name} number has {length + 1} digits with the leading 0")
+
+
+def _vietnamese_e164(raw: str, national: str) -> tuple[str, str | None]:
+    """E.164 of a Vietnamese national number (already remapped), with a warning if unallocated.
+
+    phonenumbers' ranges lag behind the number plan (new blocks, ranges an operator opens first
+    for its own lines); the subscriber export is the operator's own truth, so a number of the right
+    shape is kept and reported instead of losing the subscriber.
+    """
+    number = _parsed(VIETNAM_COUNTRY_CODE + national)
+    if number is not None and phonenumbers.is_valid_number(number):
+        _refuse_service_number(raw, number)
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
+    _check_vietnamese_shape(raw, national)
+    e164 = "+" + VIETNAM_COUNTRY_CODE + national
+    return e164, f"{mask_msisdn(e164)} is not in a known range; stored as given"
+
+
+def classify_msisdn(raw: str) -> tuple[str, str | None]:
+    """Return (E.164, warning or None); PhoneNumberError (a ValueError) for an impossible number.
+
+    The one place that decides which phone numbers notifier keeps, so that the subscriber import,
+    leak lists, Authority requests and the care lookup agree: a leaked number in a range
+    phonenumbers does not know still matches the subscriber who has it. Vietnamese numbers of a
+    subscriber shape (mobile 0[35789]x + 7 digits, fixed 02… 11 digits) are kept even when
+    phonenumbers calls them "not valid", with a warning that names the number masked. Foreign
+    numbers (+1…, +44…) must be valid for phonenumbers: we do not know other plans' shapes, and an
+    operator's export rarely holds them. Service numbers (1800, 1900) are always refused.
     """
     international, digits = _split_phone(raw)
     national = _vietnamese_national_number(raw, digits, international)
     if national is None:
-        return _validated_e164(raw, digits)
-    return _validated_e164(raw, VIETNAM_COUNTRY_CODE + remap_legacy_mobile(national))
+        return _validated_e164(raw, digits), None
+    return _vietnamese_e164(raw, remap_legacy_mobile(national))
+
+
+def normalise_msisdn(raw: str) -> str:
+    """Return a phone number in E.164 ("+84912345678"), following `classify_msisdn`'s rule.
+
+    Accepts 0912345678, +84912345678, 84912345678, 0084…, 0912.345.678, "0912 345 678",
+    "(84) 912 345 678" and the pre-2018 11-digit mobile forms, which are remapped before validation
+    because phonenumbers finds them possible but not valid. Fixed lines are accepted too: whether a
+    number is a mobile is the subscriber record's business, not its prefix's.
+    """
+    return classify_msisdn(raw)[0]
+
+
+def mask_phone_text(raw: str) -> str:
+    """Text that failed as a phone number, masked for a report: every digit but the last 3 hidden.
+
+    An operator can still find the cell on the reported line; the report does not hold the number.
+    """
+    text = raw.strip()[:MAX_MASKED_TEXT_CHARS]
+    digits = sum(char.isdigit() for char in text)
+    hidden = digits - MASKED_MSISDN_KEEP_END
+    masked: list[str] = []
+    for char in text:
+        if char.isdigit():
+            masked.append(MASK if hidden > 0 else char)
+            hidden -= 1
+        else:
+            masked.append(char)
+    return "".join(masked)
 
 
 # --- e-mail --------------------------------------------------------------------------------------
@@ -260,6 +356,7 @@ MASK = "*"
 MASKED_MSISDN_KEEP_NATIONAL = 2
 MASKED_MSISDN_KEEP_END = 3
 MASKED_HASH_KEEP = 8
+MAX_MASKED_TEXT_CHARS = 32  # a runaway cell is cut, not echoed
 
 
 def mask_msisdn(e164: str) -> str:
@@ -373,4 +470,21 @@ def parse_timestamp(raw: str, default_tz: str) -> datetime:
     moment = _parse_naive_or_aware(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=get_zone(default_tz))
-    return moment.astimezone(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # "0001-01-01 00:00" at +07 is before the first representable moment
+        raise _out_of_range(text) from None
+    if not EARLIEST_TIME <= moment <= LATEST_TIME:
+        raise _out_of_range(text)
+    return moment
+
+
+# Every stored time must survive conversion to any zone people read (UTC-12 … UTC+14) when a notice
+# or a table shows it: a day's margin inside what `datetime` holds keeps `astimezone` from overflowing.
+EARLIEST_TIME = datetime(1, 1, 2, tzinfo=UTC)
+LATEST_TIME = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def _out_of_range(text: str) -> ValueError:
+    return ValueError(f"not a time: {text!r} (out of range: times must fall between "
+                      f"{EARLIEST_TIME.date().isoformat()} and {LATEST_TIME.date().isoformat()} UTC)")

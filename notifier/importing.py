@@ -39,15 +39,24 @@ class ImportResult:
     id: int | None = None
     errors: list[dict[str, object]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    warned: int = 0  # exact count of `warnings`, which is capped like `errors`
+    warnings: list[dict[str, object]] = field(default_factory=list)
 
     def reject(self, rejection: Rejection) -> None:
         self.rejected += 1
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append({"line": rejection.line, "reason": rejection.reason})
 
+    def warn(self, line: int, reason: str) -> None:
+        """Note something on an accepted line the operator should look at (kept anyway)."""
+        self.warned += 1
+        if len(self.warnings) < MAX_REPORTED_ERRORS:
+            self.warnings.append({"line": line, "reason": reason})
+
     def as_json(self) -> dict[str, object]:
         return {"id": self.id, "accepted": self.accepted, "rejected": self.rejected,
-                "errors": self.errors, **({"counts": self.counts} if self.counts else {})}
+                "errors": self.errors, "warnings": self.warnings,
+                **({"counts": self.counts} if self.counts else {})}
 
 
 # --- subscribers ------------------------------------------------------------------------------
@@ -63,21 +72,32 @@ def import_subscribers(
 ) -> ImportResult:
     """Create or update accounts and their contact points, a batch of rows per few statements.
 
-    An unchanged row changes nothing (not even `updated_at`); a later row for the same account
-    wins over an earlier one; a contact point that stays keeps its opt-out.
+    An unchanged row changes nothing (not even `updated_at`); a contact point that stays keeps its
+    opt-out. An account_id seen again in the same file is a data error in the export: the first row
+    goes in and each later one is rejected naming the first line, never merged silently.
     """
     result = ImportResult()
+    first_lines: dict[str, int] = {}  # account_ref → first line: ~120 MB per million accounts
     for chunk in chunks(parse_subscribers(path, tz=tz, column_map=column_map), BATCH_ROWS):
-        records: list[SubscriberRecord] = []
-        for record in chunk:
-            if isinstance(record, Rejection):
-                result.reject(record)
-            else:
-                records.append(record)
+        records = [record for record in chunk if _admit(record, first_lines, result)]
         result.accepted += len(records)
         changed = _store_subscribers(session, {r.account_ref: r for r in records})
-        result.unchanged += len({r.account_ref for r in records}) - changed
+        result.unchanged += len(records) - changed
     return result
+
+
+def _admit(record: SubscriberRecord | Rejection, first_lines: dict[str, int], result: ImportResult) -> bool:
+    """Count a rejection, refuse a repeated account_id, note warnings; True if the row goes in."""
+    if isinstance(record, Rejection):
+        result.reject(record)
+        return False
+    first = first_lines.setdefault(record.account_ref, record.line)
+    if first != record.line:
+        result.reject(Rejection(record.line, f"account_id {record.account_ref} already on line {first}", ""))
+        return False
+    for warning in record.warnings:
+        result.warn(record.line, warning)
+    return True
 
 
 def _store_subscribers(session: Session, latest: dict[str, SubscriberRecord]) -> int:
@@ -305,6 +325,7 @@ def _item_row(feed_id: int | None, record: FeedEventRecord) -> dict[str, object]
         "feed_id": feed_id, "line": record.line, "status": "pending", "reason": None,
         "kind": record.kind, "identifier_kind": record.identifier_kind,
         "identifier": record.identifier, "port": record.port, "seen_at": record.seen_at,
+        "seen_precision": record.seen_precision,
         "threat": record.threat, "category": record.category,
         "data_classes": ";".join(record.data_classes) or None, "source": record.source,
         "raw": record.raw[:2000] or None,

@@ -51,6 +51,8 @@ class Account(SQLModel, table=True):
     """One operator account / contract (the subscriber)."""
 
     __tablename__ = "account"
+    # Care staff type the operator's id in any case (`hn-000123`): lookups compare lower(account_ref).
+    __table_args__ = (sa.Index("ix_account_account_ref_lower", sa.func.lower(sa.column("account_ref"))),)
 
     id: int | None = Field(default=None, primary_key=True)
     account_ref: str = Field(max_length=64, unique=True, index=True)  # the operator's account id
@@ -156,6 +158,9 @@ class FeedItem(SQLModel, table=True):
     identifier: str | None = Field(default=None, max_length=254)
     port: int | None = None
     seen_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    # "date" when the feed gave only a day (a leak list's `leaked_at` of 2026-11-02): `seen_at` is then
+    # that day's local midnight, and notices print the date alone, never a made-up "00:00".
+    seen_precision: str | None = Field(default=None, max_length=8)
     threat: str | None = Field(default=None, max_length=100)
     category: str | None = Field(default=None, max_length=64)
     data_classes: str | None = Field(default=None, max_length=300)  # ";"-separated

@@ -10,7 +10,7 @@ as one part fails (Kannel and Jasmin decide on one part only; we do not).
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 ID_MATCH_GRACE_SECONDS = 2
 ORPHAN_AFTER_SECONDS = 24 * 3600
 PENDING_BATCH = 500
+# How far an SMSC's clock may run ahead of ours before its done time is not believed.
+PROVIDER_CLOCK_SKEW_SECONDS = 120
 
 _FAILED_STATES = {RECEIPT_UNDELIVERED: UNDELIVERED, RECEIPT_EXPIRED: EXPIRED, RECEIPT_FAILED: UNDELIVERED}
 _OPEN_STATES = (SENT, UNKNOWN)
@@ -143,11 +145,30 @@ def _settle_notification(session: Session, notification_id: int, row: InboundRec
                       detail=f"{label} err:{row.error_code}", values={"reason": f"{label} err:{row.error_code}"}):
             return
     elif row.status == RECEIPT_DELIVERED and _all_parts_delivered(session, notification):
+        shown = delivered_time(done_at=row.done_at, received_at=row.received_at, sent_at=notification.sent_at)
+        detail = f"{label}; SMSC done {row.done_at.isoformat()}" if row.done_at else label
         if transition(session, notification_id, expected=_OPEN_STATES, to_state=DELIVERED, source=source,
-                      provider_status=row.raw_status, detail=label,
-                      values={"delivered_at": row.done_at or utcnow()}):
+                      provider_status=row.raw_status, detail=detail[:500], values={"delivered_at": shown}):
             return
     _note(session, notification, source, row.raw_status, label)
+
+
+def delivered_time(*, done_at: datetime | None, received_at: datetime | None,
+                   sent_at: datetime | None) -> datetime:
+    """The delivery time people see: the provider's, unless it would read as before we sent it.
+
+    Both stay on record (`InboundReceipt.done_at` is the SMSC's, `received_at` ours). Many SMSCs
+    write `done date` to the minute, so a message sent at 08:24:40 and delivered a second later
+    reads 08:24:00 — before it was sent (a wrong `smpp.timezone` does the same by hours). Then
+    the time we recorded the receipt is shown, never earlier than the time we sent it. A done
+    time well after the receipt reached us (a zone set the other way round) is not shown either.
+    """
+    ours = max((t for t in (received_at, sent_at) if t is not None), default=None) or utcnow()
+    if done_at is None or (sent_at is not None and done_at < sent_at):
+        return ours
+    if received_at is not None and done_at > received_at + timedelta(seconds=PROVIDER_CLOCK_SKEW_SECONDS):
+        return ours
+    return done_at
 
 
 def _all_parts_delivered(session: Session, notification: Notification) -> bool:

@@ -7,7 +7,11 @@ templates) and one `Renderer.render()` entry point. Templates live in
 - `sms.txt.j2`: the SMS body; whitespace is collapsed to single spaces. It may offer several
   variants, richest first (`[rich, standard, compact]|first_fitting(sms_max_chars)`): the renderer
   asks for one that fits 2 GSM-7 parts, and if the text is not GSM-7, for one that fits 3 UCS-2 parts.
+  Every variant carries the reference code; the last one must fit whatever a feed says.
 - `email_subject.txt.j2`, `email.txt.j2`, `email.html.j2`: the e-mail.
+
+Text from feeds (threat names, sources, data classes, descriptions) reaches a template only
+through the filters that reduce it to a safe label (`notifier.safe_labels`).
 
 Vietnamese is the product: every rendered text is returned in NFC, and the SMS can be sent
 without diacritics (`strip_sms_diacritics=True`) to fit in fewer GSM-7 parts.
@@ -19,7 +23,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
+from datetime import date, datetime, timezone as dt_timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,10 +31,13 @@ from zoneinfo import ZoneInfo
 import jinja2
 
 from notifier.content import (
-    CONJUNCTIONS, DATA_CLASS_LABELS, DATETIME_FORMATS, DEVICE_HINTS, DEVICE_KEYWORDS, DEVICE_ORDER,
-    KNOWN_THREAT_NAMES, LEAK_SEVERITY, MONTHS_EN, OTHER_DATA,
+    CONJUNCTIONS, DATA_CLASS_LABELS, DATE_FORMATS, DATETIME_FORMATS, DEVICE_HINTS, DEVICE_KEYWORDS, DEVICE_ORDER,
+    LEAK_SEVERITY, MONTHS_EN, MORE_THREATS, OTHER_DATA,
 )
 from notifier.errors import InputError
+from notifier.safe_labels import (
+    MAX_DATA_CLASS_CHARS, MAX_DESCRIPTION_CHARS, safe_label, source_label, threat_label, threat_labels,
+)
 from notifier.sms import GSM7, sms_encoding
 
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
@@ -42,6 +49,8 @@ CHANNEL_FILES: dict[str, tuple[str, ...]] = {
 SMS_MAX_CHARS_GSM7 = 306  # 2 concatenated GSM-7 parts of 153 characters
 SMS_MAX_CHARS_UCS2 = 201  # 3 concatenated UCS-2 parts of 67 characters
 _NAME_RE = re.compile(r"^[a-z0-9_]+$")
+_DATE_ONLY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+VARIANTS_KEY = "_sms_variants"  # a list in the context collects every SMS variant (`sms_variants`)
 _BLANK_LINES_RE = re.compile(r"\n{3,}")
 
 # Typographic punctuation that has no GSM-7 code: folded for the no-diacritics SMS.
@@ -87,6 +96,18 @@ def _language_key(language: str | None) -> str:
     return key if _NAME_RE.match(key) else ""
 
 
+def parse_moment(value: object) -> datetime | date | None:
+    """A context time as templates want it: `2026-11-02` (a date known without its time) → date,
+    any other ISO 8601 string → datetime; datetimes and dates pass; anything else → None."""
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str) or not value:
+        return None
+    if _DATE_ONLY_RE.match(value):
+        return date.fromisoformat(value)
+    return datetime.fromisoformat(value)
+
+
 def _as_utc(value: datetime | str) -> datetime:
     """An aware UTC datetime from a datetime or ISO-8601 string; naive values count as UTC."""
     if isinstance(value, str):
@@ -102,11 +123,18 @@ def format_localtime(
     """`21:14 ngày 19/11/2026` (vi) or `21:14 on 19 Nov 2026` (en) in `zone`; None → ``.
 
     `style` "short" drops the year (`21:14 ngày 19/11`), "compact" also the words (`21:14 19/11`).
+    A date without a time (`date`, or an ISO `2026-11-02`) prints as a date (`02/11/2026`): it is
+    already the subscriber's local day, and a made-up "00:00" would claim a time nobody gave.
     """
-    if value is None or value == "":
+    moment = parse_moment(value)
+    if moment is None:
         return ""
-    local = _as_utc(value).astimezone(zone)
-    styles = DATETIME_FORMATS.get(_language_key(language), DATETIME_FORMATS[DEFAULT_LANGUAGE])
+    formats = DATETIME_FORMATS
+    if isinstance(moment, datetime):
+        local: date = _as_utc(moment).astimezone(zone)
+    else:
+        local, formats = moment, DATE_FORMATS
+    styles = formats.get(_language_key(language), formats[DEFAULT_LANGUAGE])
     pattern = styles.get(style, styles["full"])
     return pattern.format(
         hm=local.strftime("%H:%M"), d=local.day, m=local.month, y=local.year, mon=MONTHS_EN[local.month - 1]
@@ -114,9 +142,10 @@ def format_localtime(
 
 
 def data_class_label(code: str, language: str = DEFAULT_LANGUAGE) -> str:
-    """The subscriber-facing name of a leaked data class (`national_id` → `số CCCD/CMND`)."""
+    """The subscriber-facing name of a leaked data class (`national_id` → `số CCCD/CMND`); a code
+    we do not know is feed text, printed only as a safe label ("" if none remains)."""
     labels = DATA_CLASS_LABELS.get(_language_key(language), DATA_CLASS_LABELS[DEFAULT_LANGUAGE])
-    return labels.get(code.strip().lower(), code)
+    return labels.get(code.strip().lower()) or safe_label(code, MAX_DATA_CLASS_CHARS)
 
 
 def leak_labels(codes: Iterable[str], language: str = DEFAULT_LANGUAGE, limit: int | None = None) -> list[str]:
@@ -126,11 +155,11 @@ def leak_labels(codes: Iterable[str], language: str = DEFAULT_LANGUAGE, limit: i
     """
     rank = {code: index for index, code in enumerate(LEAK_SEVERITY)}
     ordered = sorted((code.strip().lower() for code in codes if code), key=lambda c: rank.get(c, len(rank)))
-    labels = list(dict.fromkeys(data_class_label(code, language) for code in ordered))
+    other = OTHER_DATA.get(_language_key(language), OTHER_DATA[DEFAULT_LANGUAGE])
+    labels = list(dict.fromkeys(data_class_label(code, language) or other for code in ordered))
     if limit is None or len(labels) <= limit:
         return labels
-    other = OTHER_DATA.get(_language_key(language), OTHER_DATA[DEFAULT_LANGUAGE])
-    return labels[:limit] + [other]
+    return [label for label in labels[:limit] if label != other] + [other]
 
 
 def upper_first(text: str) -> str:
@@ -138,28 +167,32 @@ def upper_first(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def threat_label(name: str | None) -> str:
-    """A threat name as people write it: `mirai` → `Mirai`, `mirai-http` → `Mirai-http`; None → ``."""
-    if not name:
-        return ""
-    head, sep, tail = _split_head(name.strip())
-    known = KNOWN_THREAT_NAMES.get(head.lower())
-    if known:
-        return known + sep + tail
-    return upper_first(name.strip()) if name.islower() else name.strip()
+def other_threats(names: Iterable[str | None], quoted: str | None) -> list[str]:
+    """Safe labels of `names` other than the quoted threat's: what an SMS adds after the threat
+    whose IP and time it quotes ("… Mirai (IP …, 21:14) và các mã độc Mozi, Gafgyt")."""
+    main = threat_label(quoted).casefold()
+    return [label for label in threat_labels(names) if label.casefold() != main]
 
 
-def _split_head(name: str) -> tuple[str, str, str]:
-    """`mirai-http` → (`mirai`, `-`, `http`); a name without separator → (name, ``, ``)."""
-    match = re.match(r"([A-Za-z0-9]+)([^A-Za-z0-9]?)(.*)", name, flags=re.DOTALL)
-    if not match:
-        return name, "", ""
-    return match.group(1), match.group(2), match.group(3)
+def threat_list(names: Iterable[str | None], language: str = DEFAULT_LANGUAGE, limit: int | None = None) -> str:
+    """Every threat named once (`Mirai, Mozi và Gafgyt`); with `limit`, the first `limit` names and
+    then "và N mã độc khác" / "and N more" (a single one left over is named: "1 more" saves
+    nothing). "" when none has a safe name."""
+    labels = threat_labels(names)
+    if limit is not None and len(labels) > limit + 1:
+        more = MORE_THREATS.get(_language_key(language), MORE_THREATS[DEFAULT_LANGUAGE])
+        labels = labels[:limit] + [more.format(n=len(labels) - limit)]
+    return human_join(labels, language)
+
+
+def description_label(text: str | None) -> str:
+    """A feed's description of a threat, made safe for an e-mail body ("" if nothing safe remains)."""
+    return safe_label(text, MAX_DESCRIPTION_CHARS)
 
 
 def first_fitting(variants: Iterable[str], max_chars: int) -> str:
     """The first variant that fits `max_chars` once its whitespace is collapsed, else the shortest."""
-    candidates = [collapse_whitespace(variant) for variant in variants]
+    candidates = [collapse_whitespace(str(variant)) for variant in variants]
     if not candidates:
         return ""
     fitting = [text for text in candidates if len(text) <= max_chars]
@@ -222,19 +255,45 @@ def build_environment(templates_dir: Path, zone: ZoneInfo) -> jinja2.Environment
     def localtime(value: datetime | str | None, language: str = DEFAULT_LANGUAGE, style: str = "full") -> str:
         return format_localtime(value, zone, language, style)
 
+    @jinja2.pass_context
+    def collecting_first_fitting(context: jinja2.runtime.Context, variants: Iterable[str], max_chars: int) -> str:
+        """`first_fitting`, also handing every variant to `Renderer.sms_variants` when it asks."""
+        variants = list(variants)
+        collected = context.get(VARIANTS_KEY)
+        if isinstance(collected, list):
+            collected.extend(collapse_whitespace(str(variant)) for variant in variants)
+        return first_fitting(variants, max_chars)
+
     env.filters.update(
         localtime=localtime,
         data_class_label=data_class_label,
+        description_label=description_label,
         device_hint=device_hint,
         human_join=human_join,
         leak_labels=leak_labels,
         upper_first=upper_first,
         threat_label=threat_label,
-        first_fitting=first_fitting,
+        threat_labels=threat_labels,
+        threat_list=threat_list,
+        other_threats=other_threats,
+        source_label=source_label,
+        first_fitting=collecting_first_fitting,
         plain_url=plain_url,
     )
     env.globals["timezone_name"] = zone.key
     return env
+
+
+def with_context_defaults(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The context with the keys newer templates use filled in for contexts planned before them:
+    `threats` (every threat named, the quoted one first) and `source_names` (slug → wording)."""
+    values = dict(context)
+    values.setdefault("source_names", {})
+    if "threats" not in values:
+        threat = values.get("threat")
+        name = threat.get("name") if isinstance(threat, Mapping) else None
+        values["threats"] = [name] if name else []
+    return values
 
 
 class Renderer:
@@ -280,7 +339,7 @@ class Renderer:
         if channel not in CHANNEL_FILES:
             raise InputError(f"unknown channel {channel!r} (known: {', '.join(sorted(CHANNEL_FILES))})")
         folder = f"{self._resolve_language(template, language)}/{template}"
-        values = dict(context)
+        values = with_context_defaults(context)
         if channel == "sms":
             return RenderedMessage(body=self._render_sms(f"{folder}/sms.txt.j2", values, strip_sms_diacritics))
         subject = collapse_whitespace(self._render_file(f"{folder}/email_subject.txt.j2", values))
@@ -289,6 +348,17 @@ class Renderer:
             subject=unicodedata.normalize("NFC", subject),
             html=unicodedata.normalize("NFC", self._render_file(f"{folder}/email.html.j2", values).strip()),
         )
+
+    def sms_variants(
+        self, template: str, *, language: str, context: Mapping[str, Any], strip_sms_diacritics: bool = False
+    ) -> list[str]:
+        """Every SMS variant the template offers for `context`, richest first, as they would be sent
+        (one line, NFC, diacritics dropped if asked): lets a test hold each one to the rules."""
+        folder = f"{self._resolve_language(template, language)}/{template}"
+        collected: list[str] = []
+        values = with_context_defaults(context) | {"sms_max_chars": SMS_MAX_CHARS_UCS2, VARIANTS_KEY: collected}
+        self._render_file(f"{folder}/sms.txt.j2", values)
+        return [self._finish_sms(variant, strip_sms_diacritics) for variant in collected]
 
     def check_template(self, template: str) -> None:
         """Raise InputError unless `template` exists in the default language (e.g. before planning)."""
@@ -314,8 +384,13 @@ class Renderer:
         return body
 
     def _sms_text(self, name: str, values: dict[str, Any], strip: bool) -> str:
-        """Render, collapse to one line, NFC; then drop diacritics (and fancy punctuation) if asked."""
-        body = unicodedata.normalize("NFC", collapse_whitespace(self._render_file(name, values)))
+        """Render, then make it the one line that is sent."""
+        return self._finish_sms(self._render_file(name, values), strip)
+
+    @staticmethod
+    def _finish_sms(text: str, strip: bool) -> str:
+        """Collapse to one line, NFC; then drop diacritics (and fancy punctuation) if asked."""
+        body = unicodedata.normalize("NFC", collapse_whitespace(text))
         if strip:
             body = strip_diacritics(body).translate(_PUNCTUATION_FALLBACKS)
         return body

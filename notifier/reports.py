@@ -1,11 +1,12 @@
-"""Read-only views of feeds for people and for other tools (`feed show`)."""
+"""Read-only views of feeds for people and for other tools (`feed show`, `feed list`)."""
 
 from __future__ import annotations
 
 from sqlmodel import Session, select
 
 from notifier.errors import NotFoundError
-from notifier.models import Account, Feed, FeedItem
+from notifier.models import Account, Campaign, Feed, FeedItem
+from notifier.timefmt import iso_utc
 
 
 def feed_summary(session: Session, feed_id: int) -> dict[str, object]:
@@ -15,7 +16,7 @@ def feed_summary(session: Session, feed_id: int) -> dict[str, object]:
     return {
         "id": feed.id, "format": feed.format, "source": feed.source, "report_type": feed.report_type,
         "kind": feed.kind, "filename": feed.filename, "file_sha256": feed.file_sha256,
-        "imported_at": feed.imported_at.isoformat(), "accepted": feed.accepted, "rejected": feed.rejected,
+        "imported_at": iso_utc(feed.imported_at), "accepted": feed.accepted, "rejected": feed.rejected,
         "matched": feed.matched, "unmatched": feed.unmatched, "ambiguous": feed.ambiguous,
     }
 
@@ -32,6 +33,24 @@ def feed_items(session: Session, feed_id: int, *, status: str | None = None) -> 
     return [
         {"line": r.line, "status": r.status, "account_id": account_ref,
          "reason": r.reason, "identifier_kind": r.identifier_kind, "threat": r.threat,
-         "seen_at": r.seen_at.isoformat() if r.seen_at else None}
+         "seen_at": iso_utc(r.seen_at), "seen_precision": r.seen_precision}
         for r, account_ref in session.exec(query.order_by(FeedItem.line, FeedItem.id))
+    ]
+
+
+def list_feeds(session: Session) -> list[dict[str, object]]:
+    """Every feed, newest first, with its counts and the campaigns planned on it: the `feed list
+    --json` document. Two queries whatever the number of feeds (feeds, then their campaigns)."""
+    feeds = session.exec(select(Feed).order_by(Feed.imported_at.desc(), Feed.id.desc())).all()
+    campaigns: dict[int, list[int]] = {}
+    for feed_id, campaign_id in session.exec(
+        select(Campaign.feed_id, Campaign.id).where(Campaign.feed_id.is_not(None)).order_by(Campaign.id)
+    ):
+        campaigns.setdefault(feed_id, []).append(campaign_id)
+    return [
+        {"id": feed.id, "imported_at": feed.imported_at.isoformat(), "format": feed.format,
+         "report_type": feed.report_type, "kind": feed.kind, "source": feed.source, "filename": feed.filename,
+         "accepted": feed.accepted, "rejected": feed.rejected, "matched": feed.matched,
+         "unmatched": feed.unmatched, "ambiguous": feed.ambiguous, "campaigns": campaigns.get(feed.id or 0, [])}
+        for feed in feeds
     ]

@@ -8,10 +8,24 @@ Nothing is read at import time: call `get_settings()`.
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import (
+    BaseModel,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,18 +35,55 @@ from pydantic_settings import (
 
 from notifier.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "default.toml"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout (site-packages once installed)
+
+
+def shipped_dir(name: str) -> Path:
+    """Where the shipped `templates/` or `config/` tree is.
+
+    The repository keeps both at the top; a wheel carries them inside the package as
+    `notifier/_templates` and `notifier/_config` (pyproject.toml maps them there, so nothing named
+    `templates` or `config` lands in site-packages). Prefer the packaged copy, else the checkout's
+    (a checkout or an editable install has no packaged copy).
+    """
+    packaged = resources.files("notifier").joinpath(f"_{name}")
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return PROJECT_ROOT / name
+
+
+TEMPLATES_DIR = shipped_dir("templates")
+DEFAULT_CONFIG_FILE = shipped_dir("config") / "default.toml"
 LOCAL_TIMEZONE = "Asia/Ho_Chi_Minh"
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+# The operator identity shipped for development, in one place: the defaults below use these, and
+# `check_secrets` refuses to send outside development while any is still in force. Each is plainly
+# not a real party: "the network operator", a hotline that no network can route (in Viet Nam "00"
+# opens an international number and no country code starts with 0), example.vn addresses (a
+# placeholder by name, though not a reserved domain like `.example`) and the generic brandname.
+PLACEHOLDER_OPERATOR_NAME = "Nhà mạng"
+PLACEHOLDER_HOTLINE = "00000000"  # 8 digits, as long as a real 1800 xxxx line: SMS lengths stay true
+PLACEHOLDER_WEBSITE = "https://example.vn"
+PLACEHOLDER_CARE_EMAIL = "hotro@example.vn"
+PLACEHOLDER_BRANDNAME = "NHAMANG"
+PLACEHOLDERS: dict[str, str] = {
+    "operator.name": PLACEHOLDER_OPERATOR_NAME,
+    "operator.hotline": PLACEHOLDER_HOTLINE,
+    "operator.website": PLACEHOLDER_WEBSITE,
+    "operator.care_email": PLACEHOLDER_CARE_EMAIL,
+    "smpp.source_addr": PLACEHOLDER_BRANDNAME,
+}
+WEAK_SECRETS = frozenset({"changeme", "secret", "password"})
 
 
 class OperatorSettings(BaseModel):
     """Who the warning comes from: shown to subscribers so they can verify it is genuine."""
 
-    name: str = "Nhà mạng"
-    hotline: str = "18001091"
-    website: str = "https://example.vn"
-    care_email: str = "hotro@example.vn"
+    name: str = PLACEHOLDER_OPERATOR_NAME
+    hotline: str = PLACEHOLDER_HOTLINE
+    website: str = PLACEHOLDER_WEBSITE
+    care_email: str = PLACEHOLDER_CARE_EMAIL
     authority_name: str = "Cục An toàn thông tin"
     scan_portal: str = "https://khonggianmang.vn"
 
@@ -41,33 +92,44 @@ class SmppSettings(BaseModel):
     """The operator's SMSC (or the loopback test peer)."""
 
     host: str = "127.0.0.1"
-    port: int = 2775
+    port: Port = 2775
     system_id: str = "notifier"
     password: SecretStr = SecretStr("")
     system_type: str = ""
-    source_addr: str = "NHAMANG"
+    source_addr: str = PLACEHOLDER_BRANDNAME
     source_addr_ton: int = 5  # alphanumeric brandname
     source_addr_npi: int = 0
     dest_addr_ton: int = 1  # international
     dest_addr_npi: int = 1  # E.164
     registered_delivery: int = 1  # ask for a receipt
-    window: int = 10  # submits awaiting submit_sm_resp at once
-    submit_timeout_seconds: float = 10.0
-    connect_timeout_seconds: float = 5.0
-    enquire_link_seconds: float = 30.0
+    window: PositiveInt = 10  # submits awaiting submit_sm_resp at once
+    submit_timeout_seconds: PositiveFloat = 10.0
+    connect_timeout_seconds: PositiveFloat = 5.0
+    enquire_link_seconds: PositiveFloat = 30.0
+    # The zone the SMSC writes receipts' `submit date`/`done date` in (YYMMDDhhmm, no zone of their own).
+    timezone: str = LOCAL_TIMEZONE
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        """Refuse a misspelt zone at start-up, not in the receipt reader thread hours later."""
+        from notifier.identifiers import get_zone
+
+        get_zone(value)
+        return value
 
 
 class SmtpSettings(BaseModel):
     """The operator's mail relay (or the loopback aiosmtpd peer)."""
 
     host: str = "127.0.0.1"
-    port: int = 2525
+    port: Port = 2525
     sender: str = "canhbao@example.vn"
     sender_name: str = "Nhà mạng - Cảnh báo an toàn thông tin"
     username: str = ""
     password: SecretStr = SecretStr("")
     starttls: bool = False
-    timeout_seconds: float = 15.0
+    timeout_seconds: PositiveFloat = 15.0
     # True when the server we hand mail to is the recipients' own mail exchanger (or a relay whose
     # acceptance the operator takes as proof): its "250" then marks the e-mail delivered. False
     # leaves e-mails `sent` until bounce/DSN tracking (roadmap) says more.
@@ -77,14 +139,17 @@ class SmtpSettings(BaseModel):
 class DispatchSettings(BaseModel):
     """How fast and how carefully notifications leave."""
 
-    worker_threads: int = 4
-    sms_per_second: float = 50.0
-    email_per_second: float = 20.0
+    worker_threads: PositiveInt = 4
+    sms_per_second: PositiveFloat = 50.0
+    email_per_second: PositiveFloat = 20.0
     sms_diacritics: bool = True  # False: send the no-diacritics variant (fewer parts, GSM-7)
-    send_lease_seconds: int = 120  # a `sending` row older than this with no live owner is orphaned
-    unknown_resend_after_seconds: int = 900  # an `unknown` row with no receipt by then is sent again
-    receipt_wait_seconds: float = 30.0  # `campaign run` waits this long for outstanding receipts
-    max_retries: int = 5
+    send_lease_seconds: PositiveInt = 120  # a `sending` row older than this with no live owner is orphaned
+    unknown_resend_after_seconds: PositiveInt = 900  # an `unknown` row with no receipt by then is sent again
+    receipt_wait_seconds: NonNegativeFloat = 30.0  # `campaign run` waits this long for outstanding receipts
+    # `campaign run` stops (rows stay queued) when a route it still needs is unreachable this long;
+    # also how long a message bounced by a dead route waits in the broker before it is tried again.
+    route_down_seconds: PositiveFloat = 30.0
+    max_retries: NonNegativeInt = 5
 
 
 class Settings(BaseSettings):
@@ -101,12 +166,15 @@ class Settings(BaseSettings):
     broker_url: str | None = None  # redis://… switches to the Redis broker
     broker_namespace: str = "notifier"
     timezone: str = LOCAL_TIMEZONE
-    templates_dir: Path = PROJECT_ROOT / "templates"
+    templates_dir: Path = TEMPLATES_DIR
     default_language: str = "vi"
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
     smpp: SmppSettings = Field(default_factory=SmppSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    # Leak source slug (as feeds write it) → how notices name it; a slug not listed prints as
+    # itself, reduced to a safe label. `[source_names]` in config/default.toml, per operator in theirs.
+    source_names: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -133,19 +201,86 @@ class Settings(BaseSettings):
         return not self.broker_url
 
     def check_secrets(self) -> None:
-        """Refuse empty or placeholder credentials outside development."""
+        """Before sending, outside development: refuse an empty or weak SMPP password and the
+        shipped placeholder identity (subscribers would get a warning from "Nhà mạng" with a
+        hotline nobody answers and could not tell it from a scam). One ConfigError names every
+        setting to fix and its variable, so a deployment is corrected in one go."""
         if self.environment == "development":
             return
-        for label, secret in (("smpp.password", self.smpp.password),):
-            value = secret.get_secret_value()
-            if not value or value.lower() in {"changeme", "secret", "password"}:
-                raise ConfigError(f"{label} must be set (NOTIFIER_{label.upper().replace('.', '__')})")
+        problems: list[str] = []
+        password = self.smpp.password.get_secret_value()
+        if not password or password.lower() in WEAK_SECRETS:
+            problems.append(f"set smpp.password ({env_variable('smpp.password')})")
+        placeholders = self.placeholder_settings()
+        if placeholders:
+            problems.append("replace the shipped placeholders of "
+                            + ", ".join(f"{label} ({env_variable(label)})" for label in placeholders))
+        if problems:
+            raise ConfigError(f"refusing to send in environment {self.environment!r}: " + "; ".join(problems))
+
+    def placeholder_settings(self) -> list[str]:
+        """The identity settings (dotted names) still empty or equal to the shipped placeholder,
+        compared ignoring case, spacing, punctuation and URL scheme (`0000 0000` and
+        `http://EXAMPLE.vn/` are the same placeholders)."""
+        found = []
+        for label, placeholder in PLACEHOLDERS.items():
+            section, field = label.split(".")
+            value = _comparable(str(getattr(getattr(self, section), field)))
+            if not value or value == _comparable(placeholder):
+                found.append(label)
+        return found
+
+
+def env_variable(label: str) -> str:
+    """'smpp.source_addr' → 'NOTIFIER_SMPP__SOURCE_ADDR', the variable that sets it."""
+    return "NOTIFIER_" + label.upper().replace(".", "__")
+
+
+def _comparable(value: str) -> str:
+    """NFC, case-folded, without URL scheme, spaces or punctuation: two spellings of one value
+    compare equal."""
+    without_scheme = re.sub(r"^\s*[a-z][a-z0-9+.-]*://", "", value, flags=re.IGNORECASE)
+    return re.sub(r"[\W_]+", "", unicodedata.normalize("NFC", without_scheme)).casefold()
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, built on first use."""
-    return Settings()
+    """The process-wide settings, built on first use.
+
+    A value the model refuses (NOTIFIER_DISPATCH__SMS_PER_SECOND=0, a port of 70000, an unknown
+    zone) becomes one ConfigError line naming the setting and where it was set: at start-up,
+    instead of a traceback here or a division by zero in a worker thread later.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """"dispatch.sms_per_second must be greater than 0 (NOTIFIER_DISPATCH__SMS_PER_SECOND=0)"; several
+    problems are joined with "; " so the message stays one line."""
+    return "; ".join(_describe_problem(error["loc"], error["msg"]) for error in exc.errors())
+
+
+def _describe_problem(loc: tuple[int | str, ...], message: str) -> str:
+    label = ".".join(str(part) for part in loc)
+    message = message.replace("Input should be", "must be").removeprefix("Value error, ")
+    return f"{label} {message} ({_where_set(label)})"
+
+
+def _where_set(label: str) -> str:
+    """The environment variable that set `label` (or its section, given as JSON) with its value,
+    else the configuration files; secrets are never shown."""
+    environment = {name.upper(): value for name, value in os.environ.items()}
+    parts = label.split(".")
+    for depth in range(len(parts), 0, -1):
+        variable = env_variable(".".join(parts[:depth]))
+        if variable in environment:
+            shown = "***" if "password" in label else environment[variable]
+            return f"{variable}={shown}"
+    files = " or ".join(filter(None, (os.environ.get("NOTIFIER_CONFIG"), str(DEFAULT_CONFIG_FILE))))
+    return f"set in {files}"
 
 
 def reset_settings() -> None:

@@ -12,11 +12,14 @@ from hypothesis import strategies as st
 
 from notifier.identifiers import (
     LOCAL_TIMEZONE,
+    PhoneNumberError,
+    classify_msisdn,
     email_sha256,
     ip_key,
     mask_email,
     mask_identifier,
     mask_msisdn,
+    mask_phone_text,
     msisdn_sha256,
     network_keys,
     normalise_email,
@@ -115,10 +118,13 @@ def test_valid_foreign_numbers_in_international_form_are_accepted(raw: str, expe
         ("091234567a", "only digits"),
         ("0912+345678", "only digits"),
         ("912345678", "no leading 0, 84 or +country code"),  # leading 0 lost: guessing it is not our job
-        ("0912345", "wrong length"),
-        ("091234567890123", "wrong length"),
-        ("0201234567", "no such number range"),
+        ("0912345", "wrong length: a mobile number has 10 digits"),
+        ("091234567890123", "wrong length: a mobile number has 10 digits"),
+        ("08912345678", "wrong length: a mobile number has 10 digits"),  # one digit too many
+        ("0201234567", "wrong length: a fixed-line number has 11 digits"),  # was "no such number range"
+        ("024381234567", "wrong length: a fixed-line number has 11 digits"),
         ("+84 170 123 4567", "no such number range"),
+        ("0401234567", "no such number range"),  # no subscriber lines start with 04 or 06
         ("1900 1234", "no leading 0, 84 or +country code"),
         ("+84 1900 1234", "premium-rate"),
         ("+84 1800 1234", "toll-free"),
@@ -130,6 +136,51 @@ def test_bad_numbers_are_refused_with_a_reason(raw: str, reason: str) -> None:
         normalise_msisdn(raw)
     assert reason in str(caught.value)
     assert repr(raw) in str(caught.value)
+    assert isinstance(caught.value, PhoneNumberError) and caught.value.reason.startswith(reason)
+    digits = "".join(char for char in raw if char.isdigit())
+    assert len(digits) < 4 or digits not in caught.value.reason  # the reason alone can be shown
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected", "masked"),
+    [
+        ("0891 123 456", "+84891123456", "+8489****456"),  # mobile shape, 089[0-5] unallocated
+        ("+84 801 234 567", "+84801234567", "+8480****567"),
+        ("0992.123.456", "+84992123456", "+8499****456"),
+        ("0501234567", "+84501234567", "+8450****567"),
+        ("02001234567", "+842001234567", "+8420*****567"),  # fixed shape, area code 200 not in use
+        ("01201234567", "+84701234567", None),  # legacy remap still comes first (0120 → 070)
+    ],
+)
+def test_numbers_of_the_right_shape_are_kept_even_in_unknown_ranges(raw: str, expected: str, masked: str | None) -> None:
+    e164, warning = classify_msisdn(raw)
+    assert e164 == expected
+    assert normalise_msisdn(raw) == expected  # leak lists and the care lookup follow the same rule
+    if masked is None:
+        assert warning is None
+    else:
+        assert warning == f"{masked} is not in a known range; stored as given"
+        assert expected not in warning
+
+
+@pytest.mark.parametrize("raw", ["0912345678", "+84 24 3812 3456", "+1 415 555 2671", "01623456789"])
+def test_numbers_phonenumbers_knows_carry_no_warning(raw: str) -> None:
+    assert classify_msisdn(raw)[1] is None
+
+
+def test_a_foreign_number_must_be_valid_for_phonenumbers() -> None:
+    # +1 555 0100 has a North American shape, but only Vietnamese numbers are trusted by shape.
+    with pytest.raises(PhoneNumberError, match="no such number range"):
+        classify_msisdn("+1 555 0100")
+
+
+@pytest.mark.parametrize(
+    ("raw", "masked"),
+    [("0912345", "****345"), ("091234567a", "******567a"), ("+84 170 123 4567", "+** *** *** *567"),
+     ("12", "12"), ("9" * 40, "*" * 29 + "999")],
+)
+def test_phone_text_is_masked_but_for_the_last_three_digits(raw: str, masked: str) -> None:
+    assert mask_phone_text(raw) == masked
 
 
 # --- e-mail --------------------------------------------------------------------------------------

@@ -43,16 +43,17 @@ def test_reimport_changes_nothing_and_a_newer_export_updates_in_place(database_u
     newer = write_csv(tmp_path / "v2.csv", HEADER, [
         ["HN1", "Nguyễn Văn Ánh", "0987654321", "anh.moi@example.vn", "suspended"],
         ["HN2", "Trần Thị Bích", "0323456789", "", "active"],
-        ["HN2", "Trần Thị Bích Ngọc", "0323456789", "", "active"],  # a later row for HN2 wins
+        ["HN2", "Trần Thị Bích Ngọc", "0323456789", "", "active"],  # a repeated HN2 is refused, not merged
     ])
     with session_scope(database_url) as session:
         updated = import_subscribers(session, newer, tz="Asia/Ho_Chi_Minh")
-        assert (updated.accepted, updated.unchanged) == (3, 0)
+        assert (updated.accepted, updated.rejected, updated.unchanged) == (2, 1, 1)
+        assert updated.errors == [{"line": 4, "reason": "account_id HN2 already on line 3"}]
     with session_scope(database_url) as session:
         accounts = {a.account_ref: a for a in session.exec(select(Account))}
         assert len(accounts) == 2
         assert accounts["HN1"].status == "suspended" and accounts["HN1"].updated_at > stamp
-        assert accounts["HN2"].full_name == "Trần Thị Bích Ngọc"
+        assert accounts["HN2"].full_name == "Trần Thị Bích"
         assert _contacts(session, "HN1") == [("msisdn", "+84987654321", True), ("email", "anh.moi@example.vn", False)]
 
 

@@ -173,8 +173,9 @@ def test_vietnamese_email_wording(renderer, template):
 
 def test_infected_device_sms_vietnamese(renderer):
     body = renderer.render("infected_device", "sms", language="vi", context=full_context("infected_device")).body
-    for fact in ("VNPT:", "Mirai", "IP 14.160.1.2", "04:14 ngày 20/11", "Đổi mật khẩu modem/camera",
-                 "cập nhật phần mềm", "quét mã độc", "18001091", "vnpt.vn", "không bao giờ"):
+    # the reference code in every variant leaves 3 UCS-2 parts room for the compact date, not the words
+    for fact in ("VNPT:", "Mirai", "IP 14.160.1.2", "04:14 20/11", "Đổi mật khẩu modem/camera",
+                 "cập nhật phần mềm", "18001091", "vnpt.vn", "mã CB-12-345", "không bao giờ"):
         assert fact in body, fact
     assert len(body) <= SMS_UCS2_LIMIT_CHARS
     assert sms_encoding(body) == UCS2 and count_parts(body) == 3
@@ -391,7 +392,7 @@ def test_iso_strings_and_missing_identifiers_render(renderer):
 
 
 OTHER_OPERATORS = [
-    ("Nhà mạng", "18001091", "https://example.vn"),  # the shipped default
+    ("Nhà mạng", "00000000", "https://example.vn"),  # the shipped default (placeholders)
     ("Viettel", "18008098", "https://viettel.vn"),
     ("MobiFone", "18001090", "https://www.mobifone.vn"),
     ("FPT Telecom", "19006600", "https://fpt.vn"),

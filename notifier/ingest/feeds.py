@@ -11,6 +11,7 @@ import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 
 from notifier.errors import InputError
@@ -26,7 +27,7 @@ from notifier.ingest.reader import (
     timestamp_in,
     unique,
 )
-from notifier.ingest.records import FeedEventRecord, Parser, Rejection, bound_raw, find_parser
+from notifier.ingest.records import DATE_PRECISION, FeedEventRecord, Parser, Rejection, bound_raw, find_parser
 
 INFECTED_DEVICE = "infected_device"
 DATA_LEAK = "data_leak"
@@ -37,6 +38,7 @@ MAX_SOURCE_CHARS = 100
 THREAT_HEADERS = ("family", "infection", "tag")  # the threat is the first non-empty of these
 SHADOWSERVER_NAME = re.compile(r"\d{4}-\d{2}-\d{2}-([a-z0-9_]+)(?:[-.]|$)")
 LEAK_IDENTIFIERS = ("msisdn", "email", "msisdn_sha256", "email_sha256")
+DAY_FIRST_DATE = "%d/%m/%Y"  # the date-only form Vietnamese spreadsheets use (19/11/2026)
 
 
 def port_number(text: str) -> int:
@@ -57,6 +59,23 @@ def category_name(text: str) -> str:
 
 def data_class_list(text: str) -> tuple[str, ...]:
     return unique(label(item) for item in split_list(text))
+
+
+def time_precision(text: str) -> str | None:
+    """DATE_PRECISION when a time cell holds only a day (`2026-11-02`, `20261102`, `02/11/2026`),
+    else None: a leak list often knows the day of a leak and nothing finer, and a notice must not
+    print the midnight the parser had to pick as "00:00"."""
+    value = text.strip()
+    try:
+        date.fromisoformat(value)
+        return DATE_PRECISION
+    except ValueError:
+        pass
+    try:
+        datetime.strptime(value, DAY_FIRST_DATE)
+        return DATE_PRECISION
+    except ValueError:
+        return None
 
 
 # --- Shadowserver --------------------------------------------------------------------------------
@@ -154,6 +173,7 @@ def leak_columns(tz: str) -> tuple[Column, ...]:
     """The optional columns of a leak list; the identifiers are handled one by one in the builder."""
     return (
         Column("seen_at", ("leaked_at",), timestamp_in(tz)),
+        Column("seen_precision", ("leaked_at",), time_precision),
         Column("source", ("source",), bounded_text(MAX_SOURCE_CHARS)),
         Column("threat", ("source",), bounded_text(MAX_LABEL_CHARS)),  # the leak is the threat
         Column("data_classes", ("data_classes",), data_class_list, default=()),
@@ -163,7 +183,9 @@ def leak_columns(tz: str) -> tuple[Column, ...]:
 def _build_leak_events(
     columns: tuple[Column, ...], line: int, row: dict[str, str], raw: str
 ) -> Iterator[FeedEventRecord | Rejection]:
-    """One event per identifier in the row; a bad identifier rejects itself, not its neighbours."""
+    """One event per identifier in the row (each is matched on its own; the row's shared `line`
+    makes them one sighting when they reach the same account); a bad identifier rejects itself,
+    not its neighbours."""
     values = extract(row, columns)
     present = [kind for kind in LEAK_IDENTIFIERS if row.get(kind)]
     if not present:

@@ -40,6 +40,11 @@ UTF8_BOM = "\ufeff"
 LIST_SEPARATOR = ";"  # inside one cell: "0912345678;0987654321"
 SNIFF_BYTES = 4096  # enough of the start of a file to tell text from binary
 SURROGATE_ESCAPE_BASE = 0xDC00  # surrogateescape decodes byte b as chr(0xDC00 + b)
+NUL = "\x00"
+# A text file may carry a stray NUL in a row (a cut-off export, a field copied from a C tool): that
+# row is rejected. A file whose first line has one, or where NULs are more than this share of the
+# first bytes (UTF-16 without BOM, .xls, images), is binary and refused whole.
+BINARY_NUL_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -195,7 +200,8 @@ def _sniff(path: Path, magic: bytes, head: bytes) -> None:
         raise InputError(f"{path}: empty file")
     if head.startswith(UTF16_BOMS):
         raise InputError(f"{path}: UTF-16 text is not supported (save the file as UTF-8 CSV)")
-    if b"\0" in head:
+    first_line = head.split(b"\n", 1)[0]
+    if b"\0" in first_line or head.count(b"\0") > len(head) * BINARY_NUL_SHARE:
         raise InputError(f"{path}: binary data, not a CSV text file")
 
 
@@ -250,6 +256,8 @@ def _read_header(
     except csv.Error as exc:
         raise InputError(f"{path}: unreadable header line ({exc})") from None
     shown = [field.strip() for field in fields]
+    if any(NUL in name for name in shown):
+        raise InputError(f"{path}: binary data, not a CSV text file (a NUL byte in the header)")
     if any(_bad_utf8(name) for name in shown):
         raise InputError(f"{path}: the header is not valid UTF-8 (save the file as UTF-8 CSV)")
     names = [name.lower() for name in shown]
@@ -286,7 +294,7 @@ def _rows(
         raw = lines.take_raw()
         if not any(field.strip() for field in fields):
             continue
-        reason = _bad_utf8(raw) or _field_count_problem(fields, shown)
+        reason = _nul_byte(raw) or _bad_utf8(raw) or _field_count_problem(fields, shown)
         if reason:
             yield Rejection(start, reason, bound_raw(_printable(raw)))
             continue
@@ -300,6 +308,12 @@ def _field_count_problem(fields: list[str], shown: list[str]) -> str | None:
     if len(fields) > len(shown):
         return f"{len(fields)} fields but the header has {len(shown)} (an unquoted comma?)"
     return None
+
+
+def _nul_byte(text: str) -> str | None:
+    """PostgreSQL text cannot hold NUL (and no CSV value means one): such a row is rejected."""
+    position = text.find(NUL)
+    return None if position < 0 else f"contains a NUL byte (at position {position + 1})"
 
 
 def _bad_utf8(text: str) -> str | None:
@@ -316,5 +330,6 @@ def _bad_utf8(text: str) -> str | None:
 
 
 def _printable(text: str) -> str:
-    """Undecodable bytes as \\xNN escapes, so a rejected row's text can be stored and shown."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """Undecodable bytes and NULs as \\xNN escapes, so a rejected row's text can be stored (also
+    in PostgreSQL, which refuses NUL in text) and shown."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").replace(NUL, "\\x00")

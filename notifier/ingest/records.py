@@ -14,6 +14,7 @@ from datetime import datetime
 from notifier.errors import InputError
 
 MAX_RAW_CHARS = 2000  # keep enough of a line to recognise it, never a whole runaway row
+DATE_PRECISION = "date"  # `seen_precision` of an event whose feed gave a day without a time
 
 
 def bound_raw(text: str) -> str:
@@ -49,6 +50,7 @@ class SubscriberRecord:
     address: str | None = None
     province: str | None = None
     usernames: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # kept anyway, but the operator should look (no raw numbers)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class FeedEventRecord:
 
     identifier_kind is one of "ip", "msisdn", "email", "msisdn_sha256", "email_sha256";
     kind is "infected_device" or "data_leak". `raw` is the source line text (bounded).
+    `seen_precision` is DATE_PRECISION when the feed gave only a day (`seen_at` is then its start),
+    None for a full time. Records of one line share `line`: together they are one sighting.
     """
 
     line: int
@@ -85,6 +89,7 @@ class FeedEventRecord:
     data_classes: tuple[str, ...]
     source: str | None
     raw: str
+    seen_precision: str | None = None
 
 
 ParseResult = SubscriberRecord | SessionRecord | FeedEventRecord | Rejection

@@ -1,8 +1,10 @@
 """Parse the operator's customer export into SubscriberRecords (formats.md, "Subscribers").
 
 The layout below is the whole format: which header feeds which field and through which converter.
-Every phone number and address in a row is normalised; one bad value rejects the row with a reason
-naming it, because an account stored with a silently dropped number could never be warned on it.
+Every phone number and address in a row is normalised; a bad value rejects the row with a reason
+naming it. Phone numbers are the exception, because the export is the operator's own truth: a number
+phonenumbers does not know yet is kept, an impossible one is dropped alone, and both become
+warnings on the row's line (masked), so neither is silent and the account is never lost.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from notifier.identifiers import LOCAL_TIMEZONE, normalise_email, normalise_msisdn
+from notifier.identifiers import (
+    LOCAL_TIMEZONE,
+    PhoneNumberError,
+    classify_msisdn,
+    mask_phone_text,
+    normalise_email,
+)
 from notifier.ingest.reader import (
     Column,
     bounded_text,
@@ -38,9 +46,26 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "y", "có", "co"})
 FALSE_WORDS = frozenset({"0", "false", "no", "n", "không", "khong"})
 
 
-def msisdn_list(text: str) -> tuple[str, ...]:
-    """Every number normalised to E.164; the first bad one rejects the cell (its error names it)."""
-    return unique([normalise_msisdn(item) for item in split_list(text)])
+PhoneCell = tuple[tuple[str, ...], tuple[str, ...]]  # (E.164 numbers, warnings)
+
+
+def msisdn_cell(text: str) -> PhoneCell:
+    """The usable numbers of a cell in E.164, and a warning for each kept-unknown or dropped one.
+
+    Never raises: one mistyped number must not cost the account, its other numbers and its e-mail.
+    """
+    numbers: list[str] = []
+    warnings: list[str] = []
+    for item in split_list(text):
+        try:
+            e164, warning = classify_msisdn(item)
+        except PhoneNumberError as exc:
+            warnings.append(f"msisdn {mask_phone_text(exc.raw)} dropped: {exc.reason}")
+            continue
+        numbers.append(e164)
+        if warning:
+            warnings.append(f"msisdn {warning}")
+    return unique(numbers), unique(warnings)
 
 
 def email_list(text: str) -> tuple[str, ...]:
@@ -88,7 +113,7 @@ def flag(text: str) -> bool:
 SUBSCRIBER_COLUMNS: tuple[Column, ...] = (
     Column("account_ref", ("account_id",), bounded_text(MAX_ACCOUNT_REF_CHARS), required=True),
     Column("full_name", ("full_name",), bounded_text(MAX_NAME_CHARS), required=True),
-    Column("msisdns", ("msisdn",), msisdn_list, default=()),
+    Column("msisdns", ("msisdn",), msisdn_cell, default=((), ())),
     Column("emails", ("email",), email_list, default=()),
     Column("service", ("service",), service_name),
     Column("billing_day", ("billing_day",), billing_day),
@@ -104,7 +129,9 @@ SUBSCRIBER_COLUMNS: tuple[Column, ...] = (
 
 
 def _build(line: int, row: dict[str, str], raw: str) -> tuple[SubscriberRecord]:
-    return (SubscriberRecord(line=line, **extract(row, SUBSCRIBER_COLUMNS)),)  # type: ignore[arg-type]
+    values = extract(row, SUBSCRIBER_COLUMNS)
+    msisdns, warnings = values.pop("msisdns")  # type: ignore[misc]
+    return (SubscriberRecord(line=line, msisdns=msisdns, warnings=warnings, **values),)  # type: ignore[arg-type]
 
 
 def parse_subscribers(

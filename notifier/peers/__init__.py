@@ -9,6 +9,8 @@ from __future__ import annotations
 import socket
 import time
 
+from notifier.errors import InputError
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -17,6 +19,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def ensure_port_free(port: int, *, host: str = LOOPBACK) -> None:
+    """Raise InputError when something already listens on host:port (a peer started twice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are no obstacle
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                             "(is a peer already running there? choose another --port)") from None
 
 
 def wait_for_port(port: int, *, host: str = LOOPBACK, timeout_seconds: float = 10.0) -> None:

@@ -20,15 +20,17 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, NoReturn
+from zoneinfo import ZoneInfo
 
 import smpp34
 
-from notifier.peers import LOOPBACK, free_port, wait_for_port
+from notifier.peers import LOOPBACK, ensure_port_free, free_port, wait_for_port
 from notifier.sms import concat_header, decode_parts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -60,10 +62,12 @@ class _Smsc:
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepted = 0
 
-    async def serve(self) -> None:
-        """Handle server events forever (the caller cancels on SIGTERM)."""
+    async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Handle server events forever (the caller cancels on SIGTERM); `on_ready` once listening."""
         server = smpp34.Server(host=LOOPBACK, port=self._args.port, system_id="TESTSMSC")
         await server.start()
+        if on_ready is not None:
+            on_ready()
         while True:
             event = await server.next()
             if isinstance(event, smpp34.Esme):
@@ -119,7 +123,7 @@ class _Smsc:
     def _receipt_for(self, event: Any, message_id: str) -> _PendingReceipt:
         failed = bool(self._args.fail_suffix) and event.destination_addr.endswith(self._args.fail_suffix)
         shown_id = str(int(message_id, 16)) if self._args.receipt_id_format == "decimal" else message_id
-        stamp = datetime.now(UTC).strftime("%y%m%d%H%M")
+        stamp = datetime.now(ZoneInfo(self._args.timezone)).strftime("%y%m%d%H%M")  # its wall clock, minutes
         stat, err, dlvrd = ("UNDELIV", "001", "000") if failed else ("DELIVRD", "000", "001")
         text = (f"id:{shown_id} sub:001 dlvrd:{dlvrd} submit date:{stamp} done date:{stamp} "
                 f"stat:{stat} err:{err} text:")
@@ -165,13 +169,18 @@ class _Smsc:
         task.add_done_callback(self._tasks.discard)
 
 
-async def _run(args: argparse.Namespace, log_file: IO[str]) -> None:
+async def _run(args: argparse.Namespace, log_file: IO[str], on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; a server that fails (its port taken) raises instead of hanging."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    serving = asyncio.create_task(_Smsc(args, log_file).serve())
-    await stop.wait()
+    serving = asyncio.create_task(_Smsc(args, log_file).serve(on_ready))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if serving.done():
+        serving.result()  # the server's own failure
     serving.cancel()
 
 
@@ -182,6 +191,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-suffix", default=None, help="destinations ending so get stat:UNDELIV")
     parser.add_argument("--receipt-id-format", choices=("hex", "decimal"), default="hex")
     parser.add_argument("--receipt-delay", type=float, default=0.0, help="seconds before each receipt")
+    parser.add_argument("--timezone", default="Asia/Ho_Chi_Minh", help="zone of receipts' submit/done dates")
     parser.add_argument("--reject", type=_rejection, action="append", default=[], metavar="SUFFIX=STATUS",
                         help="answer submits to destinations ending in SUFFIX with STATUS (e.g. 13=0x0b)")
     parser.add_argument("--reject-after", type=int, default=None, metavar="N",
@@ -205,6 +215,26 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # interpreter teardown after smpp34 ran can segfault
+
+
+def serve_foreground(*, port: int, log_path: Path, announce: Callable[[str], None]) -> NoReturn:
+    """`notifier peers smsc`: serve on 127.0.0.1:port in this process until SIGINT/SIGTERM, then
+    leave with status 0 through `os._exit` (interpreter teardown after smpp34 ran can segfault).
+
+    `announce` hears one line once the server listens. A taken port is an InputError, raised
+    before smpp34 is touched.
+    """
+    ensure_port_free(port)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    args = _parse_args(["--port", str(port), "--log", str(log_path)])
+    ready = (f"SMSC peer (SMPP 3.4, a loopback stand-in for tests and demos) listening on {LOOPBACK}:{port}: "
+             f"accepts any bind, answers every submit_sm and sends its delivery receipt; submits logged "
+             f"to {log_path}. Stop it with Ctrl-C (or SIGTERM).")
+    with log_path.open("a", encoding="utf-8") as log_file:
+        asyncio.run(_run(args, log_file, on_ready=lambda: announce(ready)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class SmscPeer:

@@ -2,11 +2,15 @@
 
 It is a real aiosmtpd SMTP server (SMTPUTF8 enabled), so the channel is exercised over the wire.
 Chosen recipients can be refused with 550 or deferred with 451 to drive the channel's error mapping.
+Tests use `SmtpSink` in-process; `notifier peers smtp` (or `python -m notifier.peers.smtp_sink
+--port P [--store FILE]`) runs it in the foreground until Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ from typing import Any, cast
 
 from aiosmtpd.controller import Controller
 
-from notifier.peers import LOOPBACK, free_port
+from notifier.peers import LOOPBACK, ensure_port_free, free_port
 
 REFUSED_REPLY = "550 5.1.1 mailbox unavailable"
 DEFERRED_REPLY = "451 4.3.0 mailbox temporarily unavailable, try again later"
@@ -91,8 +95,10 @@ class SmtpSink:
         store_path: Path | None = None,
         fail_recipients: set[str] | None = None,
         tempfail_recipients: set[str] | None = None,
+        keep_messages: bool = True,
     ) -> None:
         self.port = port if port is not None else free_port()
+        self._keep = keep_messages  # False for a long-running peer: memory must not grow per message
         self._store_path = store_path
         self._fail = frozenset(address.lower() for address in fail_recipients or ())
         self._tempfail = frozenset(address.lower() for address in tempfail_recipients or ())
@@ -146,7 +152,8 @@ class SmtpSink:
 
     def _record(self, mail: ReceivedMail) -> None:
         with self._arrived:
-            self._received.append(mail)
+            if self._keep:
+                self._received.append(mail)
             if self._store_path is not None:
                 _append_json_line(self._store_path, mail)
             self._arrived.notify_all()
@@ -163,3 +170,38 @@ def _append_json_line(path: Path, mail: ReceivedMail) -> None:
     }
     with path.open("a", encoding="utf-8") as stream:
         stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def serve_foreground(*, port: int, store_path: Path | None, announce: Callable[[str], None]) -> None:
+    """`notifier peers smtp`: serve on 127.0.0.1:port until SIGINT/SIGTERM, then stop cleanly.
+
+    `announce` hears one line once the server answers; a taken port is an InputError.
+    """
+    ensure_port_free(port)
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+    sink = SmtpSink(port, store_path=store_path, keep_messages=False)
+    try:
+        sink.start()
+        where = f"headers of each message logged to {store_path}" if store_path else "messages not kept"
+        announce(f"mail relay peer (SMTP, a loopback stand-in for tests and demos) listening on {LOOPBACK}:{port}: "
+                 f"accepts every message; {where}. Stop it with Ctrl-C (or SIGTERM).")
+        while not stop.wait(1.0):  # a timed wait, so the signal handler runs promptly
+            pass
+    finally:
+        sink.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m notifier.peers.smtp_sink --port P [--store FILE]`."""
+    parser = argparse.ArgumentParser(description="Loopback SMTP relay that keeps what it receives.")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--store", type=Path, default=None, help="JSON lines, one per message (headers only)")
+    args = parser.parse_args(argv)
+    serve_foreground(port=args.port, store_path=args.store, announce=lambda line: print(line, flush=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -74,7 +74,6 @@ def test_opt_out_words(tmp_path: Path, text: str, expected: bool) -> None:
 @pytest.mark.parametrize(
     ("cells", "reason"),
     [
-        ("A1,X,0912345;0987654321,,,", "msisdn: not a Vietnamese phone number: '0912345' (wrong length)"),
         ("A1,X,,not-an-address,,", "email: not an e-mail address: 'not-an-address'"),
         ("A1,X,,,0,", "billing_day: '0' is not a day from 1 to 28"),
         ("A1,X,,,29,", "billing_day: '29' is not a day from 1 to 28"),
@@ -91,6 +90,19 @@ def test_bad_values_reject_the_row_naming_the_value(tmp_path: Path, cells: str, 
     assert rejection.line == 2
     assert rejection.reason.startswith(reason)
     assert rejection.raw == cells
+
+
+def test_a_bad_number_drops_only_itself_with_a_masked_warning(tmp_path: Path) -> None:
+    # Was a rejection of the whole row; the account, its good number and e-mail now go in.
+    path = write(tmp_path, "account_id,full_name,msisdn,email\nA1,X,0912345;0987654321;0891123456,a@example.vn\n")
+    [record] = parse(path)
+    assert isinstance(record, SubscriberRecord)
+    assert record.msisdns == ("+84987654321", "+84891123456")
+    assert record.emails == ("a@example.vn",)
+    assert record.warnings == (
+        "msisdn ****345 dropped: wrong length: a mobile number has 10 digits with the leading 0",
+        "msisdn +8489****456 is not in a known range; stored as given",
+    )
 
 
 def test_other_field_checks(tmp_path: Path) -> None:
