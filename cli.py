@@ -494,9 +494,10 @@ def campaign_list(
         _print_json(campaigns)
         return
     if not campaigns:
-        err.print(f"no {state.strip().lower() + ' ' if state else ''}campaigns yet (plan one with `notifier campaign "
-                  "create --feed ID --template T`; `notifier feed list` shows the feeds)", markup=False,
-                  highlight=False)
+        hint = (f"no campaign is {state.strip().lower()} (`notifier campaign list` shows them all)" if state else
+                "no campaigns yet (plan one with `notifier campaign create --feed ID --template T`; "
+                "`notifier feed list` shows the feeds)")
+        err.print(hint, markup=False, highlight=False)
         return
     out.print(_table(f"{len(campaigns)} campaign(s), newest first", _campaign_rows(campaigns)))
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import dramatiq
 import sqlalchemy as sa
@@ -33,6 +32,7 @@ from notifier.models import Campaign, Notification, utcnow
 from notifier.outbox import PENDING_STATES, PLANNED, QUEUED, SENT, transition_many
 from notifier.recovery import run_maintenance
 from notifier.runtime import Runtime, activate, deactivate, make_runtime
+from notifier.routes import RouteWatch, unreachable_message
 from notifier.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,19 +40,6 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # maintenance and progress once a second: counting a big campaign is not free
 MAINTENANCE_SECONDS = 1.0
 ProgressCallback = Callable[[dict[str, object]], None]
-
-
-@dataclass(frozen=True)
-class _Route:
-    """How people name a channel's provider, where it is configured, and the loopback stand-in."""
-
-    service: str
-    settings: str
-    peer: str
-
-
-_ROUTES = {"sms": _Route("SMSC", "NOTIFIER_SMPP__HOST/PORT", "notifier peers smsc"),
-           "email": _Route("mail relay", "NOTIFIER_SMTP__HOST/PORT", "notifier peers smtp")}
 
 
 class CampaignHalted(NotifierError):
@@ -148,34 +135,11 @@ def open_checked_runtime(settings: Settings, channels: list[str], must_reach: li
     return runtime
 
 
-def unreachable_message(errors: list[RouteUnreachableError], outcome: str, *, lasting: float | None = None) -> str:
-    """One line for the operator: which route, why, what happened to the campaign, what to check.
-
-    `cannot reach the SMSC at 127.0.0.1:2775 (connection refused); nothing was sent. Check
-    NOTIFIER_SMPP__HOST/PORT or start it (`notifier peers smsc`).`
-    """
-    routes = [_ROUTES.get(error.channel, _Route(error.channel, "its settings", "")) for error in errors]
-    where = " or ".join(f"the {route.service} at {error.address} ({error.reason})"
-                         for route, error in zip(routes, errors))
-    lasted = f" for {lasting:.0f}s" if lasting is not None else ""
-    peers = ", ".join(f"`{route.peer}`" for route in routes if route.peer)
-    start = f" or start {'it' if len(errors) == 1 else 'them'} ({peers})" if peers else ""
-    return f"cannot reach {where}{lasted}; {outcome}. Check {', '.join(r.settings for r in routes)}{start}."
-
-
 def _mark_running(settings: Settings, campaign_id: int) -> None:
     with session_scope(settings.database_url) as session:
         campaign = get_campaign(session, campaign_id)
         campaign.state, campaign.finished_at = "running", None
         campaign.started_at = campaign.started_at or utcnow()
-
-
-@dataclass
-class Outage:
-    """A route seen unreachable since `since` (time.monotonic()), and the latest error."""
-
-    since: float
-    error: RouteUnreachableError
 
 
 class _RouteLost(Exception):
@@ -186,63 +150,16 @@ class _RouteLost(Exception):
         self.outages = outages
 
 
-class RouteWatch:
-    """Checks each open channel's route once per poll and remembers outages, so that an outage is
-    one log line when it starts and one when it ends (not one per message), and a run can tell how
-    long a route has been down."""
-
-    def __init__(self, runtime: Runtime, channels: list[str]) -> None:
-        self._runtime = runtime
-        self._channels = list(channels)
-        self.outages: dict[str, Outage] = {}
-
-    def poll(self) -> list[str]:
-        """Check every channel; returns the ones that came back since the last poll."""
-        recovered = []
-        for name in self._channels:
-            try:
-                self._runtime.channel(name).check()
-            except RouteUnreachableError as exc:
-                self._down(name, exc)
-                continue
-            outage = self.outages.pop(name, None)
-            if outage is not None:
-                log.warning("[channel:%s] the %s at %s answers again after %.0fs", name,
-                            _service(name), outage.error.address, time.monotonic() - outage.since)
-                recovered.append(name)
-        return recovered
-
-    def lasting(self, channels: Iterable[str], seconds: float) -> list[tuple[RouteUnreachableError, float]]:
-        """(latest error, seconds down) for each of `channels` down for at least `seconds`."""
-        now = time.monotonic()
-        return [(self.outages[name].error, now - self.outages[name].since) for name in channels
-                if name in self.outages and now - self.outages[name].since >= seconds]
-
-    def _down(self, name: str, exc: RouteUnreachableError) -> None:
-        outage = self.outages.get(name)
-        if outage is not None:
-            outage.error = exc
-            return
-        self.outages[name] = Outage(time.monotonic(), exc)
-        log.warning("[channel:%s] cannot reach the %s at %s (%s); its messages wait until it answers",
-                    name, _service(name), exc.address, exc.reason)
-
-
-def _service(channel: str) -> str:
-    route = _ROUTES.get(channel)
-    return route.service if route else f"{channel} provider"
-
-
 def _watch_routes(settings: Settings, campaign_id: int, actor: dramatiq.Actor, watch: RouteWatch,
                   status: dict[str, object]) -> None:
     """Re-queue the rows of a route that came back (their broker messages may have run out of
     retries meanwhile; a duplicate is harmless), and give up on a route that has rows to send and
-    has been down for `route_down_seconds`."""
-    for channel in watch.poll():
-        with session_scope(settings.database_url) as session:
-            enqueue_all(actor, queued_ids(session, channel=channel, campaign_id=campaign_id))
+    has been down for `route_down_seconds`. Only routes with rows still to send are checked."""
     by_channel: dict[str, dict[str, int]] = status["by_channel"]  # type: ignore[assignment]
     busy = [name for name, counts in by_channel.items() if any(counts.get(state) for state in PENDING_STATES)]
+    for channel in watch.poll(busy):
+        with session_scope(settings.database_url) as session:
+            enqueue_all(actor, queued_ids(session, channel=channel, campaign_id=campaign_id))
     lost = watch.lasting(busy, settings.dispatch.route_down_seconds)
     if lost:
         raise _RouteLost(lost)

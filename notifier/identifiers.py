@@ -74,12 +74,12 @@ IP_KEY_HEX_DIGITS = 32
 class PhoneNumberError(ValueError):
     """Raised when text cannot be a phone number at all (letters, wrong length, wrong country...).
 
-    The message quotes the text, as every identifier error does; `reason` alone names no digits,
-    so an import can report the problem next to a masked number instead of the number itself.
+    The message quotes the text masked (all digits but the last 3 hidden): rejection reasons are
+    printed and stored, and must not carry the number. `raw` keeps the text for the caller.
     """
 
     def __init__(self, raw: str, reason: str) -> None:
-        super().__init__(f"not a Vietnamese phone number: {raw!r} ({reason})")
+        super().__init__(f"not a Vietnamese phone number: {mask_phone_text(raw)!r} ({reason})")
         self.raw = raw
         self.reason = reason
 
@@ -234,7 +234,8 @@ def mask_phone_text(raw: str) -> str:
 # --- e-mail --------------------------------------------------------------------------------------
 
 def _email_error(raw: str, reason: str) -> ValueError:
-    return ValueError(f"not an e-mail address: {raw!r} ({reason})")
+    """The message masks the text like a valid address would be (`n***@…`): reports carry no e-mail."""
+    return ValueError(f"not an e-mail address: {mask_email(raw[:MAX_MASKED_TEXT_CHARS])!r} ({reason})")
 
 
 def normalise_email(raw: str) -> str:

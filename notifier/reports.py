@@ -48,7 +48,7 @@ def list_feeds(session: Session) -> list[dict[str, object]]:
     ):
         campaigns.setdefault(feed_id, []).append(campaign_id)
     return [
-        {"id": feed.id, "imported_at": feed.imported_at.isoformat(), "format": feed.format,
+        {"id": feed.id, "imported_at": iso_utc(feed.imported_at), "format": feed.format,
          "report_type": feed.report_type, "kind": feed.kind, "source": feed.source, "filename": feed.filename,
          "accepted": feed.accepted, "rejected": feed.rejected, "matched": feed.matched,
          "unmatched": feed.unmatched, "ambiguous": feed.ambiguous, "campaigns": campaigns.get(feed.id or 0, [])}

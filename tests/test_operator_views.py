@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -37,7 +38,9 @@ from notifier.models import Campaign, DeliveryEvent, Feed, Notification
 from notifier.peers import LOOPBACK, free_port, wait_for_port
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
-from notifier.settings import SmppSettings, SmtpSettings, reset_settings
+from notifier.routes import RouteWatch
+from notifier.runtime import make_runtime
+from notifier.settings import Settings, SmppSettings, SmtpSettings, reset_settings
 from tests.factories import add_account
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -190,6 +193,7 @@ def test_empty_lists_say_what_to_do_next(database_url: str) -> None:
     assert feeds.exit_code == campaigns.exit_code == 0
     assert "no feeds yet (import one with `notifier feed import FILE --format F`)" in feeds.stderr
     assert "no campaigns yet" in campaigns.stderr and "notifier campaign create" in campaigns.stderr
+    assert "no campaign is paused" in _cli(env, "campaign", "list", "--state", "paused").stderr
     assert json.loads(_cli(env, "feed", "list", "--json").stdout) == []
     assert json.loads(_cli(env, "campaign", "list", "--json").stdout) == []
 
@@ -377,6 +381,32 @@ def test_route_lost_mid_run_stops_with_one_line_and_nothing_is_sent_twice(
         assert state == "done"
         assert collections.Counter(row[1] for row in rows) == {"delivered": 2 * accounts}
         _assert_each_sent_once(smsc, smtp, accounts)
+
+
+def test_an_outage_is_one_log_line_when_it_starts_and_one_when_it_ends(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    runtime = make_runtime(Settings(database_url=sqlite_url, smpp=SmppSettings(port=port, system_id="notifier-test",
+                                                                                connect_timeout_seconds=2.0)))
+    try:
+        watch = RouteWatch(runtime, ["sms"])
+        with caplog.at_level(logging.INFO, logger="notifier.routes"):
+            assert [watch.poll() for _ in range(5)] == [[]] * 5
+            assert list(watch.outages) == ["sms"]
+            with SmscPeer(tmp_path / "smsc.jsonl", port=port):
+                deadline = time.monotonic() + WAIT_SECONDS
+                while not watch.poll():
+                    assert time.monotonic() < deadline, "the SMSC came back but the watch did not notice"
+                    time.sleep(0.1)
+                assert watch.outages == {}
+    finally:
+        runtime.close()
+
+    lines = [record.getMessage() for record in caplog.records if record.name == "notifier.routes"]
+    assert lines[0] == f"[channel:sms] cannot reach the SMSC at 127.0.0.1:{port} (connection refused); " \
+                       "its messages wait until it answers"
+    assert len(lines) == 2 and lines[1].startswith(f"[channel:sms] the SMSC at 127.0.0.1:{port} answers again")
 
 
 # --- notifier peers ---------------------------------------------------------------------------

@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then flush and leave without interpreter teardown."""
     args = _parse_args(argv)
     with args.log.open("a", encoding="utf-8") as log_file:
-        asyncio.run(_run(args, log_file))
+        asyncio.run(_run(args, log_file, on_ready=lambda: print(_ready_line(args.port, args.log), flush=True)))
         log_file.flush()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -227,14 +227,17 @@ def serve_foreground(*, port: int, log_path: Path, announce: Callable[[str], Non
     ensure_port_free(port)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     args = _parse_args(["--port", str(port), "--log", str(log_path)])
-    ready = (f"SMSC peer (SMPP 3.4, a loopback stand-in for tests and demos) listening on {LOOPBACK}:{port}: "
-             f"accepts any bind, answers every submit_sm and sends its delivery receipt; submits logged "
-             f"to {log_path}. Stop it with Ctrl-C (or SIGTERM).")
     with log_path.open("a", encoding="utf-8") as log_file:
-        asyncio.run(_run(args, log_file, on_ready=lambda: announce(ready)))
+        asyncio.run(_run(args, log_file, on_ready=lambda: announce(_ready_line(port, log_path))))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _ready_line(port: int, log_path: Path) -> str:
+    return (f"SMSC peer (SMPP 3.4, a loopback stand-in for tests and demos) listening on {LOOPBACK}:{port}: "
+            f"accepts any bind, answers every submit_sm and sends its delivery receipt; submits logged "
+            f"to {log_path}. Stop it with Ctrl-C (or SIGTERM).")
 
 
 class SmscPeer:
