@@ -31,6 +31,7 @@ from notifier.settings import Settings, get_settings
 
 EXIT_FAILURE = 2
 VERBOSE_KEY = "notifier.verbose"  # in the click context's meta, set by the `main` callback
+PIPED_OUTPUT_WIDTH = 400  # characters: wider than any table we print
 MAX_WORD_CHARS = 120  # a 5,000-character argument echoed in a message is cut to this
 _NEGATIVE_NUMBER = re.compile(r"-\d+(\.\d+)?")
 
@@ -147,7 +148,9 @@ peers_app = typer.Typer(help="Loopback stand-ins for the SMSC and the mail relay
                         no_args_is_help=True)
 app.add_typer(peers_app, name="peers")
 
-out = Console()
+# Piped or redirected output gets the width its rows need (a file has no edge to cut at); a
+# terminal gets its own width, and tables fold long cells there instead of hiding them behind "…".
+out = Console(width=None if sys.stdout.isatty() else PIPED_OUTPUT_WIDTH)
 err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -585,7 +588,7 @@ def history(
     """What was sent to a subscriber, when, and whether it arrived. Every lookup is audited."""
     from notifier.audit import default_actor
     from notifier.db import session_scope
-    from notifier.history import find_history, history_table_rows
+    from notifier.history import find_history, history_cards
 
     with session_scope(_settings().database_url) as session:
         found = find_history(session, msisdn=msisdn, email=email, account=account, reference=reference,
@@ -596,7 +599,9 @@ def history(
     if not found.rows:
         out.print(f"no notifications for {found.target}", markup=False, highlight=False)
         return
-    out.print(_table(f"{len(found.rows)} notification(s)", history_table_rows(found.rows)))
+    out.print(f"{len(found.rows)} notification(s)", markup=False, highlight=False)
+    for block in history_cards(found.rows, _settings().timezone):
+        out.print(block, markup=False, highlight=False)
 
 
 @app.command("audit")
@@ -711,7 +716,7 @@ def _table(title: str, rows: list[dict[str, Any]], *, zone: str | None = None) -
     for row in rows:
         columns += [key for key in row if key not in columns]
     for column in columns:
-        table.add_column(column, no_wrap=is_time_column(column))  # a time cut in two reads as two values
+        table.add_column(column, no_wrap=is_time_column(column), overflow="fold")  # a time cut in two reads as two values
     for row in rows:  # Text, not markup: a name or a reason with "[…]" is shown as written
         table.add_row(*(Text(_cell(c, row.get(c), zone)) for c in columns))
     return table

@@ -66,6 +66,65 @@ DEVICE_HINTS: dict[str, dict[str, str]] = {
 }
 DEVICE_ORDER = ("android", "iot", "windows")
 
+# The steps an SMS gives, per device kind, at four lengths (each no longer than the one before):
+# the renderer drops to a shorter one only when the richer variant does not fit the part budget.
+SMS_ADVICE: dict[str, dict[str, dict[str, str]]] = {
+    "vi": {
+        "iot": {
+            "full": "Vui lòng đổi mật khẩu mặc định của modem/camera, cập nhật firmware và khởi động lại thiết bị.",
+            "standard": "Đổi mật khẩu modem/camera, cập nhật firmware.",
+            "compact": "Đổi mật khẩu modem/camera, cập nhật firmware.",
+            "short": "Đổi mật khẩu modem/camera.",
+        },
+        "windows": {
+            "full": "Vui lòng quét mã độc máy tính bằng phần mềm uy tín, cập nhật Windows, không dùng phần mềm bẻ khóa.",
+            "standard": "Quét mã độc máy tính, cập nhật Windows.",
+            "compact": "Quét mã độc máy tính, cập nhật Windows.",
+            "short": "Quét mã độc máy tính.",
+        },
+        "android": {
+            "full": "Vui lòng gỡ ứng dụng lạ không tải từ CH Play, quét mã độc và cập nhật điện thoại.",
+            "standard": "Gỡ ứng dụng lạ, quét mã độc điện thoại.",
+            "compact": "Gỡ ứng dụng lạ, quét mã độc điện thoại.",
+            "short": "Gỡ ứng dụng lạ trên điện thoại.",
+        },
+        "default": {
+            "full": "Vui lòng đổi mật khẩu mặc định của modem/camera, cập nhật phần mềm và quét mã độc máy tính, "
+                    "điện thoại.",
+            "standard": "Đổi mật khẩu modem/camera, cập nhật phần mềm, quét mã độc.",
+            "compact": "Đổi mật khẩu modem/camera, cập nhật phần mềm.",
+            "short": "Đổi mật khẩu modem/camera.",
+        },
+    },
+    "en": {
+        "iot": {
+            "full": "Change the default passwords of your router and cameras, update their firmware and restart them.",
+            "standard": "Change router/camera passwords, update firmware.",
+            "compact": "Change router/camera passwords, update firmware.",
+            "short": "Change router/camera passwords.",
+        },
+        "windows": {
+            "full": "Scan your Windows computer with reputable anti-malware, install updates, avoid cracked software.",
+            "standard": "Scan your PC for malware, install Windows updates.",
+            "compact": "Scan your PC for malware, install updates.",
+            "short": "Scan your PC for malware.",
+        },
+        "android": {
+            "full": "Remove apps you did not get from Google Play, scan your phone for malware and update it.",
+            "standard": "Remove unknown apps, scan your phone for malware.",
+            "compact": "Remove unknown apps, scan your phone.",
+            "short": "Remove unknown apps.",
+        },
+        "default": {
+            "full": "Change the default passwords of your router and cameras, update their software and scan your "
+                    "devices for malware.",
+            "standard": "Change router/camera passwords, update software, scan for malware.",
+            "compact": "Change router/camera passwords, update software.",
+            "short": "Change router/camera passwords.",
+        },
+    },
+}
+
 # Most harmful first: a notice that names only a few leaked classes names these.
 LEAK_SEVERITY = ("password", "bank", "national_id", "dob", "address", "email", "phone", "msisdn", "name")
 OTHER_DATA = {"vi": "thông tin khác", "en": "other details"}

@@ -20,10 +20,11 @@ from notifier.delivery import parse_reference_code, reference_code
 from notifier.errors import InputError
 from notifier.identifiers import mask_identifier, normalise_email, normalise_msisdn
 from notifier.models import Account, ContactPoint, DeliveryEvent, Notification
-from notifier.timefmt import iso_utc
+from notifier.timefmt import iso_utc, local_display
 
 ACTION_HISTORY_LOOKUP = "history.lookup"
 TEXT_PREVIEW_CHARS = 60  # the first line of a message in a table: enough to recognise it
+CARD_TEXT_CHARS = 480  # in a history block the whole SMS (or an e-mail's first line) is shown
 
 
 @dataclass(frozen=True)
@@ -59,17 +60,37 @@ def lookup_history(
                         actor=actor).rows
 
 
-def history_table_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+def history_table_rows(rows: list[dict[str, object]], *,
+                       preview_chars: int = TEXT_PREVIEW_CHARS) -> list[dict[str, object]]:
     """What a care agent reads: whose, which channel, how it ended and why, when, which message.
 
     Times stay under their `*_at` names so the CLI table shows them in local time.
     """
     return [{
         "reference": row["reference"], "account": row["account_id"], "name": row["name"],
-        "channel": row["channel"], "state": _state_with_reason(row),
+        "channel": row["channel"], "destination": row["destination"], "state": _state_with_reason(row),
         "created_at": row["created_at"], "sent_at": row["sent_at"], "delivered_at": row["delivered_at"],
-        "text": first_line(row.get("text") or row.get("subject")),
+        "text": first_line(row.get("text") or row.get("subject"), preview_chars),
     } for row in rows]
+
+
+def history_cards(rows: list[dict[str, object]], zone: str) -> list[str]:
+    """The same facts as `history_table_rows`, as a block of short lines per notification.
+
+    A care agent's terminal is often 80 columns: a nine-column table would cut every cell to "…",
+    while a block reads at any width and a long reason wraps instead of disappearing.
+    """
+    blocks = []
+    for row in history_table_rows(rows, preview_chars=CARD_TEXT_CHARS):
+        times = " · ".join(f"{label} {local_display(row[key], zone)}" for label, key in (
+            ("created", "created_at"), ("sent", "sent_at"), ("delivered", "delivered_at")) if row[key])
+        to = f" to {row['destination']}" if row.get("destination") else ""
+        lines = [f"{row['reference']}  {row['account']}  {row['name']}",
+                 f"  {row['channel']}{to} · {row['state']}", f"  {times}"]
+        if row["text"]:
+            lines.append(f"  {row['text']}")
+        blocks.append("\n".join(lines))
+    return blocks
 
 
 def first_line(text: object, width: int = TEXT_PREVIEW_CHARS) -> str:

@@ -31,9 +31,10 @@ from zoneinfo import ZoneInfo
 import jinja2
 
 from notifier.content import (
-    CONJUNCTIONS, DATA_CLASS_LABELS, DATE_FORMATS, DATETIME_FORMATS, DEVICE_HINTS, DEVICE_KEYWORDS, DEVICE_ORDER,
+    CONJUNCTIONS, DATA_CLASS_LABELS, DATE_FORMATS, DATETIME_FORMATS, 
     LEAK_SEVERITY, MONTHS_EN, MORE_THREATS, OTHER_DATA,
 )
+from notifier.devices import device_hint, sms_advice
 from notifier.errors import InputError
 from notifier.safe_labels import (
     MAX_DATA_CLASS_CHARS, MAX_DESCRIPTION_CHARS, safe_label, source_label, threat_label, threat_labels,
@@ -199,30 +200,6 @@ def first_fitting(variants: Iterable[str], max_chars: int) -> str:
     return fitting[0] if fitting else min(candidates, key=len)
 
 
-def _threat_words(threat: Mapping[str, Any] | str | None, category: str | None) -> set[str]:
-    """Lower-case words of a threat's name and category (`Android.Banker.FluBot` → 3 words)."""
-    if isinstance(threat, Mapping):
-        category = category or threat.get("category")
-        threat = threat.get("name")
-    text = " ".join(part for part in (threat, category) if part)
-    return {word for word in re.split(r"[^a-z0-9]+", text.lower()) if word}
-
-
-def device_hint(
-    threat: Mapping[str, Any] | str | None, category: str | None = None, language: str = DEFAULT_LANGUAGE
-) -> str:
-    """The device type a threat most likely runs on, as a phrase to put in a sentence.
-
-    `threat` is the context's `threat` mapping (name and category are read) or a threat name.
-    """
-    hints = DEVICE_HINTS.get(_language_key(language), DEVICE_HINTS[DEFAULT_LANGUAGE])
-    words = _threat_words(threat, category)
-    for kind in DEVICE_ORDER:
-        if words & DEVICE_KEYWORDS[kind]:
-            return hints[kind]
-    return hints["default"]
-
-
 def human_join(items: Iterable[Any], language: str = DEFAULT_LANGUAGE) -> str:
     """`a, b và c` (vi) / `a, b and c` (en), skipping empty items."""
     words = [str(item) for item in items if item]
@@ -269,6 +246,7 @@ def build_environment(templates_dir: Path, zone: ZoneInfo) -> jinja2.Environment
         data_class_label=data_class_label,
         description_label=description_label,
         device_hint=device_hint,
+        sms_advice=sms_advice,
         human_join=human_join,
         leak_labels=leak_labels,
         upper_first=upper_first,

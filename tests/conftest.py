@@ -19,7 +19,7 @@ import redis
 from notifier.db import dispose_engines, upgrade
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
-from notifier.settings import DispatchSettings, Settings, SmppSettings, SmtpSettings
+from notifier.settings import DispatchSettings, Settings, SmppSettings, SmtpSettings, reset_settings
 
 POSTGRES_ADMIN_URL = os.environ.get("NOTIFIER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("NOTIFIER_TEST_REDIS", "redis://127.0.0.1:6379/11")
@@ -109,6 +109,20 @@ def make_settings(database_url: str, *, smsc: SmscPeer | None = None, smtp: Smtp
         dispatch=dispatch,
         **overrides,  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture
+def cli_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The `notifier` command pointed at a fresh database of each kind, printing tables 200 columns
+    wide (a care agent's terminal, not the test runner's 80)."""
+    import cli
+    from rich.console import Console
+
+    monkeypatch.setenv("NOTIFIER_DATABASE_URL", database_url)
+    monkeypatch.setattr(cli, "out", Console(width=200))
+    reset_settings()
+    yield database_url
+    reset_settings()
 
 
 @pytest.fixture

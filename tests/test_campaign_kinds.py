@@ -4,7 +4,6 @@ planned for infected devices nor the reverse, and `templates/catalog.toml` says 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from notifier.db import session_scope
 from notifier.errors import ConfigError, InputError
 from notifier.importing import import_feed
 from notifier.models import Campaign, Feed, FeedItem
-from notifier.settings import TEMPLATES_DIR, reset_settings
+from notifier.settings import TEMPLATES_DIR
 from notifier.template_catalog import CATALOG_FILE_NAME, TemplateCatalog, load_catalog
 from tests.factories import UTC_NOON, add_account, write_csv
 
@@ -166,14 +165,6 @@ def test_the_shipped_catalog_lists_exactly_the_shipped_templates() -> None:
 
 
 # --- the command line ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("NOTIFIER_DATABASE_URL", database_url)
-    reset_settings()
-    yield database_url
-    reset_settings()
 
 
 def test_cli_refuses_a_template_for_another_kind_in_one_line(cli_db: str, tmp_path: Path) -> None:

@@ -4,16 +4,13 @@ case, number), every lookup audited with whose accounts it showed; the audit can
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from rich.console import Console
 from sqlmodel import select
 from typer.testing import CliRunner
 
-import cli
 from cli import app
 from notifier.audit import list_audit, parse_since
 from notifier.db import get_engine, session_scope
@@ -21,20 +18,10 @@ from notifier.delivery import parse_reference_code, reference_code
 from notifier.errors import InputError
 from notifier.history import account_ref_matches
 from notifier.models import Account, AuditLog
-from notifier.settings import reset_settings
 from tests.factories import add_account, add_notification
 
 runner = CliRunner()
 FIRST_LINE = "Kính gửi Quý khách Nguyễn Văn Ánh, thiết bị trên đường truyền của Quý khách có dấu hiệu nhiễm mã độc Mirai."
-
-
-@pytest.fixture
-def cli_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("NOTIFIER_DATABASE_URL", database_url)
-    monkeypatch.setattr(cli, "out", Console(width=200))  # a care agent's wide terminal, not 80 columns
-    reset_settings()
-    yield database_url
-    reset_settings()
 
 
 def _ok(*args: str) -> str:
@@ -118,7 +105,7 @@ def test_account_lookup_ignores_case_and_the_table_shows_whose_what_and_why(cli_
     for expected in (failed_code, "HN-000123", "Nguyễn Văn Ánh", "failed: part 1/2: UNDELIV err:001",
                      "delivered", "Kính gửi Quý khách Nguyễn Văn Ánh, thiết bị trên đường"):
         assert expected in table
-    assert "Dòng thứ hai" not in table and "mã độc Mirai." not in table  # first line, cut to fit
+    assert FIRST_LINE in table and "Dòng thứ hai" not in table  # the whole first line, not the rest
     assert "+84912345678" not in table and "anh@example.vn" not in table
     assert [a.target for a in _audit_rows(cli_db)] == ["HN-000123", "hn-000123", "Hn-000123"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,9 @@ from sqlmodel import select
 from cli import app
 from notifier.db import session_scope
 from notifier.models import Account, ContactPoint
-from notifier.settings import reset_settings
 from tests.factories import write_csv
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def cli_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("NOTIFIER_DATABASE_URL", database_url)
-    reset_settings()
-    yield database_url
-    reset_settings()
 
 
 def _json(*args: str) -> object:

@@ -25,7 +25,7 @@ from notifier.ingest.records import DATE_PRECISION, FeedEventRecord
 from notifier.models import Account, Campaign, FeedItem, Notification
 from notifier.rendering import (
     SMS_MAX_CHARS_GSM7, SMS_MAX_CHARS_UCS2, Renderer, RenderedMessage, format_localtime, leak_labels, threat_label,
-    threat_list,
+    strip_diacritics, threat_list,
 )
 from notifier.runtime import make_runtime
 from notifier.safe_labels import MAX_THREAT_CHARS, safe_label, source_label
@@ -110,11 +110,11 @@ def test_the_threat_named_is_the_one_of_the_quoted_ip_and_time() -> None:
 def test_sms_and_subject_name_every_threat_the_quoted_one_first(renderer: Renderer) -> None:
     several = context("infected_device", threat="mozi", threats=["mozi", "mirai", "gafgyt"])
     plain = renderer.render("infected_device", "sms", language="vi", context=several, strip_sms_diacritics=True).body
-    assert "ma doc Mozi (IP 14.160.1.2, 04:14 ngay 20/11) va cac ma doc Mirai, Gafgyt." in plain
+    assert "ma doc Mozi (IP 14.160.1.2, 04:14 ngay 20/11/2026) va cac ma doc Mirai, Gafgyt." in plain
     richest = renderer.sms_variants("infected_device", language="en", context=several)[0]
     assert "infected with Mozi malware (IP 14.160.1.2, 04:14 on 20 Nov) and also Mirai and Gafgyt." in richest
     english = renderer.render("infected_device", "sms", language="en", context=several).body
-    assert "Mozi malware found on your line (IP 14.160.1.2, 04:14 20 Nov) and 2 more." in english
+    assert "infected with Mozi malware (IP 14.160.1.2, 04:14 on 20 Nov) and 2 more." in english
     email = renderer.render("infected_device", "email", language="vi", context=several)
     assert email.subject.endswith("nhiễm mã độc Mozi, Mirai và Gafgyt")
     assert "- Mã độc: Mozi, Mirai và Gafgyt\n" in email.body
@@ -122,6 +122,27 @@ def test_sms_and_subject_name_every_threat_the_quoted_one_first(renderer: Render
     english_email = renderer.render("infected_device", "email", language="en", context=several)
     assert english_email.subject.endswith("infected with malware (Mozi, Mirai and Gafgyt)")
     assert "- Malware: Mozi, Mirai and Gafgyt\n" in english_email.body
+
+
+@pytest.mark.parametrize(("threats", "vi_step", "vi_wrong", "en_step"), [
+    (["emotet"], "Quét mã độc máy tính", "modem", "Scan your"),
+    (["mirai"], "modem/camera", "máy tính", "router"),
+    (["flubot"], "Gỡ ứng dụng lạ", "modem", "Remove"),
+    (["emotet", "mirai"], "modem/camera", "Windows", "router"),  # two devices: advice for both
+])
+def test_the_sms_advice_fits_the_device_the_threat_lives_on(
+    renderer: Renderer, threats: list[str], vi_step: str, vi_wrong: str | None, en_step: str,
+) -> None:
+    quoted = context("infected_device", threat=threats[0], threats=threats)
+    for strip in (False, True):
+        body = renderer.render("infected_device", "sms", language="vi", context=quoted, strip_sms_diacritics=strip).body
+        expected = strip_diacritics(vi_step) if strip else vi_step
+        assert expected.lower() in body.lower(), body
+        if vi_wrong:
+            assert (strip_diacritics(vi_wrong) if strip else vi_wrong) not in body, body
+        assert REFERENCE in body and fits_budget(body)
+    english = renderer.render("infected_device", "sms", language="en", context=quoted).body
+    assert en_step.lower() in english.lower() and REFERENCE in english and fits_budget(english)
 
 
 def test_threats_that_do_not_fit_are_counted(renderer: Renderer) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +16,6 @@ from typer.testing import CliRunner
 
 from channels.base import Receipt
 from channels.smpp_receipts import parse_receipt
-import cli
 from cli import _table, app
 from notifier.db import session_scope
 from notifier.dispatch import run_campaign
@@ -33,15 +31,6 @@ runner = CliRunner()
 
 UTC_0124 = datetime(2026, 11, 18, 1, 24, tzinfo=UTC)  # 08:24 in Hà Nội
 LOCAL_0824 = "18/11/2026 08:24"
-
-
-@pytest.fixture
-def cli_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("NOTIFIER_DATABASE_URL", database_url)
-    monkeypatch.setattr(cli, "out", Console(width=200))  # a care agent's wide terminal, not 80 columns
-    reset_settings()
-    yield database_url
-    reset_settings()
 
 
 def _run(*args: str) -> str:

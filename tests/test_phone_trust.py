@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
@@ -19,7 +17,6 @@ from cli import app
 from notifier.db import session_scope
 from notifier.importing import import_feed, import_subscribers
 from notifier.models import Account, ContactPoint, FeedItem
-from notifier.settings import reset_settings
 from tests.factories import write_csv
 
 HEADER = ["account_id", "full_name", "msisdn", "email"]
@@ -91,14 +88,6 @@ def test_a_leaked_number_in_an_unallocated_range_matches_its_subscriber(database
     assert [(items[n].status, items[n].account_id) for n in (2, 3, 4, 5)] == \
         [("matched", account_id)] * 3 + [("unmatched", None)]
     assert items[6].status == "rejected"
-
-
-@pytest.fixture
-def cli_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("NOTIFIER_DATABASE_URL", database_url)
-    reset_settings()
-    yield database_url
-    reset_settings()
 
 
 def _invoke(*args: str) -> tuple[str, str]:

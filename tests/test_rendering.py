@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from notifier.errors import InputError
+from notifier.devices import device_hint
 from notifier.rendering import (
     RenderedMessage,
     Renderer,
     data_class_label,
-    device_hint,
     first_fitting,
     format_localtime,
     human_join,
@@ -173,9 +173,9 @@ def test_vietnamese_email_wording(renderer, template):
 
 def test_infected_device_sms_vietnamese(renderer):
     body = renderer.render("infected_device", "sms", language="vi", context=full_context("infected_device")).body
-    # the reference code in every variant leaves 3 UCS-2 parts room for the compact date, not the words
-    for fact in ("VNPT:", "Mirai", "IP 14.160.1.2", "04:14 20/11", "Đổi mật khẩu modem/camera",
-                 "cập nhật phần mềm", "18001091", "vnpt.vn", "mã CB-12-345", "không bao giờ"):
+    # Mirai lives on routers and cameras: the steps are theirs (the reference code is in every variant)
+    for fact in ("VNPT:", "Mirai", "IP 14.160.1.2", "04:14 ngày 20/11", "Đổi mật khẩu modem/camera",
+                 "cập nhật firmware", "18001091", "vnpt.vn", "mã CB-12-345", "không bao giờ"):
         assert fact in body, fact
     assert len(body) <= SMS_UCS2_LIMIT_CHARS
     assert sms_encoding(body) == UCS2 and count_parts(body) == 3

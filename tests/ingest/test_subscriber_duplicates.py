@@ -4,7 +4,6 @@ goes in, every later one is rejected naming both lines, never merged silently â€
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from cli import app
 from notifier.db import session_scope
 from notifier.importing import import_subscribers
 from notifier.models import Account, ContactPoint
-from notifier.settings import reset_settings
 from tests.factories import write_csv
 
 HEADER = ["account_id", "full_name", "msisdn", "email", "status"]
@@ -64,14 +62,6 @@ def test_the_first_row_goes_in_and_later_ones_are_rejected_naming_both_lines(
     with session_scope(database_url) as session:
         again = import_subscribers(session, export, tz=TZ)
         assert (again.accepted, again.unchanged, again.errors) == (7, 7, EXPECTED_ERRORS)
-
-
-@pytest.fixture
-def cli_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("NOTIFIER_DATABASE_URL", database_url)
-    reset_settings()
-    yield database_url
-    reset_settings()
 
 
 def test_the_cli_lists_each_repeat_with_both_lines_and_no_contact_data(cli_db: str, tmp_path: Path) -> None:

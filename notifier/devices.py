@@ -1,0 +1,61 @@
+"""Which device a threat most likely lives on, and what to tell the subscriber to do about it.
+
+Advice must fit the facts it follows: telling someone whose Windows PC runs Emotet to change the
+camera's password reads as a form letter (or a scam). The words are data in `content.py`; this
+module only decides which device kind applies.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from notifier.content import DEVICE_HINTS, DEVICE_KEYWORDS, DEVICE_ORDER, SMS_ADVICE
+
+DEFAULT_LANGUAGE = "vi"
+DEFAULT_KIND = "default"
+
+
+def _language(language: str | None) -> str:
+    """`vi-VN`, `EN` → `vi`, `en`; the default for anything else."""
+    key = re.split(r"[-_]", (language or "").strip().lower(), maxsplit=1)[0]
+    return key if key in DEVICE_HINTS else DEFAULT_LANGUAGE
+
+
+def _threat_words(threat: Mapping[str, Any] | str | None, category: str | None) -> set[str]:
+    """Lower-case words of a threat's name and category (`Android.Banker.FluBot` → 3 words)."""
+    if isinstance(threat, Mapping):
+        category = category or threat.get("category")
+        threat = threat.get("name")
+    text = " ".join(part for part in (threat, category) if part)
+    return {word for word in re.split(r"[^a-z0-9]+", text.lower()) if word}
+
+
+def device_kind(threat: Mapping[str, Any] | str | Iterable[str] | None, category: str | None = None) -> str:
+    """`android`, `iot`, `windows` or `default` for a threat (mapping or name) or a list of names.
+
+    A list whose threats point at different devices gives `default`: the advice then covers all.
+    """
+    if threat is not None and not isinstance(threat, (str, Mapping)):
+        kinds = {device_kind(name, category) for name in threat if name}
+        return kinds.pop() if len(kinds) == 1 else DEFAULT_KIND
+    words = _threat_words(threat, category)
+    return next((kind for kind in DEVICE_ORDER if words & DEVICE_KEYWORDS[kind]), DEFAULT_KIND)
+
+
+def device_hint(
+    threat: Mapping[str, Any] | str | None, category: str | None = None, language: str = DEFAULT_LANGUAGE
+) -> str:
+    """The device type a threat most likely runs on, as a phrase to put in a sentence.
+
+    `threat` is the context's `threat` mapping (name and category are read) or a threat name.
+    """
+    return DEVICE_HINTS[_language(language)][device_kind(threat, category)]
+
+
+def sms_advice(threats: Mapping[str, Any] | str | Iterable[str] | None, level: str,
+               language: str = DEFAULT_LANGUAGE) -> str:
+    """The steps an SMS gives for these threats' device, at a length `level` (`full`, `standard`,
+    `compact`, `short`; each no longer than the one before)."""
+    return SMS_ADVICE[_language(language)][device_kind(threats)][level]
