@@ -430,7 +430,7 @@ def campaign_create(
 @cli_errors
 def campaign_run(campaign_id: IdArgument, as_json: JsonOption = False) -> None:
     """Send a campaign and follow it until every notification is settled."""
-    from notifier.dispatch import run_campaign
+    from notifier.dispatch.loops import run_campaign
 
     settings = _settings()
     with _progress(enabled=not as_json) as on_progress:
@@ -510,7 +510,7 @@ CAMPAIGN_LIST_COUNTS = ("planned", "queued", "sent", "delivered", "failed", "sup
 
 def _campaign_rows(campaigns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The table's rows: the usual counts always, any other state only when some campaign has it."""
-    from notifier.outbox import ALL_STATES
+    from notifier.dispatch.outbox import ALL_STATES
 
     shown = [s for s in ALL_STATES if s in CAMPAIGN_LIST_COUNTS or any(c["counts"][s] for c in campaigns)]
     return [{"id": c["id"], "feed": c["feed_id"], "template": c["template"], "channels": ",".join(c["channels"]),
@@ -554,7 +554,7 @@ class _progress:
         self.task = self.bar.add_task("sending", total=None, detail="")
 
     def update(self, status: dict[str, Any]) -> None:
-        from notifier.outbox import PENDING_STATES
+        from notifier.dispatch.outbox import PENDING_STATES
 
         if self.bar is None:
             self._start()
@@ -643,7 +643,7 @@ def worker(
 ) -> None:
     """Consume notifications from the Redis broker until SIGTERM / Ctrl-C."""
     from notifier.campaigns import parse_channels
-    from notifier.dispatch import run_worker
+    from notifier.dispatch.loops import run_worker
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

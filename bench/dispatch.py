@@ -16,7 +16,7 @@ from pathlib import Path
 
 from notifier.db import upgrade
 from notifier.demo_data import load_uniform_campaign
-from notifier.dispatch import run_campaign
+from notifier.dispatch.loops import run_campaign
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
 from notifier.settings import DispatchSettings, Settings, SmppSettings, SmtpSettings

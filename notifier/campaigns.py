@@ -22,7 +22,7 @@ from notifier.ingest.records import DATE_PRECISION
 from notifier.models import (
     Account, Campaign, ContactPoint, Feed, FeedItem, Notification, NotificationItem, utcnow,
 )
-from notifier.outbox import ALL_STATES, CANCELLED, PLANNED, QUEUED, SCHEDULED, SUPPRESSED, transition_many
+from notifier.dispatch.outbox import ALL_STATES, CANCELLED, PLANNED, QUEUED, SCHEDULED, SUPPRESSED, transition_many
 from notifier.template_catalog import TemplateCatalog, load_catalog
 
 KNOWN_CHANNELS = ("sms", "email")

@@ -14,9 +14,9 @@ from pathlib import Path
 from notifier.campaigns import create_campaign
 from notifier.db import session_scope, upgrade
 from notifier.demo_data import DemoFiles, generate
-from notifier.dispatch import run_campaign
+from notifier.dispatch.loops import run_campaign
 from notifier.importing import file_sha256, find_feed_by_digest, import_assignments, import_feed, import_subscribers
-from notifier.outbox import ACCEPTED_STATES, DELIVERED, SUPPRESSED
+from notifier.dispatch.outbox import ACCEPTED_STATES, DELIVERED, SUPPRESSED
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
 from notifier.settings import Settings

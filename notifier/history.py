@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from notifier.audit import record_access
-from notifier.delivery import parse_reference_code, reference_code
+from notifier.dispatch.delivery import parse_reference_code, reference_code
 from notifier.errors import InputError
 from notifier.identifiers import mask_identifier, normalise_email, normalise_msisdn
 from notifier.models import Account, ContactPoint, DeliveryEvent, Notification

@@ -195,7 +195,7 @@ class Campaign(SQLModel, table=True):
 class Notification(SQLModel, table=True):
     """One message to one account on one channel step: the outbox row.
 
-    `state` only moves by compare-and-set (`notifier.outbox.transition`), each move recorded as a
+    `state` only moves by compare-and-set (`notifier.dispatch.outbox.transition`), each move recorded as a
     `DeliveryEvent`, so a redelivered broker message never sends twice. `claimed_by` names the
     process that is sending it, so a crashed sender's rows can be recognised.
     """

@@ -11,7 +11,7 @@ import pytest
 
 from notifier.campaigns import cancel_campaign, pause_campaign
 from notifier.db import session_scope
-from notifier.dispatch import run_campaign
+from notifier.dispatch.loops import run_campaign
 from notifier.errors import InputError
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink

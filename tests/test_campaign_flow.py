@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from notifier.campaigns import campaign_status, create_campaign
 from notifier.db import session_scope
-from notifier.dispatch import run_campaign
+from notifier.dispatch.loops import run_campaign
 from notifier.history import lookup_history
 from notifier.importing import import_assignments, import_feed, import_subscribers
 from notifier.models import AuditLog, Notification

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cli import app
 from notifier.audit import list_audit, parse_since
 from notifier.db import get_engine, session_scope
-from notifier.delivery import parse_reference_code, reference_code
+from notifier.dispatch.delivery import parse_reference_code, reference_code
 from notifier.errors import InputError
 from notifier.history import account_ref_matches
 from notifier.models import Account, AuditLog

@@ -18,7 +18,7 @@ from sqlmodel import select
 from notifier.campaigns import build_context, create_campaign
 from notifier.content import LINK_SUFFIXES
 from notifier.db import session_scope
-from notifier.delivery import render_notification
+from notifier.dispatch.delivery import render_notification
 from notifier.importing import import_assignments, import_feed, import_subscribers
 from notifier.ingest.feeds import parse_leak_csv
 from notifier.ingest.records import DATE_PRECISION, FeedEventRecord
@@ -27,7 +27,7 @@ from notifier.rendering import (
     SMS_MAX_CHARS_GSM7, SMS_MAX_CHARS_UCS2, Renderer, RenderedMessage, format_localtime, leak_labels, threat_label,
     strip_diacritics, threat_list,
 )
-from notifier.runtime import make_runtime
+from notifier.dispatch.runtime import make_runtime
 from notifier.safe_labels import MAX_THREAT_CHARS, safe_label, source_label
 from notifier.settings import Settings, reset_settings
 from notifier.sms import GSM7, count_parts, sms_encoding

@@ -18,10 +18,10 @@ from channels.base import Receipt
 from channels.smpp_receipts import parse_receipt
 from cli import _table, app
 from notifier.db import session_scope
-from notifier.dispatch import run_campaign
+from notifier.dispatch.loops import run_campaign
 from notifier.models import Campaign, Feed, FeedItem, InboundReceipt, MessagePart, Notification
 from notifier.peers.smsc import SmscPeer
-from notifier.receipts import apply_receipt, record_receipt
+from notifier.dispatch.receipts import apply_receipt, record_receipt
 from notifier.settings import reset_settings
 from notifier.timefmt import iso_utc, local_display
 from tests.conftest import make_settings

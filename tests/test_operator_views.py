@@ -38,8 +38,8 @@ from notifier.models import Campaign, DeliveryEvent, Feed, Notification
 from notifier.peers import LOOPBACK, free_port, wait_for_port
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
-from notifier.routes import RouteWatch
-from notifier.runtime import make_runtime
+from notifier.dispatch.routes import RouteWatch
+from notifier.dispatch.runtime import make_runtime
 from notifier.settings import Settings, SmppSettings, SmtpSettings, reset_settings
 from tests.factories import add_account
 
@@ -391,7 +391,7 @@ def test_an_outage_is_one_log_line_when_it_starts_and_one_when_it_ends(
                                                                                 connect_timeout_seconds=2.0)))
     try:
         watch = RouteWatch(runtime, ["sms"])
-        with caplog.at_level(logging.INFO, logger="notifier.routes"):
+        with caplog.at_level(logging.INFO, logger="notifier.dispatch.routes"):
             assert [watch.poll() for _ in range(5)] == [[]] * 5
             assert list(watch.outages) == ["sms"]
             with SmscPeer(tmp_path / "smsc.jsonl", port=port):
@@ -403,7 +403,7 @@ def test_an_outage_is_one_log_line_when_it_starts_and_one_when_it_ends(
     finally:
         runtime.close()
 
-    lines = [record.getMessage() for record in caplog.records if record.name == "notifier.routes"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "notifier.dispatch.routes"]
     assert lines[0] == f"[channel:sms] cannot reach the SMSC at 127.0.0.1:{port} (connection refused); " \
                        "its messages wait until it answers"
     assert len(lines) == 2 and lines[1].startswith(f"[channel:sms] the SMSC at 127.0.0.1:{port} answers again")

@@ -13,9 +13,9 @@ from sqlmodel import select
 from channels.base import Receipt
 from notifier.db import session_scope
 from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, utcnow
-from notifier.outbox import transition
-from notifier.receipts import apply_pending_receipts, apply_receipt, record_receipt
-from notifier.recovery import mark_orphans_unknown, requeue_stale_unknown
+from notifier.dispatch.outbox import transition
+from notifier.dispatch.receipts import apply_pending_receipts, apply_receipt, record_receipt
+from notifier.dispatch.recovery import mark_orphans_unknown, requeue_stale_unknown
 from tests.factories import add_account, add_notification
 
 

@@ -38,10 +38,10 @@ RENDER_EVERYTHING = """
 import json, sys
 from sqlmodel import select
 from notifier.db import session_scope
-from notifier.delivery import template_context
+from notifier.dispatch.delivery import template_context
 from notifier.models import Campaign, Notification
 from notifier.rendering import CHANNEL_FILES
-from notifier.runtime import make_runtime
+from notifier.dispatch.runtime import make_runtime
 from notifier.settings import get_settings
 
 runtime = make_runtime(get_settings())

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from notifier.dispatch import run_campaign
+from notifier.dispatch.loops import run_campaign
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
 from tests.conftest import make_settings

@@ -23,16 +23,16 @@ import dramatiq
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from notifier.actors import declare_actors, enqueue_all, make_broker
+from notifier.dispatch.actors import declare_actors, enqueue_all, make_broker
 from notifier.campaigns import campaign_status, get_campaign
 from notifier.db import session_scope
-from notifier.delivery import HELD_CAMPAIGN_STATES
+from notifier.dispatch.delivery import HELD_CAMPAIGN_STATES
 from notifier.errors import ConfigError, NotifierError, RouteUnreachableError
 from notifier.models import Campaign, Notification, utcnow
-from notifier.outbox import PENDING_STATES, PLANNED, QUEUED, SENT, transition_many
-from notifier.recovery import run_maintenance
-from notifier.runtime import Runtime, activate, deactivate, make_runtime
-from notifier.routes import RouteWatch, unreachable_message
+from notifier.dispatch.outbox import PENDING_STATES, PLANNED, QUEUED, SENT, transition_many
+from notifier.dispatch.recovery import run_maintenance
+from notifier.dispatch.runtime import Runtime, activate, deactivate, make_runtime
+from notifier.dispatch.routes import RouteWatch, unreachable_message
 from notifier.settings import Settings
 
 log = logging.getLogger(__name__)

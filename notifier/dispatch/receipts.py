@@ -19,7 +19,7 @@ from channels.base import (
     RECEIPT_DELIVERED, RECEIPT_EXPIRED, RECEIPT_FAILED, RECEIPT_PENDING, RECEIPT_UNDELIVERED, Receipt,
 )
 from notifier.models import InboundReceipt, MessagePart, Notification, utcnow
-from notifier.outbox import DELIVERED, EXPIRED, SENT, UNDELIVERED, UNKNOWN, transition
+from notifier.dispatch.outbox import DELIVERED, EXPIRED, SENT, UNDELIVERED, UNKNOWN, transition
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from channels.base import Channel, Receipt
 from notifier.db import session_scope
 from notifier.errors import ConfigError, InputError
-from notifier.ratelimit import TokenBucket
+from notifier.dispatch.ratelimit import TokenBucket
 from notifier.rendering import Renderer
 from notifier.settings import Settings
 
@@ -89,7 +89,7 @@ def build_channel(name: str, settings: Settings) -> Channel:
 def receipt_sink(database_url: str) -> Callable[[Receipt], None]:
     """A thread-safe callback that stores a receipt and returns: one INSERT on the SMPP reader
     thread, which must get back to reading submit responses. `ReceiptApplier` applies it."""
-    from notifier.receipts import record_receipt
+    from notifier.dispatch.receipts import record_receipt
 
     def sink(receipt: Receipt) -> None:
         with session_scope(database_url) as session:
@@ -116,7 +116,7 @@ class ReceiptApplier:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        from notifier.receipts import apply_pending_receipts
+        from notifier.dispatch.receipts import apply_pending_receipts
 
         while not self._stop.is_set():
             try:

@@ -21,8 +21,8 @@ from sqlmodel import Session, select
 
 from notifier.db import session_scope
 from notifier.models import Campaign, Notification, utcnow
-from notifier.outbox import QUEUED, SENDING, UNKNOWN, transition
-from notifier.receipts import ID_MATCH_GRACE_SECONDS, apply_pending_receipts
+from notifier.dispatch.outbox import QUEUED, SENDING, UNKNOWN, transition
+from notifier.dispatch.receipts import ID_MATCH_GRACE_SECONDS, apply_pending_receipts
 from notifier.settings import Settings
 
 log = logging.getLogger(__name__)

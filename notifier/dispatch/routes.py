@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from notifier.errors import RouteUnreachableError
-from notifier.runtime import Runtime
+from notifier.dispatch.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

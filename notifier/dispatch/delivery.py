@@ -24,9 +24,9 @@ from notifier.errors import (
 )
 from notifier.identifiers import mask_identifier
 from notifier.models import Account, Campaign, MessagePart, Notification, utcnow
-from notifier.outbox import DELIVERED, FAILED, QUEUED, SENDING, SENT, UNKNOWN, transition
+from notifier.dispatch.outbox import DELIVERED, FAILED, QUEUED, SENDING, SENT, UNKNOWN, transition
 from notifier.rendering import RenderedMessage, parse_moment
-from notifier.runtime import Runtime
+from notifier.dispatch.runtime import Runtime
 from notifier.sms import count_parts, sms_encoding
 
 log = logging.getLogger(__name__)

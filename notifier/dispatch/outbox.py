@@ -4,8 +4,8 @@
     exits: suppressed, cancelled, failed, undelivered, expired, unknown
 
 `unknown` marks a row whose sender died between handing the message to the provider and recording
-that it did: a receipt resolves it (`notifier.receipts`) or, failing that, it is sent again after
-`dispatch.unknown_resend_after_seconds` (`notifier.recovery`).
+that it did: a receipt resolves it (`notifier.dispatch.receipts`) or, failing that, it is sent again after
+`dispatch.unknown_resend_after_seconds` (`notifier.dispatch.recovery`).
 """
 
 from __future__ import annotations

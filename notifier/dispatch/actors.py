@@ -11,8 +11,8 @@ from collections.abc import Iterable
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
-from notifier.delivery import RetryLater, deliver
-from notifier.runtime import current_runtime
+from notifier.dispatch.delivery import RetryLater, deliver
+from notifier.dispatch.runtime import current_runtime
 from notifier.settings import Settings
 
 QUEUE_NAME = "notifications"
