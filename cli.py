@@ -465,19 +465,123 @@ def campaign_cancel(campaign_id: IdArgument) -> None:
     err.print(f"campaign {campaign_id} cancelled; {cancelled} notification(s) will not be sent")
 
 
+@campaign_app.command("retry")
+@cli_errors
+def campaign_retry(
+    campaign_id: IdArgument,
+    state: Annotated[str, typer.Option(help="Which outcomes to send again: failed, undelivered, expired "
+                                            "(comma-separated). Never what was delivered.")] = "failed",
+) -> None:
+    """Send again what an operator decides to (failed by default); `campaign run ID` sends it."""
+    from notifier.campaigns import parse_retry_states, retry_campaign
+    from notifier.db import session_scope
+
+    states = parse_retry_states(state)
+    with session_scope(_settings().database_url) as session:
+        count = retry_campaign(session, campaign_id, states)
+    err.print(f"campaign {campaign_id}: {count} notification(s) ({', '.join(states)}) will be sent again; "
+              f"`notifier campaign run {campaign_id}` sends them")
+
+
+@campaign_app.command("reconcile")
+@cli_errors
+def campaign_reconcile(
+    campaign_id: IdArgument,
+    resend: Annotated[bool, typer.Option("--resend", help="Queue every unknown row again (counted as a resend).")] = False,
+    mark_failed: Annotated[bool, typer.Option("--mark-failed", help="Mark every unknown row failed.")] = False,
+    actor: Annotated[str | None, typer.Option(help="Who decides (default: the OS user).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the notifications whose send the provider may or may not have taken (`unknown`), and
+    with --resend or --mark-failed decide them."""
+    import getpass
+
+    from notifier.campaigns import get_campaign
+    from notifier.db import session_scope
+    from notifier.dispatch.unknown import decide_unknown, unknown_notifications
+    from notifier.identifiers import mask_identifier
+
+    if resend and mark_failed:
+        raise typer.BadParameter("choose one of --resend and --mark-failed")
+    with session_scope(_settings().database_url) as session:
+        get_campaign(session, campaign_id)
+        rows = unknown_notifications(session, campaign_id)
+        decided = (decide_unknown(session, campaign_id, resend=resend, actor=actor or getpass.getuser())
+                   if resend or mark_failed else [])
+    shown = [{**row, "destination": mask_identifier("msisdn" if row["channel"] == "sms" else "email",
+                                                    str(row["destination"] or ""))} for row in rows]
+    if as_json:
+        _print_json({"campaign_id": campaign_id, "unknown": shown, "decided": decided,
+                     "decision": "resend" if resend else "mark-failed" if mark_failed else None})
+        return
+    if shown:
+        out.print(_table(f"{len(shown)} unknown notification(s)", shown))
+    if resend or mark_failed:
+        what = "queued again (`notifier campaign run` sends them)" if resend else "marked failed"
+        err.print(f"campaign {campaign_id}: {len(decided)} notification(s) {what}", markup=False, highlight=False)
+    elif not shown:
+        err.print(f"campaign {campaign_id} has no unknown notifications", markup=False, highlight=False)
+
+
 @campaign_app.command("status")
 @cli_errors
-def campaign_status_cmd(campaign_id: IdArgument, as_json: JsonOption = False) -> None:
-    """Counts per state and per channel."""
+def campaign_status_cmd(
+    campaign_id: IdArgument,
+    as_json: JsonOption = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second until the campaign is settled "
+                                        "(Ctrl-C stops): counts, the rate over the last 10 s and an ETA; "
+                                        "with --json, one JSON line per refresh.")] = False,
+) -> None:
+    """Counts per state and per channel; --watch follows a running campaign."""
     from notifier.campaigns import campaign_status
     from notifier.db import session_scope
 
+    if watch:
+        _watch_status(campaign_id, as_json=as_json)
+        return
     with session_scope(_settings().database_url) as session:
         status = campaign_status(session, campaign_id)
     if as_json:
         _print_json(status)
     else:
         _print_status(status)
+
+
+def _watch_status(campaign_id: int, *, as_json: bool, interval_seconds: float = 1.0) -> None:
+    """`campaign status --watch`: one refresh a second (notifier/dispatch/progress.py) until settled."""
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+
+    from notifier.db import session_scope
+    from notifier.dispatch.progress import campaign_progress, describe_eta, describe_rate
+
+    def refresh() -> Any:
+        with session_scope(_settings().database_url) as session:
+            return campaign_progress(session, campaign_id)
+
+    def view(progress: Any) -> Group:
+        status = progress.status
+        rows = [{"channel": channel, **counts} for channel, counts in status["by_channel"].items()]
+        return Group(Text(f"campaign {status['id']} [{status['state']}] {status['name']}"),
+                     _table("by channel", rows), Text(describe_rate(progress)), Text(describe_eta(progress)))
+
+    try:
+        if as_json:
+            while not (progress := refresh()).settled:
+                sys.stdout.write(json.dumps(progress.as_json(), ensure_ascii=False, default=_json_value) + "\n")
+                sys.stdout.flush()
+                time.sleep(interval_seconds)
+            sys.stdout.write(json.dumps(progress.as_json(), ensure_ascii=False, default=_json_value) + "\n")
+            return
+        with Live(console=out, auto_refresh=False) as live:
+            while not (progress := refresh()).settled:
+                live.update(view(progress), refresh=True)
+                time.sleep(interval_seconds)
+            live.update(view(progress), refresh=True)
+    except KeyboardInterrupt:
+        return
 
 
 @campaign_app.command("list")
@@ -529,6 +633,9 @@ def _print_status(status: dict[str, Any]) -> None:
         out.print(", ".join(times), markup=False, highlight=False)
     rows = [{"channel": channel, **counts} for channel, counts in status["by_channel"].items()]
     out.print(_table("by channel", rows))
+    if status.get("resent_after_unknown"):
+        out.print(f"{status['resent_after_unknown']} sent again after their outcome was unknown "
+                  "(no receipt came although the SMSC could hand it over)", markup=False, highlight=False)
 
 
 class _progress:

@@ -1,61 +1,204 @@
-"""Dispatch benchmark: one embedded campaign (SQLite, in-process worker) of N accounts × SMS + e-mail
-through the loopback SMPP and SMTP peers, with receipts. Prints figures; asserts nothing.
+"""Dispatch benchmark: one campaign of N accounts through the loopback SMSC (and SMTP) peers, every
+receipt applied before the clock stops, next to the bare SMPP channel's rate in the same run.
 
-    .venv/bin/python bench/dispatch.py [--accounts 1000] [--threads 4]
+    .venv/bin/python bench/dispatch.py [--accounts 1000] [--threads 4] [--channels sms]
+        [--text one-part|ucs2|template] [--workers 0|2 --database-url postgresql+psycopg://… --broker-url redis://…]
 
-Bounded: N is capped at 20,000 and everything runs on 127.0.0.1.
+`--workers 0` (default): embedded (the in-process broker and worker threads inside `campaign run`).
+`--workers N`: N `notifier worker` processes on the Redis broker; `campaign run` only queues and
+follows. Prints notifications/s, parts/s, CPU ms per notification (ours; the PostgreSQL server's
+from /proc, server-wide), SQL statements (embedded: SQLAlchemy `before_cursor_execute`, all
+threads of the process) and transactions (embedded: `commit` events; PostgreSQL:
+pg_stat_database) per notification. Asserts nothing. Bounded: N ≤ 20,000, everything on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from notifier.db import upgrade
-from notifier.demo_data import load_uniform_campaign
-from notifier.dispatch.loops import run_campaign
-from notifier.peers.smsc import SmscPeer
-from notifier.peers.smtp_sink import SmtpSink
-from notifier.settings import DispatchSettings, Settings, SmppSettings, SmtpSettings
+import sqlalchemy as sa
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from channels.base import OutgoingMessage  # noqa: E402
+from channels.smpp import SmppChannel  # noqa: E402
+from notifier.db import get_engine, upgrade  # noqa: E402
+from notifier.demo_data import load_uniform_campaign  # noqa: E402
+from notifier.dispatch.loops import run_campaign  # noqa: E402
+from notifier.peers.smsc import SmscPeer  # noqa: E402
+from notifier.peers.smtp_sink import SmtpSink  # noqa: E402
+from notifier.settings import DispatchSettings, Settings, SmppSettings, SmtpSettings, TEMPLATES_DIR  # noqa: E402
 
 MAX_ACCOUNTS = 20_000
+WINDOW = 50
+ONE_PART_SMS = "{#- bench: one GSM-7 part -#}\nCanh bao: thiet bi cua Quy khach nhiem ma doc. LH {{ operator.hotline }}, ma {{ reference }}."
+UCS2_BODY = "Nhà mạng: thiết bị của Quý khách nhiễm mã độc Mirai (IP 14.160.79.110, 15:11 18/11). " * 2
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--accounts", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--channels", default="sms,email", help="the campaign's channel chain")
-    parser.add_argument("--database-url", help="an empty database to use (default: a temporary SQLite file)")
-    args = parser.parse_args()
+    args = _parse()
     accounts = min(args.accounts, MAX_ACCOUNTS)
+    channels = args.channels.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         url = args.database_url or f"sqlite:///{directory / 'bench.db'}"
         upgrade(url)
+        templates = _templates(directory, args.text)
         started = time.perf_counter()
-        campaign_id = load_uniform_campaign(url, directory / "inputs", accounts=accounts,
-                                            channels=args.channels.split(","))
+        campaign_id = load_uniform_campaign(url, directory / "inputs", accounts=accounts, channels=channels)
         prepared = time.perf_counter()
+        print(f"accounts={accounts} channels={args.channels} text={args.text} threads={args.threads} "
+              f"workers={args.workers} database={sa.make_url(url).get_backend_name()}")
+        print(f"import+match+plan: {prepared - started:.2f}s")
         with SmscPeer(directory / "smsc.jsonl") as smsc, SmtpSink() as smtp:
             settings = Settings(
-                database_url=url, smpp=SmppSettings(port=smsc.port, system_id="bench"),
-                smtp=SmtpSettings(port=smtp.port),
-                dispatch=DispatchSettings(worker_threads=args.threads, sms_per_second=100_000,
-                                          email_per_second=100_000, receipt_wait_seconds=30))
-            status = run_campaign(settings, campaign_id)
-            finished = time.perf_counter()
-            submits = len(smsc.submits())
-        states = collections.Counter({f"{ch}:{st}": n for ch, c in status["by_channel"].items() for st, n in c.items()})
-        notifications = len(args.channels.split(",")) * accounts
-        print(f"accounts={accounts} threads={args.threads}")
-        print(f"import+match+plan: {prepared - started:.2f}s ({accounts / (prepared - started):.0f} accounts/s)")
-        print(f"send+receipts:     {finished - prepared:.2f}s ({notifications / (finished - prepared):.0f} notifications/s, "
-              f"{submits} SMS parts)")
-        print(f"outcome:           {dict(states)}")
+                database_url=url, broker_url=args.broker_url if args.workers else None,
+                broker_namespace=f"bench-{os.getpid()}", templates_dir=templates,
+                smpp=SmppSettings(port=smsc.port, system_id="bench", window=WINDOW), smtp=SmtpSettings(port=smtp.port),
+                dispatch=DispatchSettings(worker_threads=args.threads, sms_per_second=1_000_000,
+                                          email_per_second=1_000_000, receipt_wait_seconds=60,
+                                          sms_diacritics=args.text != "one-part"))
+            figures = _run(settings, campaign_id, args)
+            parts = len(smsc.submits())
+            bare = _bare_channel(smsc.port, args.text, count=min(accounts, 5000), threads=args.threads)
+        _print(figures, notifications=len(channels) * accounts, parts=parts, bare=bare)
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--channels", default="sms", help="the campaign's channel chain, e.g. sms or sms,email")
+    parser.add_argument("--text", choices=["one-part", "ucs2", "template"], default="one-part",
+                        help="one-part: a short GSM-7 SMS; ucs2/template: the real 3-part Vietnamese text")
+    parser.add_argument("--database-url", help="an empty database to use (default: a temporary SQLite file)")
+    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/12")
+    parser.add_argument("--workers", type=int, default=0, help="`notifier worker` processes (needs PostgreSQL)")
+    return parser.parse_args()
+
+
+def _templates(directory: Path, text: str) -> Path:
+    """The shipped templates, with a one-part SMS for `--text one-part`."""
+    if text != "one-part":
+        return TEMPLATES_DIR
+    copy = directory / "templates"
+    shutil.copytree(TEMPLATES_DIR, copy)
+    for language in ("vi", "en"):
+        (copy / language / "infected_device" / "sms.txt.j2").write_text(ONE_PART_SMS, encoding="utf-8")
+    return copy
+
+
+def _run(settings: Settings, campaign_id: int, args: argparse.Namespace) -> dict[str, float]:
+    """Send the campaign; the clock stops when `campaign run` has every row settled, receipts in."""
+    counts: collections.Counter[str] = collections.Counter()
+    engine = get_engine(settings.database_url)
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: counts.update(["statements"]))
+    sa.event.listen(engine, "commit", lambda *a: counts.update(["commits"]))
+    workers = [_start_worker(settings, args.threads) for _ in range(args.workers)]
+    postgres = _postgres_cpu()
+    xacts = _pg_transactions(settings.database_url)
+    ours = _own_cpu()
+    began = time.perf_counter()
+    try:
+        status = run_campaign(settings, campaign_id)
+        elapsed = time.perf_counter() - began
+        worker_cpu = sum(_process_cpu(worker.pid) for worker in workers)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=30)
+    print(f"outcome:           {status['by_channel']}")
+    return {"elapsed": elapsed, "ours_cpu": _own_cpu() - ours + worker_cpu, "postgres_cpu": _postgres_cpu() - postgres,
+            "statements": counts["statements"] if not workers else float("nan"),
+            "transactions": (_pg_transactions(settings.database_url) - xacts) if xacts is not None
+            else counts["commits"]}
+
+
+def _start_worker(settings: Settings, threads: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "NOTIFIER_DATABASE_URL": settings.database_url, "NOTIFIER_BROKER_URL": settings.broker_url or "",
+           "NOTIFIER_BROKER_NAMESPACE": settings.broker_namespace, "NOTIFIER_TEMPLATES_DIR": str(settings.templates_dir),
+           "NOTIFIER_SMPP__PORT": str(settings.smpp.port), "NOTIFIER_SMPP__SYSTEM_ID": settings.smpp.system_id,
+           "NOTIFIER_SMPP__WINDOW": str(WINDOW), "NOTIFIER_SMTP__PORT": str(settings.smtp.port),
+           "NOTIFIER_DISPATCH__SMS_PER_SECOND": "1000000", "NOTIFIER_DISPATCH__EMAIL_PER_SECOND": "1000000",
+           "NOTIFIER_DISPATCH__SMS_DIACRITICS": str(settings.dispatch.sms_diacritics).lower()}
+    return subprocess.Popen([sys.executable, "-m", "cli", "worker", "--threads", str(threads), "--channels", "sms,email"],
+                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL)
+
+
+def _bare_channel(port: int, text: str, *, count: int, threads: int) -> tuple[float, float]:
+    """(messages/s, parts/s) of the SMPP channel alone, no database, batches of 100 per thread."""
+    import concurrent.futures
+
+    body = "Canh bao: thiet bi cua Quy khach nhiem ma doc. LH 00000000, ma CB-1-1." if text == "one-part" else UCS2_BODY
+    channel = SmppChannel(SmppSettings(port=port, system_id="bench-bare", window=WINDOW, registered_delivery=0))
+    channel.start()
+    messages = [OutgoingMessage(notification_id=i, destination=f"+8491{i:07d}", body=body) for i in range(count)]
+    began = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        outcomes = [o for batch in pool.map(channel.send_many, [messages[i:i + 100] for i in range(0, count, 100)])
+                    for o in batch]
+    elapsed = time.perf_counter() - began
+    channel.close()
+    parts = sum(getattr(outcome, "parts", 0) for outcome in outcomes)
+    return count / elapsed, parts / elapsed
+
+
+def _print(figures: dict[str, float], *, notifications: int, parts: int, bare: tuple[float, float]) -> None:
+    elapsed = figures["elapsed"]
+    print(f"send+receipts:     {elapsed:.2f}s: {notifications / elapsed:.0f} notifications/s, "
+          f"{parts / elapsed:.0f} SMS parts/s ({parts} parts)")
+    print(f"CPU per notification: ours {1000 * figures['ours_cpu'] / notifications:.2f} ms, "
+          f"PostgreSQL server {1000 * figures['postgres_cpu'] / notifications:.2f} ms (all postgres processes)")
+    print(f"per notification:  {figures['statements'] / notifications:.2f} SQL statements (this process), "
+          f"{figures['transactions'] / notifications:.3f} transactions")
+    print(f"bare SMPP channel: {bare[0]:.0f} messages/s, {bare[1]:.0f} parts/s "
+          f"(end to end = {100 * (parts / elapsed) / bare[1]:.0f}% of its parts/s)")
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu(pid: int) -> float:
+    """utime + stime of a live process and its threads, in seconds (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu() -> float:
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += _process_cpu(int(entry.name))
+            except OSError:
+                continue
+    return total
+
+
+def _pg_transactions(url: str) -> int | None:
+    if not url.startswith("postgresql"):
+        return None
+    with get_engine(url).connect() as connection:
+        return int(connection.execute(sa.text(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")).scalar())
 
 
 if __name__ == "__main__":

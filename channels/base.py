@@ -11,7 +11,7 @@ thread-safe and owns persistence.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -76,6 +76,26 @@ class Receipt:
 
 
 ReceiptSink = Callable[[Receipt], None]
+# What happened to one message of a batch: accepted, or the error (a ChannelError, or anything
+# unexpected, which the caller records as a failure of that message alone).
+SendOutcome = SendResult | Exception
+
+
+def send_each(channel: Channel, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
+    """The default `send_many`: one `send` after the other, each message's exception its outcome."""
+    outcomes: list[SendOutcome] = []
+    for message in messages:
+        try:
+            outcomes.append(channel.send(message))
+        except Exception as exc:  # noqa: BLE001 - one message's failure, whatever it is, is its outcome
+            outcomes.append(exc)
+    return outcomes
+
+
+def send_all(channel: Channel, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
+    """`channel.send_many` when the adapter has one (adapters written before it may not)."""
+    batch = getattr(channel, "send_many", None)
+    return batch(messages) if batch is not None else send_each(channel, messages)
 
 
 def describe_connection_error(exc: BaseException, *, timeout_seconds: float | None = None) -> str:
@@ -115,6 +135,13 @@ class Channel(Protocol):
 
     def send(self, message: OutgoingMessage) -> SendResult:
         """Hand one message to the provider; raise a ChannelError subclass when it was not taken."""
+        ...
+
+    def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
+        """Hand several messages to the provider; one outcome per message, in order: its
+        `SendResult`, or the exception that says why it was not (surely) taken. Never raises for
+        one message's failure, so a batch's other messages carry on. `send_each` is the plain
+        loop; adapters with a send window (SMPP) or a reusable session (SMTP) do better."""
         ...
 
     def check(self) -> None:

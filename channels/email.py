@@ -19,13 +19,13 @@ import ssl
 import string
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 
-from channels.base import OutgoingMessage, SendResult, describe_connection_error
+from channels.base import OutgoingMessage, SendOutcome, SendResult, describe_connection_error, send_each
 from notifier.errors import ChannelError, PermanentChannelError, RouteUnreachableError, TransientChannelError
 from notifier.settings import SmtpSettings
 
@@ -85,6 +85,11 @@ class EmailChannel:
             raise error from exc
         logger.info("e-mail to %s accepted, Message-ID %s", mask_address(message.destination), message_id)
         return SendResult(provider_message_ids=[message_id], provider_status="250", parts=1, encoding="utf-8")
+
+    def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
+        """Send one after the other on this thread's connection, opened once and reused for the
+        whole batch (and the next): one outcome per message, a refusal never stops the others."""
+        return send_each(self, messages)
 
     def close(self) -> None:
         """End every thread's connection; the channel is not used afterwards."""

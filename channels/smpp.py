@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from smpplib import consts, exceptions, smpp
 from smpplib.client import Client, SimpleSequenceGenerator
 
-from channels.base import OutgoingMessage, ReceiptSink, SendResult, describe_connection_error
+from channels.base import OutgoingMessage, ReceiptSink, SendOutcome, SendResult, describe_connection_error
+from channels.smpp_inbound import Inbound, ReceiptWriter
 from channels.smpp_receipts import e164_address, is_delivery_receipt, normalise_message_id, parse_receipt
 from notifier.errors import (
     ChannelError, OutcomeUnknownError, PermanentChannelError, RouteUnreachableError, TransientChannelError,
@@ -39,6 +43,8 @@ _WIRE_LOG.setLevel(logging.WARNING)
 
 _TRANSIENT_STATUSES = {0x08: "ESME_RSYSERR", 0x14: "ESME_RMSGQFUL", 0x58: "ESME_RTHROTTLED"}
 _POLL_SECONDS = 0.2
+DEFERRED = object()  # from a deliver_sm handler: the receipt writer answers later
+_SESSION_NUMBERS = itertools.count(1)
 _UNBIND_TIMEOUT_SECONDS = 1.0
 _BACKOFF_INITIAL_SECONDS, _BACKOFF_MAX_SECONDS = 0.5, 30.0
 _CONNECTION_ERRORS = (exceptions.ConnectionError, exceptions.PDUError, OSError)
@@ -57,6 +63,10 @@ class PartiallySentError(TransientChannelError):
         self.accepted_ids = accepted_ids
 
 
+
+
+class _WindowFull(TransientChannelError):
+    """Every window place stayed taken for the submit timeout: nothing of this message was written."""
 
 
 class _NotConnected(exceptions.ConnectionError):  # type: ignore[misc]
@@ -86,6 +96,19 @@ class _Client(Client):  # type: ignore[misc]
         self._write_lock = write_lock
         self.last_received = time.monotonic()
         self.last_enquire = 0.0
+        # Which bind this is, for the receipt writer's liveness record (`smpp_session`).
+        self.session_owner = f"{socket.gethostname()}:{os.getpid()}:{next(_SESSION_NUMBERS)}"
+        self.bound_at = datetime.now(UTC)
+
+    def _message_received(self, pdu: Any) -> None:
+        """smpplib answers deliver_sm at once; a receipt is answered by the writer after it is
+        stored instead (the handler returns DEFERRED), so the SMSC keeps what we did not store."""
+        status = self.message_received_handler(pdu=pdu, client=self)
+        if status is DEFERRED:
+            return
+        answer = smpp.make_pdu("deliver_sm_resp", client=self, status=consts.SMPP_ESME_ROK if status is None else status)
+        answer.sequence = pdu.sequence
+        self.send_pdu(answer)
 
     @property
     def socket(self) -> socket.socket | None:
@@ -161,6 +184,8 @@ class SmppChannel:
         self._last_bind_failure = "not connected yet"  # why the last bind failed, for people
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
+        self._writer = (ReceiptWriter(on_receipt, system_id=settings.system_id, current_client=lambda: self._client)
+                        if on_receipt is not None else None)
 
     @property
     def is_bound(self) -> bool:
@@ -180,6 +205,8 @@ class SmppChannel:
         finally:
             with self._conn_lock:
                 if self._reader is None and not self._stop.is_set():
+                    if self._writer is not None:
+                        self._writer.start()
                     self._reader = threading.Thread(target=self._read_loop, name="smpp-reader", daemon=True)
                     self._reader.start()
 
@@ -228,6 +255,8 @@ class SmppChannel:
         reader = self._reader
         if reader is not None and reader is not threading.current_thread():
             reader.join(timeout=self._settings.connect_timeout_seconds + 1)
+        if self._writer is not None:  # store and answer what was read while the session is still up
+            self._writer.stop(timeout=self._settings.connect_timeout_seconds + 1)
         with self._conn_lock:
             client, self._client = self._client, None
         if client is not None:
@@ -257,15 +286,7 @@ class SmppChannel:
         finally:
             for _ in range(slots):
                 self._window.release()
-        ids = [normalise_message_id(mid or b"") for status, mid in outcomes if status == consts.SMPP_ESME_ROK]
-        refused = [status for status, _ in outcomes if status != consts.SMPP_ESME_ROK]
-        if not refused:
-            return ids
-        error = _status_error(refused[0])
-        if ids:
-            raise PartiallySentError(f"{len(refused)} of {len(parts)} part(s) refused: {error}",
-                                     provider_status=error.provider_status, accepted_ids=ids)
-        raise error
+        return _judge(outcomes)
 
     def _acquire_window(self, slots: int, timeout: float) -> int:
         """Take `slots` window places at once (one taker at a time, so two long messages cannot
@@ -277,12 +298,17 @@ class SmppChannel:
                 if not self._window.acquire(timeout=max(0.0, deadline - time.monotonic())):
                     for _ in range(taken):
                         self._window.release()
-                    raise TransientChannelError(f"no free SMPP window slot within {timeout}s")
+                    raise _WindowFull(f"no free SMPP window slot within {timeout}s")
                 taken += 1
         return taken
 
     def _exchange(self, parts: list[dict[str, Any]], timeout: float) -> list[tuple[int, Any]]:
         """Write the PDUs and wait for the reader to hand over each response (status, message_id)."""
+        written = self._write(parts)
+        return self._await(written, time.monotonic() + timeout, timeout)
+
+    def _write(self, parts: list[dict[str, Any]]) -> _Written:
+        """Write one message's PDUs in one `sendall`, their answers awaited by Futures."""
         client = self._bound_client()
         pdus = [smpp.make_pdu("submit_sm", client=client, **fields) for fields in parts]
         futures: list[Future[tuple[int, Any]]] = [Future() for _ in pdus]
@@ -290,25 +316,115 @@ class SmppChannel:
             for pdu, future in zip(pdus, futures):
                 self._pending[pdu.sequence] = future
         try:
-            try:
-                client.send_pdus(pdus)
-            except _NotConnected as exc:  # another thread saw the session die: nothing was written
-                self._connection_lost(client, exc)
-                address = f"{self._settings.host}:{self._settings.port}"
-                raise RouteUnreachableError(f"cannot reach the SMSC at {address} (connection lost)",
-                                            channel=self.name, address=address, reason="connection lost") from exc
-            except _CONNECTION_ERRORS as exc:  # part of the write may have reached the SMSC
-                self._connection_lost(client, exc)
-                raise OutcomeUnknownError("SMSC connection lost while sending") from exc
-            deadline = time.monotonic() + timeout
-            try:
-                return [future.result(timeout=max(0.0, deadline - time.monotonic())) for future in futures]
-            except TimeoutError as exc:
-                raise OutcomeUnknownError(f"no submit_sm_resp within {timeout}s") from exc
+            client.send_pdus(pdus)
+        except _NotConnected as exc:  # another thread saw the session die: nothing was written
+            self._forget(pdus)
+            self._connection_lost(client, exc)
+            address = f"{self._settings.host}:{self._settings.port}"
+            raise RouteUnreachableError(f"cannot reach the SMSC at {address} (connection lost)",
+                                        channel=self.name, address=address, reason="connection lost") from exc
+        except _CONNECTION_ERRORS as exc:  # part of the write may have reached the SMSC
+            self._forget(pdus)
+            self._connection_lost(client, exc)
+            raise OutcomeUnknownError("SMSC connection lost while sending") from exc
+        return _Written(pdus, futures)
+
+    def _await(self, written: _Written, deadline: float, timeout: float) -> list[tuple[int, Any]]:
+        """Each response of a written message; OutcomeUnknownError when one did not come in time."""
+        try:
+            return [future.result(timeout=max(0.0, deadline - time.monotonic())) for future in written.futures]
+        except TimeoutError as exc:
+            raise OutcomeUnknownError(f"no submit_sm_resp within {timeout}s") from exc
         finally:
-            with self._pending_lock:
-                for pdu in pdus:
-                    self._pending.pop(pdu.sequence, None)
+            self._forget(written.pdus)
+
+    def _forget(self, pdus: list[Any]) -> None:
+        with self._pending_lock:
+            for pdu in pdus:
+                self._pending.pop(pdu.sequence, None)
+
+    # -- sending a batch: many messages in flight ---------------------------------------------
+
+    def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
+        """Submit a batch through the window: every message is written as soon as it has window
+        places (its parts in one write), and the answers are collected afterwards, so up to
+        `window` submits are in flight instead of one message's parts. One outcome per message."""
+        if self._stop.is_set():
+            return [TransientChannelError("SMPP channel is closed") for _ in messages]
+        if self._reader is None:
+            self.start()
+        timeout = self._settings.submit_timeout_seconds
+        outcomes: list[SendOutcome | None] = [None] * len(messages)
+        flights: list[_Flight] = []
+        stalled: RouteUnreachableError | None = None
+        for index, message in enumerate(messages):
+            if stalled is not None:  # nothing was written: waiting again per message would take minutes
+                outcomes[index] = stalled
+                continue
+            try:
+                flights.append(self._launch(index, message, timeout))
+            except _WindowFull as exc:
+                stalled = self._stalled(exc)
+                outcomes[index] = stalled
+            except Exception as exc:  # noqa: BLE001 - this message's outcome; the batch carries on
+                outcomes[index] = self._logged(message, exc)
+        for flight in flights:
+            outcomes[flight.index] = self._land(flight, timeout)
+        accepted = sum(isinstance(outcome, SendResult) for outcome in outcomes)
+        log.debug("[channel:sms] batch of %d: %d accepted", len(messages), accepted)
+        return outcomes  # type: ignore[return-value]  # every index was filled
+
+    def _launch(self, index: int, message: OutgoingMessage, timeout: float) -> _Flight:
+        """Take window places for the message's parts and write them; places come back one per
+        answer (the reader thread releases them), or all at once when the sender gives up."""
+        destination = _destination_digits(message.destination)
+        try:
+            encoded = encode_sms(message.body, reference=next(self._references))
+        except ValueError as exc:
+            raise PermanentChannelError(str(exc)) from exc
+        fields = self._submit_fields(destination, encoded.data_coding, encoded.esm_class)
+        slots = _Slots(self._window, self._acquire_window(len(encoded.parts), timeout))
+        try:
+            written = self._write([{**fields, "short_message": part} for part in encoded.parts])
+        except BaseException:
+            slots.release_rest()
+            raise
+        for future in written.futures:
+            future.add_done_callback(slots.release_one)
+        return _Flight(index, message, encoded.encoding, written, slots, time.monotonic() + timeout)
+
+    def _land(self, flight: _Flight, timeout: float) -> SendOutcome:
+        """The message's outcome once its answers are in (or the submit timeout passed)."""
+        try:
+            ids = _judge(self._await(flight.written, flight.deadline, timeout))
+        except Exception as exc:  # noqa: BLE001 - ChannelError or not, it is this message's outcome
+            return self._logged(flight.message, exc)
+        finally:
+            flight.slots.release_rest()
+        log.debug("[channel:sms] [notification:%s] accepted %d %s part(s) to %s", flight.message.notification_id,
+                  len(ids), flight.encoding, mask_msisdn(flight.message.destination))
+        return SendResult(provider_message_ids=ids, provider_status="ESME_ROK", parts=len(ids),
+                          encoding=flight.encoding)
+
+    def _stalled(self, exc: _WindowFull) -> RouteUnreachableError:
+        """The SMSC answers nothing for a whole submit timeout: a route problem, not the messages'
+        (none of them was written), so they wait in `queued` like during any outage."""
+        address = f"{self._settings.host}:{self._settings.port}"
+        log.warning("[channel:sms] the SMSC at %s answers no submit (%s)", address, exc)
+        return RouteUnreachableError(f"the SMSC at {address} does not answer ({exc})", channel=self.name,
+                                     address=address, reason="no answer to submits")
+
+    def _logged(self, message: OutgoingMessage, exc: Exception) -> Exception:
+        """Log one message's failure like `send` does (an outage at debug: it is logged once)."""
+        tag = f"[channel:sms] [notification:{message.notification_id}]"
+        target = mask_msisdn(message.destination)
+        if isinstance(exc, RouteUnreachableError):
+            log.debug("%s not sent: %s", tag, exc)
+        elif isinstance(exc, OutcomeUnknownError):
+            log.warning("%s message to %s may or may not have reached the SMSC: %s", tag, target, exc)
+        else:
+            log.warning("%s message to %s not (fully) sent: %s", tag, target, exc)
+        return exc
 
     def _resolve(self, sequence: int, outcome: tuple[int, Any]) -> None:
         with self._pending_lock:
@@ -447,8 +563,9 @@ class SmppChannel:
         elif pdu.command != "submit_sm_resp":
             log.warning("[channel:sms] %s with status 0x%08x", pdu.command, pdu.status)
 
-    def _on_deliver_sm(self, pdu: Any, **_: Any) -> int | None:
-        """Hand a receipt to the sink; the returned status goes into deliver_sm_resp (None = OK)."""
+    def _on_deliver_sm(self, pdu: Any, client: Any = None, **_: Any) -> object:
+        """Queue a receipt for the writer thread (DEFERRED: it answers once stored), never touching
+        the database here; otherwise the status for deliver_sm_resp (None = OK)."""
         if pdu.command != "deliver_sm":
             return None  # alert_notification
         if not is_delivery_receipt(pdu.esm_class or 0):
@@ -459,15 +576,67 @@ class SmppChannel:
         if receipt is None:
             log.warning("[channel:sms] delivery receipt without a message id ignored")
             return None
-        if self._on_receipt is None:
+        if self._writer is None or client is None:
             return None
-        try:
-            self._on_receipt(receipt)
-        except Exception:
-            log.exception("[channel:sms] receipt sink failed for id %s; asking the SMSC to redeliver",
-                          receipt.provider_message_id)
-            return int(consts.SMPP_ESME_RX_T_APPN)
-        return None
+        if self._writer.offer(Inbound(receipt, client, pdu.sequence)):
+            return DEFERRED
+        log.info("[channel:sms] receipt queue full: asking the SMSC to deliver id %s again later",
+                 receipt.provider_message_id)
+        return int(consts.SMPP_ESME_RX_T_APPN)
+
+
+@dataclass(frozen=True)
+class _Written:
+    """One message's submit_sm PDUs on the wire and the Futures their answers complete."""
+
+    pdus: list[Any]
+    futures: list[Future[tuple[int, Any]]]
+
+
+class _Slots:
+    """The window places one message holds: released one per answer, the rest exactly once."""
+
+    def __init__(self, window: threading.BoundedSemaphore, held: int) -> None:
+        self._window, self._held, self._lock = window, held, threading.Lock()
+
+    def release_one(self, _future: object = None) -> None:
+        with self._lock:
+            if self._held == 0:
+                return
+            self._held -= 1
+        self._window.release()
+
+    def release_rest(self) -> None:
+        with self._lock:
+            held, self._held = self._held, 0
+        for _ in range(held):
+            self._window.release()
+
+
+@dataclass(frozen=True)
+class _Flight:
+    """A message of a batch that was written and awaits its answers."""
+
+    index: int
+    message: OutgoingMessage
+    encoding: str
+    written: _Written
+    slots: _Slots
+    deadline: float
+
+
+def _judge(outcomes: list[tuple[int, Any]]) -> list[str]:
+    """The SMSC's ids for a message whose every part was accepted; otherwise the ChannelError
+    (`PartiallySentError` when some parts were accepted and others not)."""
+    ids = [normalise_message_id(mid or b"") for status, mid in outcomes if status == consts.SMPP_ESME_ROK]
+    refused = [status for status, _ in outcomes if status != consts.SMPP_ESME_ROK]
+    if not refused:
+        return ids
+    error = _status_error(refused[0])
+    if ids:
+        raise PartiallySentError(f"{len(refused)} of {len(outcomes)} part(s) refused: {error}",
+                                 provider_status=error.provider_status, accepted_ids=ids)
+    raise error
 
 
 def _status_error(status: int) -> ChannelError:

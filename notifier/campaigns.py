@@ -20,7 +20,7 @@ from notifier.errors import InputError, NotFoundError
 from notifier.identifiers import LOCAL_TIMEZONE, get_zone, mask_identifier
 from notifier.ingest.records import DATE_PRECISION
 from notifier.models import (
-    Account, Campaign, ContactPoint, Feed, FeedItem, Notification, NotificationItem, utcnow,
+    Account, Campaign, ContactPoint, Feed, FeedItem, MessagePart, Notification, NotificationItem, utcnow,
 )
 from notifier.dispatch.outbox import ALL_STATES, CANCELLED, PLANNED, QUEUED, SCHEDULED, SUPPRESSED, transition_many
 from notifier.template_catalog import TemplateCatalog, load_catalog
@@ -298,9 +298,16 @@ def campaign_status(session: Session, campaign_id: int) -> dict[str, object]:
         "total": sum(states.values()),
         "states": {state: states[state] for state in ALL_STATES if states[state]},
         "by_channel": channels,
+        "resent_after_unknown": _resent_after_unknown(session, campaign_id),
         "created_at": _iso(campaign.created_at), "started_at": _iso(campaign.started_at),
         "finished_at": _iso(campaign.finished_at),
     }
+
+
+def _resent_after_unknown(session: Session, campaign_id: int) -> int:
+    from notifier.dispatch.unknown import resent_after_unknown
+
+    return resent_after_unknown(session, campaign_id)
 
 
 # --- listing ----------------------------------------------------------------------------------
@@ -334,3 +341,44 @@ def _campaign_row(campaign: Campaign, counts: Counter[str]) -> dict[str, object]
         "started_at": _iso(campaign.started_at), "finished_at": _iso(campaign.finished_at),
         "total": sum(counts.values()), "counts": {name: counts[name] for name in ALL_STATES},
     }
+
+
+# --- operator retry -----------------------------------------------------------------------------
+
+RETRYABLE_STATES = ("failed", "undelivered", "expired")
+
+
+def parse_retry_states(text: str) -> list[str]:
+    """"failed,undelivered" → the states an operator may send again; anything else (above all
+    `delivered`, `sent`, `unknown`) is refused: a retry never re-sends what arrived or may have."""
+    states = [part.strip().lower() for part in text.split(",") if part.strip()]
+    wrong = [state for state in states if state not in RETRYABLE_STATES]
+    if wrong or not states:
+        raise InputError(f"cannot retry state(s) {', '.join(wrong) or '(none)'}: "
+                         f"choose among {', '.join(RETRYABLE_STATES)}")
+    return list(dict.fromkeys(states))
+
+
+def retry_campaign(session: Session, campaign_id: int, states: list[str]) -> int:
+    """An operator's decision to send again the campaign's rows in `states` (failed, undelivered,
+    expired): they go back to `planned` with a fresh attempt count, their old message parts are
+    dropped (the events keep the history and the old provider ids), and the next `campaign run`
+    sends them. Never a delivered row: only the named final states move. Returns how many."""
+    campaign = get_campaign(session, campaign_id)
+    if campaign.state == "cancelled":
+        raise InputError(f"campaign {campaign_id} is cancelled: nothing to retry")
+    states = parse_retry_states(",".join(states))
+    moved: list[int] = []
+    for state in states:
+        for chunk in chunks(session.exec(select(Notification.id).where(
+                Notification.campaign_id == campaign_id, Notification.state == state)).all(), PLAN_BATCH):
+            moved += transition_many(
+                session, chunk, expected=state, to_state=PLANNED, source="operator",
+                detail=f"sent again on an operator's request (was {state})",
+                values={"attempts": 0, "reason": None, "claimed_by": None, "sent_at": None,
+                        "delivered_at": None, "enqueued_at": None})
+    for chunk in chunks(moved, PLAN_BATCH):
+        session.execute(sa.delete(MessagePart).where(MessagePart.notification_id.in_(chunk)))
+    if moved and campaign.state == "done":
+        campaign.state, campaign.finished_at = "planned", None
+    return len(moved)

@@ -186,6 +186,9 @@ class Campaign(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=_utc_column())
     finished_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    # Optional: past this time a route outage is no longer waited out (`campaign run` stops, rows
+    # stay queued). None: `dispatch.route_outage_max_seconds` alone bounds the wait.
+    ends_at: datetime | None = Field(default=None, sa_column=_utc_column())
 
     @property
     def channel_list(self) -> list[str]:
@@ -226,6 +229,9 @@ class Notification(SQLModel, table=True):
     claimed_at: datetime | None = Field(default=None, sa_column=_utc_column())
     created_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
     queued_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    # When the row's id was last handed to the broker: a row still `queued` long after it is
+    # handed over again by maintenance (its message may have died with Redis).
+    enqueued_at: datetime | None = Field(default=None, sa_column=_utc_column())
     sent_at: datetime | None = Field(default=None, sa_column=_utc_column())
     delivered_at: datetime | None = Field(default=None, sa_column=_utc_column())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
@@ -313,3 +319,20 @@ class InboundReceipt(SQLModel, table=True):
     applied_at: datetime | None = Field(default=None, sa_column=_utc_column())
     outcome: str | None = Field(default=None, max_length=32)  # applied | resolved_unknown | orphan
     notification_id: int | None = Field(default=None, foreign_key="notification.id")
+
+
+class SmppSession(SQLModel, table=True):
+    """An SMPP bind some process holds, and when its reader last ran.
+
+    An SMSC keeps the receipts of a session that died and hands them to the next bind; an
+    `unknown` SMS is sent again only after a session was alive (reading) some time after the row
+    became unknown, so those receipts had their chance (`notifier.dispatch.unknown`).
+    """
+
+    __tablename__ = "smpp_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(max_length=100)  # host:pid:n of the process and its bind
+    system_id: str = Field(max_length=32)
+    bound_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+    alive_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False, index=True))

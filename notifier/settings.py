@@ -142,13 +142,23 @@ class DispatchSettings(BaseModel):
     worker_threads: PositiveInt = 4
     sms_per_second: PositiveFloat = 50.0
     email_per_second: PositiveFloat = 20.0
+    # The two rates above are each route's total: with a broker (Redis) every worker on every machine
+    # shares them. Pacing stays this fraction under them, so network jitter never shows the provider
+    # a second over its agreed rate (it counts on its own clock).
+    rate_margin: Annotated[float, Field(ge=0.0, le=0.5)] = 0.02
     sms_diacritics: bool = True  # False: send the no-diacritics variant (fewer parts, GSM-7)
     send_lease_seconds: PositiveInt = 120  # a `sending` row older than this with no live owner is orphaned
     unknown_resend_after_seconds: PositiveInt = 900  # an `unknown` row with no receipt by then is sent again
     receipt_wait_seconds: NonNegativeFloat = 30.0  # `campaign run` waits this long for outstanding receipts
-    # `campaign run` stops (rows stay queued) when a route it still needs is unreachable this long;
-    # also how long a message bounced by a dead route waits in the broker before it is tried again.
+    # How long a message bounced by an unreachable route waits in the broker before it is tried
+    # again (the route watch re-queues the route's rows as soon as it answers).
     route_down_seconds: PositiveFloat = 30.0
+    # An outage is a pause: the embedded `campaign run` waits this long (or until the campaign's
+    # `ends_at`, whichever comes first) for a route it needs, then stops with one line, rows queued.
+    route_outage_max_seconds: PositiveFloat = 86400.0
+    # A `queued` row handed to the broker this long ago and still queued (its message lost with a
+    # Redis restart, skipped, expired) is handed to the broker again by maintenance.
+    requeue_after_seconds: PositiveFloat = 60.0
     max_retries: NonNegativeInt = 5
 
 

@@ -212,7 +212,7 @@ def test_usage_errors_are_one_line_pointing_at_help(args: list[str], expected: s
 def test_help_is_still_help() -> None:
     result = runner.invoke(app, ["campaign", "status", "--help"])
     assert result.exit_code == 0 and result.stderr == ""
-    assert "Counts per state and per channel." in result.stdout and "campaign_id" in result.stdout
+    assert "Counts per state and per channel" in result.stdout and "campaign_id" in result.stdout
 
 
 # --- ids ---------------------------------------------------------------------------------------

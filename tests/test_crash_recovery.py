@@ -91,3 +91,88 @@ def test_kill_9_mid_campaign_then_rerun_sends_each_notification_once(sqlite_url:
         assert {f"notification-{n.id}" for n in emails} == {mid.strip("<>").split("@")[0] for mid in mail_ids}
         duplicates = sum(count - 1 for count in mail_ids.values())
         assert duplicates <= len([nid for nid in resent if nid in {n.id for n in emails}])
+
+
+# --- an `unknown` SMS is decided once (issue 6, item 1) -----------------------------------------
+
+def _unknown_sms(session, seconds_ago: int = 120) -> Notification:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from notifier.models import utcnow
+    from tests.factories import add_account, add_notification
+
+    notification = add_notification(session, add_account(session, "U1"), state="unknown")
+    notification.updated_at = utcnow() - timedelta(seconds=seconds_ago)
+    session.flush()
+    return notification
+
+
+def test_an_unknown_sms_is_resent_only_after_an_smsc_was_heard_since(database_url: str) -> None:
+    from notifier.campaigns import campaign_status
+    from notifier.dispatch.receipts import record_session_alive
+    from notifier.dispatch.recovery import requeue_stale_unknown
+    from notifier.models import utcnow
+
+    with session_scope(database_url) as session:
+        row = _unknown_sms(session)
+        # the last session heard its SMSC before the row became unknown (a frozen or dead SMSC)
+        record_session_alive(session, owner="h:1:1", system_id="t", bound_at=row.updated_at,
+                             alive_at=row.updated_at)
+    with session_scope(database_url) as session:
+        assert requeue_stale_unknown(session, after_seconds=60) == []
+        record_session_alive(session, owner="h:1:2", system_id="t", bound_at=utcnow())
+    with session_scope(database_url) as session:
+        assert requeue_stale_unknown(session, after_seconds=60) == [row.id]
+        event = session.exec(select(DeliveryEvent).where(DeliveryEvent.notification_id == row.id,
+                                                         DeliveryEvent.to_state == "queued")).one()
+        assert event.detail.startswith("resent after unknown")
+        assert campaign_status(session, row.campaign_id)["resent_after_unknown"] == 1
+
+
+def test_stored_receipts_for_an_unknown_sms_are_applied_before_any_resend(database_url: str) -> None:
+    from channels.base import Receipt
+    from notifier.dispatch.receipts import record_receipt, record_session_alive
+    from notifier.dispatch.recovery import run_maintenance
+    from notifier.models import utcnow
+
+    with session_scope(database_url) as session:
+        row = _unknown_sms(session)
+        record_session_alive(session, owner="h:1:1", system_id="t", bound_at=utcnow())
+        # a receipt the SMSC handed over at the bind, not applied yet (and still within the grace)
+        record_receipt(session, Receipt(channel="sms", provider_message_id="beef", status="delivered",
+                                        raw_status="DELIVRD", destination=row.destination))
+    settings = make_settings(database_url, dispatch={"unknown_resend_after_seconds": 3})
+    assert run_maintenance(settings).requeued == []  # the receipt is pending: no resend
+    deadline = time.monotonic() + 15
+    while True:
+        with session_scope(database_url) as session:
+            state = session.get(Notification, row.id).state
+        if state == "delivered" or time.monotonic() > deadline:
+            break
+        run_maintenance(settings)
+        time.sleep(0.2)
+    assert state == "delivered"
+    with session_scope(database_url) as session:
+        assert session.exec(select(DeliveryEvent).where(DeliveryEvent.notification_id == row.id,
+                                                        DeliveryEvent.to_state == "queued")).all() == []
+
+
+def test_campaign_reconcile_lists_and_decides_unknown_rows(cli_db: str) -> None:
+    from typer.testing import CliRunner
+
+    import cli
+
+    with session_scope(cli_db) as session:
+        row = _unknown_sms(session)
+        campaign_id = row.campaign_id
+    runner = CliRunner()
+    listed = runner.invoke(cli.app, ["campaign", "reconcile", str(campaign_id), "--json"])
+    assert listed.exit_code == 0, listed.output
+    document = json.loads(listed.stdout)
+    assert [item["id"] for item in document["unknown"]] == [row.id]
+    assert "+84912345678" not in listed.stdout  # masked
+    decided = runner.invoke(cli.app, ["campaign", "reconcile", str(campaign_id), "--mark-failed", "--json"])
+    assert decided.exit_code == 0, decided.output
+    assert json.loads(decided.stdout)["decided"] == [row.id]
+    with session_scope(cli_db) as session:
+        assert session.get(Notification, row.id).state == "failed"

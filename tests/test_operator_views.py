@@ -343,15 +343,17 @@ def _run_process(campaign_id: int, env: dict[str, str]) -> subprocess.Popen[str]
                             cwd=PROJECT_ROOT)
 
 
-def test_route_lost_mid_run_stops_with_one_line_and_nothing_is_sent_twice(
+def test_route_lost_past_the_outage_limit_stops_with_one_line_and_nothing_is_sent_twice(
     sqlite_url: str, tmp_path: Path, cuttable_smsc: tuple[SmscPeer, CuttableRoute]
 ) -> None:
+    """An outage is a pause up to `route_outage_max_seconds` (here 2 s; 24 h by default, see
+    tests/test_dispatch_faults.py for a route that comes back): past it, one line, exit 2."""
     smsc, route = cuttable_smsc
     accounts = 12
     campaign_id = load_uniform_campaign(sqlite_url, tmp_path / "inputs", accounts=accounts, channels=["sms", "email"])
     with SmtpSink() as smtp:
         env = _env(sqlite_url, smpp_port=route.port, smtp_port=smtp.port, sms_per_second=6,
-                   route_down_seconds=2, unknown_resend_after_seconds=20)
+                   route_outage_max_seconds=2, unknown_resend_after_seconds=20)
         first = _run_process(campaign_id, env)
         deadline = time.monotonic() + WAIT_SECONDS
         while len(smsc.messages()) < 3:  # a few SMS out, most still to go

@@ -14,7 +14,7 @@ from channels.base import Receipt
 from notifier.db import session_scope
 from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, utcnow
 from notifier.dispatch.outbox import transition
-from notifier.dispatch.receipts import apply_pending_receipts, apply_receipt, record_receipt
+from notifier.dispatch.receipts import apply_pending_receipts, apply_receipt, record_receipt, record_session_alive
 from notifier.dispatch.recovery import mark_orphans_unknown, requeue_stale_unknown
 from tests.factories import add_account, add_notification
 
@@ -133,6 +133,7 @@ def test_an_unknown_row_without_receipt_is_queued_again_after_the_delay(database
     with session_scope(database_url) as session:
         notification = add_notification(session, add_account(session, "A1"), state="unknown")
         notification.updated_at = utcnow() - timedelta(seconds=120)
+        record_session_alive(session, owner="test", system_id="t", bound_at=utcnow())  # an SMSC was heard since
     with session_scope(database_url) as session:
         assert requeue_stale_unknown(session, after_seconds=600) == []
         assert requeue_stale_unknown(session, after_seconds=60) == [notification.id]

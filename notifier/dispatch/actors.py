@@ -1,22 +1,29 @@
-"""Broker set-up and the dramatiq actor. The broker carries notification ids, nothing else.
+"""Broker set-up and the dramatiq actor. The broker carries batches of notification ids, nothing else.
 
 Nothing happens at import time: `make_broker` picks the Redis broker when `broker_url` is set and
-an in-process `StubBroker` otherwise, and `declare_actors` binds the actor to that broker.
+an in-process `StubBroker` otherwise, and `declare_actors` binds the actor to that broker. One
+message names up to `BATCH_SIZE` rows: the worker claims, sends and records them together, and a
+message delivered twice (or two workers given the same ids) still sends each row once, because
+the claim is a compare-and-set on the rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
-from notifier.dispatch.delivery import RetryLater, deliver
+from notifier.dispatch.delivery import deliver_batch
 from notifier.dispatch.runtime import current_runtime
 from notifier.settings import Settings
 
 QUEUE_NAME = "notifications"
-SEND_TIME_LIMIT_MS = 120_000
+ACTOR_NAME = "send_notifications"
+BATCH_SIZE = 100  # ids per broker message: one claim, one send window's worth, one record
+# A batch is paced in ~1-second chunks; at the lowest sane rates 100 rows still end well inside this.
+SEND_TIME_LIMIT_MS = 600_000
 
 
 def make_broker(settings: Settings) -> dramatiq.Broker:
@@ -30,31 +37,42 @@ def make_broker(settings: Settings) -> dramatiq.Broker:
     return RedisBroker(url=settings.broker_url, namespace=settings.broker_namespace)
 
 
-def send_notification(notification_id: int) -> None:
-    """Actor body: deliver one notification; a transient error comes back through the broker."""
-    try:
-        deliver(current_runtime(), notification_id)
-    except RetryLater as exc:
-        raise dramatiq.Retry(str(exc), delay=exc.delay_ms) from exc
-
-
 def declare_actors(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor:
-    """Bind `send_notification` to `broker`. The row's `attempts` column, not the broker, decides
-    when to give up, so the broker's retry budget is just above ours."""
-    return dramatiq.actor(
-        send_notification,
+    """Bind the batch actor to `broker`. Rows that must wait (a retryable refusal, a route down)
+    go back to the broker as a new, delayed batch; the rows' `attempts` column decides when to
+    give up, never a counter in the broker."""
+    actor: dramatiq.Actor | None = None
+
+    def send_notifications(notification_ids: list[int] | int) -> None:
+        """Actor body: deliver a batch; what must wait is re-sent with its delay."""
+        ids = [notification_ids] if isinstance(notification_ids, int) else list(notification_ids)
+        report = deliver_batch(current_runtime(), ids)
+        for delay_ms, waiting in sorted(report.retry.items()):
+            for chunk in _chunks(waiting, BATCH_SIZE):
+                actor.send_with_options(args=(chunk,), delay=delay_ms)  # type: ignore[union-attr]
+
+    actor = dramatiq.actor(
+        send_notifications,
         broker=broker,
-        actor_name="send_notification",
+        actor_name=ACTOR_NAME,
         queue_name=QUEUE_NAME,
         max_retries=settings.dispatch.max_retries + 2,
         time_limit=SEND_TIME_LIMIT_MS,
     )
+    return actor
 
 
-def enqueue_all(actor: dramatiq.Actor, notification_ids: Iterable[int]) -> int:
-    """Send one message per id; a duplicate message is harmless (the claim is a compare-and-set)."""
+def enqueue_all(actor: dramatiq.Actor, notification_ids: Iterable[int], *, batch_size: int = BATCH_SIZE) -> int:
+    """Hand ids to the broker, one message per `batch_size` of them (call it after the commit that
+    queued them); returns how many ids. A duplicate is harmless: the claim is a compare-and-set."""
     count = 0
-    for notification_id in notification_ids:
-        actor.send(notification_id)
-        count += 1
+    for chunk in _chunks(notification_ids, batch_size):
+        actor.send(chunk)
+        count += len(chunk)
     return count
+
+
+def _chunks(ids: Iterable[int], size: int) -> Iterable[list[int]]:
+    iterator = iter(ids)
+    while chunk := [int(nid) for nid in islice(iterator, size)]:
+        yield chunk

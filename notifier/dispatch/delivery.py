@@ -1,9 +1,13 @@
-"""Send one notification: claim the row, render, pace, hand to the channel, record the answer.
+"""Send notifications in batches: load and render in memory, pace, claim, send through the
+channel's window, record the answers — each a fixed number of statements per batch.
 
-This is the whole job of the `send_notification` actor, as a plain function. Each step that
-changes state is its own short transaction, so that a crash leaves the row in a state that says
-exactly what is known: `queued` (nothing happened), `sending` (the provider may have it: the
-recovery makes it `unknown`), `sent` (the provider accepted it).
+This is the whole job of the `send_notifications` actor, as a plain function. The row says
+exactly what is known after a crash: `queued` (nothing happened; pacing waits here, before the
+claim), `sending` (the provider may have it: the recovery makes it `unknown`), `sent` (the
+provider accepted it). A claim is one `UPDATE … RETURNING` on the rows still `queued` in campaigns
+not held, so two workers given the same batch send each row once. Anything unexpected for a row
+(a template that overflows a date, a bug) ends that row `failed` with the error class as its
+reason; the batch's other rows carry on.
 """
 
 from __future__ import annotations
@@ -11,20 +15,20 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlmodel import select
+import sqlalchemy as sa
 
-from channels.base import OutgoingMessage, SendResult
+from channels.base import OutgoingMessage, SendOutcome, send_all
 from notifier.db import session_scope
-from notifier.errors import (
-    InputError, NotifierError, OutcomeUnknownError, PermanentChannelError, RouteUnreachableError,
-    TransientChannelError,
+from notifier.errors import InputError, NotifierError, RouteUnreachableError
+from notifier.models import Account, Campaign, Notification, utcnow
+from notifier.dispatch.outbox import FAILED, QUEUED, SENDING, UNKNOWN, RowMove, transition_rows
+from notifier.dispatch.ratelimit import is_throttling
+from notifier.dispatch.recording import (
+    BatchReport, Send, log_sent, log_unexpected, record_outcomes, unexpected_reason,
 )
-from notifier.identifiers import mask_identifier
-from notifier.models import Account, Campaign, MessagePart, Notification, utcnow
-from notifier.dispatch.outbox import DELIVERED, FAILED, QUEUED, SENDING, SENT, UNKNOWN, transition
 from notifier.rendering import RenderedMessage, parse_moment
 from notifier.dispatch.runtime import Runtime
 from notifier.sms import count_parts, sms_encoding
@@ -32,102 +36,199 @@ from notifier.sms import count_parts, sms_encoding
 log = logging.getLogger(__name__)
 
 HELD_CAMPAIGN_STATES = frozenset({"paused", "cancelled"})
+__all__ = ["BatchReport", "HELD_CAMPAIGN_STATES", "RetryLater", "Send", "deliver", "deliver_batch"]
 
 
 class RetryLater(NotifierError):
-    """Raised when a transient channel error put the row back to `queued`: the broker retries it."""
+    """Raised by `deliver` when the row went back to `queued` and the broker should retry it."""
 
     def __init__(self, message: str, *, delay_ms: int) -> None:
         super().__init__(message)
         self.delay_ms = delay_ms
 
 
-@dataclass(frozen=True)
-class Send:
-    """One rendered message on its way: what `prepare` built and `claim` committed to send."""
-
-    notification_id: int
-    campaign_id: int
-    channel: str
-    attempt: int
-    message: OutgoingMessage
-    parts: int
-
-
 def deliver(runtime: Runtime, notification_id: int) -> str:
-    """Send notification `notification_id` at most once; returns what happened, for logs and tests."""
-    prepared = prepare(runtime, notification_id)
-    if isinstance(prepared, str):
-        return prepared
+    """Send one notification at most once (a batch of one); returns what happened."""
+    report = deliver_batch(runtime, [notification_id])
+    for delay_ms, ids in report.retry.items():
+        if notification_id in ids:
+            raise RetryLater(f"notification {notification_id} queued again", delay_ms=delay_ms)
+    return report.outcomes.get(notification_id, "skipped")
+
+
+def deliver_batch(runtime: Runtime, notification_ids: Iterable[int]) -> BatchReport:
+    """Send every still-`queued` row of the batch once; the report says what became of each id
+    and which ids go back to the broker, after which delay."""
+    report = BatchReport()
+    ids = sorted(set(notification_ids))
+    if not ids:
+        return report
+    sends = _prepare(runtime, ids, report)
+    by_channel: dict[str, list[Send]] = {}
+    for send in sends:
+        by_channel.setdefault(send.channel, []).append(send)
+    for channel, group in by_channel.items():
+        for chunk in _paced_chunks(runtime, channel, group):
+            _send_chunk(runtime, channel, chunk, report)
+    return report
+
+
+# -- load and render ---------------------------------------------------------------------------
+
+_N, _C, _A = Notification.__table__.c, Campaign.__table__.c, Account.__table__.c
+
+
+def _prepare(runtime: Runtime, ids: list[int], report: BatchReport) -> list[Send]:
+    """One SELECT for the batch, rendering in memory; rows that cannot be rendered fail at once."""
+    with session_scope(runtime.settings.database_url) as session:
+        rows = session.execute(
+            sa.select(_N.id, _N.campaign_id, _N.channel, _N.destination, _N.state, _N.context, _N.attempts,
+                      _C.template, _C.state.label("campaign_state"), _A.language)
+            .join(Campaign.__table__, _C.id == _N.campaign_id).join(Account.__table__, _A.id == _N.account_id)
+            .where(_N.id.in_(ids))
+        ).all()
+    report.note(ids, "missing")
+    sends: list[Send] = []
+    broken: list[tuple[int, BaseException]] = []
+    for row in rows:
+        if row.state != QUEUED:
+            report.note([row.id], "skipped")
+        elif row.campaign_state in HELD_CAMPAIGN_STATES:
+            report.note([row.id], "held")
+        else:
+            try:
+                sends.append(_render_send(runtime, row))
+            except Exception as exc:  # noqa: BLE001 - this row fails alone, the batch carries on
+                broken.append((row.id, exc))
+    if broken:
+        _fail_queued(runtime, broken, report, stage="rendering")
+    return sends
+
+
+def _render_send(runtime: Runtime, row: Any) -> Send:
+    rendered = runtime.renderer.render(
+        row.template, row.channel, language=row.language or runtime.settings.default_language,
+        context=template_context(row, runtime), strip_sms_diacritics=not runtime.settings.dispatch.sms_diacritics,
+    )
+    message = OutgoingMessage(notification_id=row.id, destination=row.destination or "", body=rendered.body,
+                              subject=rendered.subject, html=rendered.html, reference=f"notification-{row.id}")
+    parts = count_parts(rendered.body) if row.channel == "sms" else 1
+    return Send(row.id, row.campaign_id, row.channel, row.attempts + 1, message, parts)
+
+
+def _fail_queued(runtime: Runtime, broken: Sequence[tuple[int, BaseException]], report: BatchReport,
+                 *, stage: str) -> None:
+    """queued → failed for rows that cannot be sent: a template error says so, anything else
+    names its error class (and is logged once)."""
+    moves = []
+    unexpected = [(nid, exc) for nid, exc in broken if not isinstance(exc, NotifierError)]
+    for nid, exc in broken:
+        if isinstance(exc, NotifierError):
+            moves.append(RowMove(nid, {"reason": f"template error: {exc}"[:300]}, detail=f"cannot render: {exc}"))
+        else:
+            reason = unexpected_reason(exc)
+            moves.append(RowMove(nid, {"reason": reason}, detail=f"{stage}: {reason}"))
+    for exc_type in {type(exc) for _, exc in unexpected}:
+        first = next(exc for _, exc in unexpected if type(exc) is exc_type)
+        log_unexpected([nid for nid, exc in unexpected if type(exc) is exc_type], first, stage)
+    with session_scope(runtime.settings.database_url) as session:
+        moved = transition_rows(session, moves, expected=QUEUED, to_state=FAILED, source="worker")
+    report.note(moved, "failed")
+
+
+# -- pace, claim, send, record -----------------------------------------------------------------
+
+def _paced_chunks(runtime: Runtime, channel: str, sends: list[Send]) -> Iterable[list[Send]]:
+    """About one second of the route's rate per chunk, so a claimed row never waits for pacing
+    in `sending`, and a slow route does not hold a long batch claimed."""
+    per_second = {"sms": runtime.settings.dispatch.sms_per_second,
+                  "email": runtime.settings.dispatch.email_per_second}.get(channel, 1.0)
+    budget = max(1, int(per_second))
+    chunk: list[Send] = []
+    parts = 0
+    for send in sends:
+        if chunk and parts + send.parts > budget:
+            yield chunk
+            chunk, parts = [], 0
+        chunk.append(send)
+        parts += send.parts
+    if chunk:
+        yield chunk
+
+
+def _send_chunk(runtime: Runtime, channel: str, sends: list[Send], report: BatchReport) -> None:
+    """Route check and pacing (rows still `queued`), claim, send, record."""
+    delay_ms = max(1000, int(runtime.settings.dispatch.route_down_seconds * 1000))
     try:
-        runtime.channel(prepared.channel).check()  # cheap while the route works
+        adapter = runtime.channel(channel)
+        adapter.check()  # cheap while the route works
+        runtime.limiter(channel).acquire(sum(send.parts for send in sends))
     except RouteUnreachableError as exc:
-        raise _route_down(runtime, exc) from None  # the row stays `queued`, untouched
-    # Pace before claiming: a row waits for its turn in `queued`, never in `sending`, so a slow
-    # route cannot make a live sender look dead to the recovery.
-    runtime.limiter(prepared.channel).acquire(prepared.parts)
-    claimed = claim(runtime, prepared)
-    if claimed is None:
-        return "skipped"
-    tag = f"[campaign:{claimed.campaign_id}] [notification:{notification_id}] [channel:{claimed.channel}]"
+        # The rows stay `queued`, untouched; the broker keeps them until the route is back. Logged
+        # at debug: `campaign run` / the worker report the outage once.
+        log.debug("[channel:%s] route unreachable (%s); %d message(s) back to the broker for %d ms",
+                  channel, exc.reason, len(sends), delay_ms)
+        report.retry_later([send.notification_id for send in sends], delay_ms, "waiting")
+        return
+    except Exception as exc:  # noqa: BLE001 - a rate of 0, an unknown channel, a bug: fail, never hang
+        _fail_queued(runtime, [(send.notification_id, exc) for send in sends], report, stage="pacing")
+        return
+    claimed = claim_batch(runtime, sends)
+    owned = {send.notification_id for send in claimed}
+    report.note([send.notification_id for send in sends if send.notification_id not in owned], "skipped")
+    if not claimed:
+        return
+    outcomes = _send_all(adapter, claimed)
+    if any(is_throttling(getattr(outcome, "provider_status", None)) for outcome in outcomes):
+        runtime.limiter(channel).throttled()  # every worker on the route slows down (ratelimit.py)
+    _record(runtime, claimed, outcomes, report, route_down_ms=delay_ms)
+    log_sent(claimed, report)
+
+
+def claim_batch(runtime: Runtime, sends: Sequence[Send]) -> list[Send]:
+    """queued → sending for the rows still queued in campaigns not held, with the text about to
+    go out, in one transaction; returns the sends this process now owns."""
+    moves = [RowMove(send.notification_id, {
+        "attempts": send.attempt, "text": send.message.body, "subject": send.message.subject, "parts": send.parts,
+        "encoding": sms_encoding(send.message.body) if send.channel == "sms" else "utf-8",
+    }, detail=f"attempt {send.attempt} by {runtime.owner}") for send in sends]
+    running = _N.campaign_id.in_(sa.select(_C.id).where(_C.state.notin_(HELD_CAMPAIGN_STATES)))
+    with session_scope(runtime.settings.database_url) as session:
+        moved = set(transition_rows(session, moves, expected=QUEUED, to_state=SENDING, source="worker",
+                                    values={"claimed_by": runtime.owner, "claimed_at": utcnow()},
+                                    only_if=running, skip_locked=True))
+    return [send for send in sends if send.notification_id in moved]
+
+
+def _send_all(adapter: Any, sends: list[Send]) -> list[SendOutcome]:
+    """One outcome per claimed send; should the adapter itself blow up, that is every row's outcome."""
     try:
-        result = runtime.channel(claimed.channel).send(claimed.message)
-    except TransientChannelError as exc:
-        return _after_transient_error(runtime, claimed, exc, tag)
-    except PermanentChannelError as exc:
-        _record_failure(runtime, claimed, str(exc), exc.provider_status)
-        log.warning("%s refused for good: %s", tag, exc.provider_status or exc)
-        return "failed"
-    record_sent(runtime, claimed, result)
-    log.info("%s sent to %s in %d part(s)", tag,
-             mask_identifier(_identifier_kind(claimed.channel), claimed.message.destination), result.parts)
-    return "sent"
+        outcomes = send_all(adapter, [send.message for send in sends])
+        if len(outcomes) != len(sends):
+            raise RuntimeError(f"channel returned {len(outcomes)} outcomes for {len(sends)} messages")
+        return outcomes
+    except Exception as exc:  # noqa: BLE001 - recorded per row as an unexpected failure
+        return [exc] * len(sends)
 
 
-def prepare(runtime: Runtime, notification_id: int) -> Send | str:
-    """Render a queued notification (nothing changes yet), or say why it is not to be sent."""
-    with session_scope(runtime.settings.database_url) as session:
-        found = session.exec(
-            select(Notification, Campaign, Account)
-            .join(Campaign, Campaign.id == Notification.campaign_id)
-            .join(Account, Account.id == Notification.account_id)
-            .where(Notification.id == notification_id)
-        ).first()
-        if found is None:
-            return "missing"
-        notification, campaign, account = found
-        if notification.state != QUEUED:
-            return "skipped"
-        if campaign.state in HELD_CAMPAIGN_STATES:
-            return "held"
-        try:
-            rendered = render_notification(runtime, notification, campaign, account)
-        except NotifierError as exc:
-            transition(session, notification_id, expected=QUEUED, to_state=FAILED, source="worker",
-                       detail=f"cannot render: {exc}", values={"reason": f"template error: {exc}"[:300]})
-            return "failed"
-        message = OutgoingMessage(
-            notification_id=notification_id, destination=notification.destination or "",
-            body=rendered.body, subject=rendered.subject, html=rendered.html,
-            reference=f"notification-{notification_id}",
-        )
-        parts = count_parts(rendered.body) if notification.channel == "sms" else 1
-        return Send(notification_id, notification.campaign_id, notification.channel,
-                       notification.attempts + 1, message, parts)
-
-
-def claim(runtime: Runtime, prepared: Send) -> Send | None:
-    """Move the row queued → sending with the text about to go out; None if another took it."""
-    message = prepared.message
-    with session_scope(runtime.settings.database_url) as session:
-        moved = transition(
-            session, prepared.notification_id, expected=QUEUED, to_state=SENDING, source="worker",
-            detail=f"attempt {prepared.attempt} by {runtime.owner}",
-            values={"claimed_by": runtime.owner, "claimed_at": utcnow(), "attempts": prepared.attempt,
-                    "text": message.body, "subject": message.subject, "parts": prepared.parts,
-                    "encoding": sms_encoding(message.body) if prepared.channel == "sms" else "utf-8"},
-        )
-    return prepared if moved else None
+def _record(runtime: Runtime, claimed: list[Send], outcomes: list[SendOutcome], report: BatchReport,
+            *, route_down_ms: int) -> None:
+    """One transaction for the batch's answers. Should it fail, the rows become `unknown` (the
+    provider may have them) rather than stay `sending` until the lease runs out."""
+    settings = runtime.settings
+    try:
+        with session_scope(settings.database_url) as session:
+            record_outcomes(session, claimed, outcomes, max_attempts=settings.dispatch.max_retries + 1,
+                            route_down_ms=route_down_ms, report=report,
+                            email_accepted_is_delivery=settings.smtp.accepted_means_delivered)
+    except Exception as exc:
+        ids = [send.notification_id for send in claimed]
+        log_unexpected(ids, exc, "recording")
+        with session_scope(settings.database_url) as session:
+            detail = f"answer not recorded ({type(exc).__name__}): outcome unknown"
+            moved = transition_rows(session, [RowMove(nid, detail=detail) for nid in ids], expected=SENDING,
+                                    to_state=UNKNOWN, source="worker", values={"claimed_by": None})
+        report.note(moved, "unknown")
 
 
 def render_notification(
@@ -178,92 +279,3 @@ def parse_reference_code(text: str) -> tuple[int, int]:
     if match is None:
         raise InputError("not a reference code: expected CB-<campaign>-<notification>, e.g. CB-12-3456")
     return int(match.group(1)), int(match.group(2))
-
-
-def record_sent(runtime: Runtime, claimed: Send, result: SendResult) -> None:
-    with session_scope(runtime.settings.database_url) as session:
-        moved = transition(
-            session, claimed.notification_id, expected=SENDING, to_state=SENT, source="worker",
-            provider_status=result.provider_status,
-            detail=f"{result.parts} part(s): {', '.join(result.provider_message_ids)}"[:500],
-            values={"sent_at": utcnow(), "parts": result.parts, "claimed_by": None},
-        )
-        if not moved:
-            log.error("[notification:%s] accepted by the provider but no longer in 'sending'",
-                      claimed.notification_id)
-        for part_no, message_id in enumerate(result.provider_message_ids, start=1):
-            session.add(MessagePart(notification_id=claimed.notification_id, part_no=part_no,
-                                    channel=claimed.channel, provider_message_id=message_id,
-                                    state="delivered" if _accepted_is_delivery(runtime, claimed) else "sent"))
-        if moved and _accepted_is_delivery(runtime, claimed):
-            transition(session, claimed.notification_id, expected=SENT, to_state=DELIVERED, source="smtp",
-                       provider_status=result.provider_status,
-                       detail="accepted by the recipients' mail server", values={"delivered_at": utcnow()})
-
-
-def _accepted_is_delivery(runtime: Runtime, claimed: Send) -> bool:
-    return claimed.channel == "email" and runtime.settings.smtp.accepted_means_delivered
-
-
-def _after_transient_error(runtime: Runtime, claimed: Send, exc: TransientChannelError, tag: str) -> str:
-    if isinstance(exc, RouteUnreachableError):
-        # Nothing left here: the route is down, not the message. The attempt is given back, so an
-        # outage never fails a row; `campaign run` / the worker deal with the outage itself.
-        with session_scope(runtime.settings.database_url) as session:
-            transition(session, claimed.notification_id, expected=SENDING, to_state=QUEUED, source="worker",
-                       provider_status=exc.provider_status, detail=f"not sent: {exc}",
-                       values={"claimed_by": None, "attempts": claimed.attempt - 1})
-        raise _route_down(runtime, exc)
-    if isinstance(exc, OutcomeUnknownError):
-        # The provider may have it: sending again now could deliver it twice. Like a sender that
-        # died mid-send, the row is `unknown` until its receipt or the resend delay (recovery).
-        with session_scope(runtime.settings.database_url) as session:
-            transition(session, claimed.notification_id, expected=SENDING, to_state=UNKNOWN, source="worker",
-                       provider_status=exc.provider_status, detail=f"outcome unknown: {exc}",
-                       values={"claimed_by": None})
-        log.info("%s outcome unknown (%s): waiting for a receipt or the resend delay", tag, exc)
-        return "unknown"
-    accepted = getattr(exc, "accepted_ids", None)
-    if accepted:
-        # Part of a long SMS went out: sending it all again would duplicate those parts.
-        _record_failure(runtime, claimed, f"only {len(accepted)} part(s) accepted: {exc}",
-                        exc.provider_status, accepted_ids=list(accepted))
-        return "failed"
-    max_attempts = runtime.settings.dispatch.max_retries + 1
-    if claimed.attempt >= max_attempts:
-        _record_failure(runtime, claimed, f"gave up after {claimed.attempt} attempts: {exc}", exc.provider_status)
-        return "failed"
-    with session_scope(runtime.settings.database_url) as session:
-        transition(session, claimed.notification_id, expected=SENDING, to_state=QUEUED, source="worker",
-                   provider_status=exc.provider_status, detail=f"temporary error: {exc}",
-                   values={"claimed_by": None})
-    delay_ms = min(1000 * 2 ** claimed.attempt, 300_000)
-    log.info("%s temporary error (%s); retry in %d ms", tag, exc, delay_ms)
-    raise RetryLater(str(exc), delay_ms=delay_ms)
-
-
-def _route_down(runtime: Runtime, exc: RouteUnreachableError) -> RetryLater:
-    """The broker keeps the message for `route_down_seconds`: by then the route is back (and the
-    run re-queues what waits) or `campaign run` has stopped. Logged at debug: once per message
-    would be hundreds of lines for one outage."""
-    delay_ms = max(1000, int(runtime.settings.dispatch.route_down_seconds * 1000))
-    log.debug("[channel:%s] route unreachable (%s); message back to the broker for %d ms",
-              exc.channel, exc.reason, delay_ms)
-    return RetryLater(str(exc), delay_ms=delay_ms)
-
-
-def _record_failure(
-    runtime: Runtime, claimed: Send, reason: str, provider_status: str | None,
-    accepted_ids: list[str] | None = None,
-) -> None:
-    with session_scope(runtime.settings.database_url) as session:
-        transition(session, claimed.notification_id, expected=SENDING, to_state=FAILED, source="worker",
-                   provider_status=provider_status, detail=reason,
-                   values={"reason": reason[:300], "claimed_by": None})
-        for part_no, message_id in enumerate(accepted_ids or [], start=1):
-            session.add(MessagePart(notification_id=claimed.notification_id, part_no=part_no,
-                                    channel=claimed.channel, provider_message_id=message_id))
-
-
-def _identifier_kind(channel: str) -> str:
-    return "email" if channel == "email" else "msisdn"

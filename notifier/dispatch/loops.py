@@ -5,11 +5,17 @@ send, and this loop queues rows, runs maintenance and follows progress until eve
 settled. Production: `notifier worker` processes consume from Redis; `campaign run` queues rows
 and follows. Both loops may stop at any moment: the database says what is left.
 
+The broker learns of a row only after the transaction that queued it committed, and the
+database re-drives the broker (`notifier.dispatch.redrive`): a `queued` row whose message was lost
+is handed over again by maintenance. A database or broker that goes away is waited out, with one
+log line when it goes and one when it is back; neither loop ends because of it.
+
 A route that cannot be reached (SMSC or mail relay down) is not the messages' fault: the embedded
 `campaign run` checks every route it needs before it queues anything and stops with one line if
-one is down; if a route goes away during the run, its rows wait in `queued` (no attempt counted),
-and the run stops after `dispatch.route_down_seconds` unless the route comes back. A later
-`campaign run` sends what is left, once.
+one is down; if a route goes away during the run, it is a pause: its rows wait in `queued` (no
+attempt counted), the route is probed with capped backoff, and sending resumes by itself when it
+answers. Only after `dispatch.route_outage_max_seconds` (or the campaign's `ends_at`) does the run
+stop, with one line; a later `campaign run` sends what is left, once.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import dramatiq
 import sqlalchemy as sa
@@ -31,6 +38,7 @@ from notifier.errors import ConfigError, NotifierError, RouteUnreachableError
 from notifier.models import Campaign, Notification, utcnow
 from notifier.dispatch.outbox import PENDING_STATES, PLANNED, QUEUED, SENT, transition_many
 from notifier.dispatch.recovery import run_maintenance
+from notifier.dispatch.redrive import Availability, hand_over, mark_enqueued, outage_errors
 from notifier.dispatch.runtime import Runtime, activate, deactivate, make_runtime
 from notifier.dispatch.routes import RouteWatch, unreachable_message
 from notifier.settings import Settings
@@ -48,16 +56,21 @@ class CampaignHalted(NotifierError):
 
 
 def queue_campaign(session: Session, campaign_id: int, *, include_queued: bool) -> list[int]:
-    """planned → queued for the campaign; with `include_queued`, also rows already queued
-    (their broker messages may have died with an earlier process)."""
+    """planned → queued for the campaign, recorded as handed to the broker now; with
+    `include_queued`, also rows already queued (their broker messages may have died with an
+    earlier process). The caller hands the ids to the broker only AFTER this session committed
+    (`hand_over(..., marked=True)`): a worker reading the row earlier would find it `planned`."""
     planned = session.exec(select(Notification.id).where(
         Notification.campaign_id == campaign_id, Notification.state == PLANNED)).all()
+    now = utcnow()
     ids = transition_many(session, planned, expected=PLANNED, to_state=QUEUED, source="dispatcher",
-                          values={"queued_at": utcnow()})
+                          values={"queued_at": now, "enqueued_at": now})
     if include_queued:
         moved = set(ids)
-        ids += [nid for nid in session.exec(select(Notification.id).where(
+        waiting = [nid for nid in session.exec(select(Notification.id).where(
             Notification.campaign_id == campaign_id, Notification.state == QUEUED)).all() if nid not in moved]
+        mark_enqueued(session, waiting)
+        ids += waiting
     return ids
 
 
@@ -66,8 +79,10 @@ def run_campaign(settings: Settings, campaign_id: int, on_progress: ProgressCall
     until an operator pauses or cancels it. Running a paused campaign resumes it.
 
     Embedded mode raises CampaignHalted, having changed nothing, when a route the campaign still
-    needs cannot be reached; and, having paused the campaign, when one stays unreachable for
-    `dispatch.route_down_seconds` during the run. (With a broker the workers send, so the routes
+    needs cannot be reached at the start. A route lost during the run is a pause: rows wait in
+    `queued` and sending resumes when it answers; only when it stays unreachable for
+    `dispatch.route_outage_max_seconds` (or past the campaign's `ends_at`) is the campaign paused
+    and CampaignHalted raised. (With a broker the workers send, so the routes
     that matter are theirs: `notifier worker` holds messages while a route is down.)
     """
     settings.check_secrets()
@@ -75,7 +90,7 @@ def run_campaign(settings: Settings, campaign_id: int, on_progress: ProgressCall
         campaign = get_campaign(session, campaign_id)
         if campaign.state == "cancelled":
             return campaign_status(session, campaign_id)
-        channels = campaign.channel_list
+        channels, ends_at = campaign.channel_list, campaign.ends_at
         needed = channels_with_work(session, campaign_id, channels)
     broker = make_broker(settings)
     actor = declare_actors(broker, settings)
@@ -84,7 +99,7 @@ def run_campaign(settings: Settings, campaign_id: int, on_progress: ProgressCall
         with _embedded_worker(settings, broker, runtime):
             _mark_running(settings, campaign_id)
             watch = RouteWatch(runtime, channels) if runtime is not None else None
-            status = _follow(settings, campaign_id, actor, on_progress, watch)
+            status = _follow(settings, campaign_id, actor, on_progress, watch, ends_at)
     except _RouteLost as lost:
         raise _halt(settings, campaign_id, lost.outages) from None
     with session_scope(settings.database_url) as session:
@@ -150,19 +165,40 @@ class _RouteLost(Exception):
         self.outages = outages
 
 
+class _Outages:
+    """The database and the broker as seen by one loop: each logs once when it goes, once when back."""
+
+    def __init__(self, database_url: str) -> None:
+        from notifier.db import shown_url
+
+        self.database = Availability(f"the database {shown_url(database_url)}", log)
+        self.broker = Availability("the broker (Redis)", log)
+
+
 def _watch_routes(settings: Settings, campaign_id: int, actor: dramatiq.Actor, watch: RouteWatch,
-                  status: dict[str, object]) -> None:
-    """Re-queue the rows of a route that came back (their broker messages may have run out of
+                  status: dict[str, object], outages: _Outages, ends_at: datetime | None) -> None:
+    """Hand over the rows of a route that came back (their broker messages may have run out of
     retries meanwhile; a duplicate is harmless), and give up on a route that has rows to send and
-    has been down for `route_down_seconds`. Only routes with rows still to send are checked."""
+    has been down for `route_outage_max_seconds` or past the campaign's end. Only routes with rows
+    still to send are checked."""
     by_channel: dict[str, dict[str, int]] = status["by_channel"]  # type: ignore[assignment]
     busy = [name for name, counts in by_channel.items() if any(counts.get(state) for state in PENDING_STATES)]
-    for channel in watch.poll(busy):
+    for channel in watch.poll(set(busy) | set(watch.down)):
         with session_scope(settings.database_url) as session:
-            enqueue_all(actor, queued_ids(session, channel=channel, campaign_id=campaign_id))
-    lost = watch.lasting(busy, settings.dispatch.route_down_seconds)
+            ids = queued_ids(session, channel=channel, campaign_id=campaign_id)
+        hand_over(settings.database_url, lambda batch: enqueue_all(actor, batch), ids, broker=outages.broker)
+    lost = watch.lasting(busy, _outage_allowance(settings, ends_at))
     if lost:
         raise _RouteLost(lost)
+
+
+def _outage_allowance(settings: Settings, ends_at: datetime | None) -> float:
+    """How long a route may stay down before the run gives up: `route_outage_max_seconds`, or
+    less when the campaign's `ends_at` comes sooner (0 once it has passed)."""
+    allowance = settings.dispatch.route_outage_max_seconds
+    if ends_at is not None:
+        allowance = min(allowance, max(0.0, (ends_at - utcnow()).total_seconds()))
+    return allowance
 
 
 def _halt(settings: Settings, campaign_id: int, lost: list[tuple[RouteUnreachableError, float]]) -> CampaignHalted:
@@ -180,21 +216,31 @@ def _halt(settings: Settings, campaign_id: int, lost: list[tuple[RouteUnreachabl
 
 
 def _follow(settings: Settings, campaign_id: int, actor: dramatiq.Actor,
-            on_progress: ProgressCallback | None, watch: RouteWatch | None) -> dict[str, object]:
-    with session_scope(settings.database_url) as session:
-        enqueue_all(actor, queue_campaign(session, campaign_id, include_queued=True))
+            on_progress: ProgressCallback | None, watch: RouteWatch | None,
+            ends_at: datetime | None = None) -> dict[str, object]:
+    """Queue the campaign (commit, then enqueue), then once a second: maintenance, progress,
+    route watch, until nothing is pending and receipts are in, or an operator holds it.
+    A database or broker outage is waited out (logged once each way), never the end of the run."""
+    outages = _Outages(settings.database_url)
+    enqueue = lambda ids: enqueue_all(actor, ids)  # noqa: E731
+    queued = _until_database_answers(settings, outages, lambda: _queue(settings, campaign_id))
+    hand_over(settings.database_url, enqueue, queued, marked=True, broker=outages.broker)
     settled_since: float | None = None
     while True:
-        run_maintenance(settings, lambda ids: enqueue_all(actor, ids))
-        with session_scope(settings.database_url) as session:
-            status = campaign_status(session, campaign_id)
+        status = _pass(settings, campaign_id, enqueue, watch, outages)
+        if status is None:  # the database is away: wait for it
+            time.sleep(POLL_SECONDS)
+            continue
         if on_progress:
             on_progress(status)
         if status["state"] in HELD_CAMPAIGN_STATES:
             log.warning("[campaign:%s] %s by an operator: stopping here", campaign_id, status["state"])
             return status
         if watch is not None:
-            _watch_routes(settings, campaign_id, actor, watch, status)
+            try:
+                _watch_routes(settings, campaign_id, actor, watch, status, outages, ends_at)
+            except outage_errors() as exc:
+                outages.database.failed(exc)
         states: dict[str, int] = status["states"]  # type: ignore[assignment]
         if any(states.get(state) for state in PENDING_STATES):
             settled_since = None
@@ -202,8 +248,43 @@ def _follow(settings: Settings, campaign_id: int, actor: dramatiq.Actor,
             settled_since = settled_since or time.monotonic()
             waited = time.monotonic() - settled_since
             if not states.get(SENT) or waited >= settings.dispatch.receipt_wait_seconds:
+                if watch is not None:
+                    watch.poll(watch.down, force=True)  # close the log of an outage that ended
                 return status
         time.sleep(POLL_SECONDS)
+
+
+def _queue(settings: Settings, campaign_id: int) -> list[int]:
+    with session_scope(settings.database_url) as session:
+        return queue_campaign(session, campaign_id, include_queued=True)
+
+
+def _until_database_answers(settings: Settings, outages: _Outages, step: Callable[[], list[int]]) -> list[int]:
+    """Run `step` until the database lets it: an outage at the start of a run is waited out too."""
+    while True:
+        try:
+            result = step()
+        except outage_errors() as exc:
+            outages.database.failed(exc)
+            time.sleep(POLL_SECONDS)
+            continue
+        outages.database.ok()
+        return result
+
+
+def _pass(settings: Settings, campaign_id: int, enqueue: Callable[[list[int]], object],
+          watch: RouteWatch | None, outages: _Outages) -> dict[str, object] | None:
+    """Maintenance and the campaign's status; None while the database does not answer."""
+    run_maintenance(settings, enqueue, skip_channels=watch.down if watch else (),
+                    database=outages.database, broker=outages.broker)
+    try:
+        with session_scope(settings.database_url) as session:
+            status = campaign_status(session, campaign_id)
+    except outage_errors() as exc:
+        outages.database.failed(exc)
+        return None
+    outages.database.ok()
+    return status
 
 
 class _embedded_worker:
@@ -231,7 +312,11 @@ class _embedded_worker:
 
 
 def run_worker(settings: Settings, stop: threading.Event, *, channels: list[str], threads: int | None = None) -> None:
-    """A `notifier worker`: consume from the Redis broker until `stop` is set; run maintenance too."""
+    """A `notifier worker`: consume from the Redis broker until `stop` is set; run maintenance too.
+
+    The worker outlives Redis and the database going away: dramatiq's consumer reconnects by
+    itself, maintenance skips what it cannot do (logged once each way), and rows whose messages
+    were lost meanwhile are re-driven from the database."""
     settings.check_secrets()
     if settings.embedded:
         raise ConfigError("notifier worker needs a broker: set NOTIFIER_BROKER_URL=redis://… "
@@ -246,15 +331,31 @@ def run_worker(settings: Settings, stop: threading.Event, *, channels: list[str]
     worker.start()
     log.info("worker %s started: %d thread(s), channels %s", runtime.owner, worker.worker_threads, ",".join(channels))
     watch = RouteWatch(runtime, channels)
+    outages = _Outages(settings.database_url)
     try:
         while not stop.wait(MAINTENANCE_SECONDS):
-            run_maintenance(settings, lambda ids: enqueue_all(actor, ids))
-            for channel in watch.poll():  # messages bounced during the outage may have run out of retries
-                with session_scope(settings.database_url) as session:
-                    enqueue_all(actor, queued_ids(session, channel=channel))
+            _worker_pass(settings, actor, watch, outages)
     finally:
         worker.stop()
         runtime.close()
         deactivate()
         broker.close()
         log.info("worker %s stopped", runtime.owner)
+
+
+def _worker_pass(settings: Settings, actor: dramatiq.Actor, watch: RouteWatch, outages: _Outages) -> None:
+    """Maintenance, then hand over the rows of routes that came back (messages bounced during the
+    outage may have run out of retries). Nothing here may end the worker: an error that is not an
+    outage is logged with its traceback and the next pass tries again."""
+    enqueue = lambda ids: enqueue_all(actor, ids)  # noqa: E731
+    try:
+        run_maintenance(settings, enqueue, skip_channels=watch.down, database=outages.database,
+                        broker=outages.broker)
+        for channel in watch.poll():
+            with session_scope(settings.database_url) as session:
+                ids = queued_ids(session, channel=channel)
+            hand_over(settings.database_url, enqueue, ids, broker=outages.broker)
+    except outage_errors() as exc:
+        outages.database.failed(exc)
+    except Exception:  # noqa: BLE001 - a worker must keep serving; the traceback says what to fix
+        log.exception("worker maintenance failed; trying again in %.0fs", MAINTENANCE_SECONDS)

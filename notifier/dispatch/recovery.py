@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 from sqlmodel import Session, select
 
@@ -23,9 +24,11 @@ from notifier.db import session_scope
 from notifier.models import Campaign, Notification, utcnow
 from notifier.dispatch.outbox import QUEUED, SENDING, UNKNOWN, transition
 from notifier.dispatch.receipts import ID_MATCH_GRACE_SECONDS, apply_pending_receipts
+from notifier.dispatch.redrive import Availability, broker_errors, hand_over, outage_errors, redrive_stale
 from notifier.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,20 +36,60 @@ class MaintenanceReport:
     orphaned: int = 0
     receipts_applied: int = 0
     requeued: list[int] | None = None
+    redriven: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # steps that met a database/broker outage
 
 
-def run_maintenance(settings: Settings, enqueue: Callable[[list[int]], None] | None = None) -> MaintenanceReport:
-    """One pass of every recovery step; `enqueue` sends the ids of re-queued rows to the broker."""
+def run_maintenance(settings: Settings, enqueue: Callable[[list[int]], object] | None = None, *,
+                    skip_channels: Collection[str] = (), database: Availability | None = None,
+                    broker: Availability | None = None) -> MaintenanceReport:
+    """One pass of every recovery step; `enqueue` sends the ids of re-queued rows to the broker,
+    after the transaction that re-queued them committed.
+
+    A database or broker outage does not end the calling process (a worker, `campaign run`): the
+    step that met it is skipped, logged once through `database` / `broker` when given, and the
+    next pass tries again. `skip_channels`: routes known to be down, whose rows are not re-driven.
+    """
     report = MaintenanceReport()
-    with session_scope(settings.database_url) as session:
-        report.orphaned = mark_orphans_unknown(session, lease_seconds=settings.dispatch.send_lease_seconds)
-    with session_scope(settings.database_url) as session:
-        report.receipts_applied = apply_pending_receipts(session)
-    with session_scope(settings.database_url) as session:
-        report.requeued = requeue_stale_unknown(session, after_seconds=settings.dispatch.unknown_resend_after_seconds)
-    if report.requeued and enqueue:
-        enqueue(report.requeued)
+    url = settings.database_url
+    report.orphaned = _guarded(report, database, "orphans", 0, lambda: _in_session(
+        url, lambda session: mark_orphans_unknown(session, lease_seconds=settings.dispatch.send_lease_seconds)))
+    report.receipts_applied = _guarded(report, database, "receipts", 0, lambda: _in_session(
+        url, apply_pending_receipts))
+    report.requeued = _guarded(report, database, "unknown", [], lambda: _in_session(
+        url, lambda session: requeue_stale_unknown(
+            session, after_seconds=settings.dispatch.unknown_resend_after_seconds)))
+    report.redriven = _guarded(report, database, "redrive", [], lambda: _in_session(
+        url, lambda session: redrive_stale(session, after_seconds=settings.dispatch.requeue_after_seconds,
+                                           skip_channels=skip_channels)))
+    if enqueue:
+        for ids, marked in ((report.requeued or [], False), (report.redriven, True)):
+            _guarded(report, database, "enqueue", 0,
+                     lambda ids=ids, marked=marked: hand_over(url, enqueue, ids, marked=marked, broker=broker))
     return report
+
+
+def _in_session(database_url: str, step: Callable[[Session], T]) -> T:
+    with session_scope(database_url) as session:
+        return step(session)
+
+
+def _guarded(report: MaintenanceReport, database: Availability | None, name: str, default: T,
+             step: Callable[[], T]) -> T:
+    """Run one maintenance step; a database or broker outage skips it (logged once), and the
+    database answering again is noted. Anything else is a bug and propagates."""
+    try:
+        result = step()
+    except outage_errors() as exc:
+        report.errors.append(name)
+        if database is not None and not isinstance(exc, broker_errors()):
+            database.failed(exc)
+        elif database is None:
+            log.warning("maintenance step %s skipped: %s", name, type(exc).__name__)
+        return default
+    if database is not None:
+        database.ok()
+    return result
 
 
 def mark_orphans_unknown(session: Session, *, lease_seconds: int) -> int:
@@ -65,24 +108,11 @@ def mark_orphans_unknown(session: Session, *, lease_seconds: int) -> int:
 
 
 def requeue_stale_unknown(session: Session, *, after_seconds: int) -> list[int]:
-    """`unknown` rows no receipt resolved in time → `queued` again (in campaigns still running).
+    """`unknown` rows no receipt resolved in time → `queued` again, once their receipts had their
+    chance (see `notifier.dispatch.unknown`: stored receipts applied first, an SMSC heard since)."""
+    from notifier.dispatch.unknown import requeue_stale_unknown as decide
 
-    Never sooner than a receipt may wait before it is matched by destination: a receipt that
-    could still resolve the row must get its chance first, or the subscriber gets it twice.
-    """
-    after_seconds = max(after_seconds, ID_MATCH_GRACE_SECONDS + 1)
-    cutoff = utcnow() - timedelta(seconds=after_seconds)
-    stale = session.exec(
-        select(Notification.id)
-        .join(Campaign, Campaign.id == Notification.campaign_id)
-        .where(Notification.state == UNKNOWN, Notification.updated_at <= cutoff,
-               Campaign.state.notin_(("paused", "cancelled")))
-    ).all()
-    requeued = [nid for nid in stale if transition(
-        session, nid, expected=UNKNOWN, to_state=QUEUED, source="recovery",
-        detail=f"no receipt within {after_seconds}s: the provider most likely never took it; sending again",
-        values={"queued_at": utcnow(), "claimed_by": None})]
-    return requeued
+    return decide(session, after_seconds=after_seconds)
 
 
 def _owner_gone(owner: str | None) -> bool:

@@ -47,29 +47,51 @@ def unreachable_message(errors: list[RouteUnreachableError], outcome: str, *, la
     return f"cannot reach {where}{lasted}; {outcome}. Check {', '.join(r.settings for r in routes)}{start}."
 
 
+PROBE_FIRST_SECONDS = 1.0  # a route that went down is probed again after 1 s, 2 s, 4 s …
+PROBE_MAX_SECONDS = 30.0  # … up to every 30 s: back within half a minute of the route returning
+STILL_DOWN_EVERY_SECONDS = 300.0  # "still down for N min" at most every 5 minutes
+
+
 @dataclass
 class Outage:
-    """A route seen unreachable since `since` (time.monotonic()), and the latest error."""
+    """A route seen unreachable since `since` (time.monotonic()), the latest error, and when to
+    probe it next (capped exponential backoff) and say it is still down."""
 
     since: float
     error: RouteUnreachableError
+    probe_delay: float = PROBE_FIRST_SECONDS
+    next_probe: float = 0.0
+    next_report: float = 0.0
 
 
 class RouteWatch:
-    """Checks each open channel's route once per poll and remembers outages, so that an outage is
-    one log line when it starts and one when it ends (not one per message), and a run can tell how
-    long a route has been down."""
+    """Checks each open channel's route and remembers outages, so that an outage is one log line
+    when it starts and one when it ends (plus "still down for N min" at most every
+    `STILL_DOWN_EVERY_SECONDS`), never one per message, and a run can tell how long a route has
+    been down. A route that is down is probed with capped backoff, not on every poll: a dead
+    SMSC costs a connect timeout per probe."""
 
     def __init__(self, runtime: Runtime, channels: list[str]) -> None:
         self._runtime = runtime
         self._channels = list(channels)
         self.outages: dict[str, Outage] = {}
 
-    def poll(self, channels: Iterable[str] | None = None) -> list[str]:
-        """Check every channel (or those named); returns the ones that came back since the last poll."""
+    @property
+    def down(self) -> list[str]:
+        """The channels seen unreachable at the last probe."""
+        return list(self.outages)
+
+    def poll(self, channels: Iterable[str] | None = None, *, force: bool = False) -> list[str]:
+        """Check every channel (or those named) that is up or due for a probe (`force`: every
+        one, backoff or not); returns the ones that came back since the last poll."""
         wanted = set(self._channels if channels is None else channels)
         recovered = []
+        now = time.monotonic()
         for name in [name for name in self._channels if name in wanted]:
+            outage = self.outages.get(name)
+            if outage is not None and now < outage.next_probe and not force:
+                self._report_still_down(name, outage, now)
+                continue
             try:
                 self._runtime.channel(name).check()
             except RouteUnreachableError as exc:
@@ -89,13 +111,26 @@ class RouteWatch:
                 if name in self.outages and now - self.outages[name].since >= seconds]
 
     def _down(self, name: str, exc: RouteUnreachableError) -> None:
+        now = time.monotonic()
         outage = self.outages.get(name)
         if outage is not None:
             outage.error = exc
+            outage.probe_delay = min(outage.probe_delay * 2, PROBE_MAX_SECONDS)
+            outage.next_probe = now + outage.probe_delay
+            self._report_still_down(name, outage, now)
             return
-        self.outages[name] = Outage(time.monotonic(), exc)
+        self.outages[name] = Outage(now, exc, next_probe=now + PROBE_FIRST_SECONDS,
+                                    next_report=now + STILL_DOWN_EVERY_SECONDS)
         log.warning("[channel:%s] cannot reach the %s at %s (%s); its messages wait until it answers",
                     name, service_name(name), exc.address, exc.reason)
+
+    @staticmethod
+    def _report_still_down(name: str, outage: Outage, now: float) -> None:
+        if now < outage.next_report:
+            return
+        outage.next_report = now + STILL_DOWN_EVERY_SECONDS
+        log.warning("[channel:%s] the %s at %s is still down after %.0f min (%s); its messages wait",
+                    name, service_name(name), outage.error.address, (now - outage.since) / 60, outage.error.reason)
 
 
 def service_name(channel: str) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from channels.base import Channel, Receipt
 from notifier.db import session_scope
 from notifier.errors import ConfigError, InputError
-from notifier.dispatch.ratelimit import TokenBucket
+from notifier.dispatch.ratelimit import GrantLog, RateLimiter, TokenBucket
 from notifier.rendering import Renderer
 from notifier.settings import Settings
 
@@ -34,7 +34,7 @@ class Runtime:
     renderer: Renderer
     owner: str = field(default_factory=process_owner)
     _channels: dict[str, Channel] = field(default_factory=dict)
-    _limiters: dict[str, TokenBucket] = field(default_factory=dict)
+    _limiters: dict[str, RateLimiter] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _applier: ReceiptApplier | None = None
 
@@ -48,12 +48,11 @@ class Runtime:
                     self._applier.start()
             return self._channels[name]
 
-    def limiter(self, name: str) -> TokenBucket:
+    def limiter(self, name: str) -> RateLimiter:
+        """The pacing of route `name`: shared by every worker on Redis, this process's own embedded."""
         with self._lock:
             if name not in self._limiters:
-                rate = {"sms": self.settings.dispatch.sms_per_second,
-                        "email": self.settings.dispatch.email_per_second}[name]
-                self._limiters[name] = TokenBucket(rate)
+                self._limiters[name] = build_limiter(name, self.settings)
             return self._limiters[name]
 
     def close(self) -> None:
@@ -69,6 +68,19 @@ class Runtime:
 def make_runtime(settings: Settings) -> Runtime:
     return Runtime(settings=settings, renderer=Renderer(settings.templates_dir, timezone=settings.timezone,
                                                         default_language=settings.default_language))
+
+
+def build_limiter(name: str, settings: Settings, *, on_grant: GrantLog | None = None) -> RateLimiter:
+    """The route's agreed rate (SMS in parts/s) less the margin: on the broker's Redis, the total of
+    all workers; embedded, this process's."""
+    agreed = {"sms": settings.dispatch.sms_per_second, "email": settings.dispatch.email_per_second}[name]
+    rate = agreed * (1.0 - settings.dispatch.rate_margin)
+    if settings.broker_url:
+        from notifier.dispatch.ratelimit_redis import RedisRateLimiter
+
+        return RedisRateLimiter(settings.broker_url, f"{settings.broker_namespace}:rate:{name}", rate,
+                                on_grant=on_grant)
+    return TokenBucket(rate, on_grant=on_grant)
 
 
 def build_channel(name: str, settings: Settings) -> Channel:
@@ -87,15 +99,11 @@ def build_channel(name: str, settings: Settings) -> Channel:
 
 
 def receipt_sink(database_url: str) -> Callable[[Receipt], None]:
-    """A thread-safe callback that stores a receipt and returns: one INSERT on the SMPP reader
-    thread, which must get back to reading submit responses. `ReceiptApplier` applies it."""
-    from notifier.dispatch.receipts import record_receipt
+    """The store the SMPP channel's receipt writer thread uses (batches, never on the reader
+    thread; `ReceiptStore.store`), and where it records session liveness. `ReceiptApplier` applies."""
+    from notifier.dispatch.receipts import ReceiptStore
 
-    def sink(receipt: Receipt) -> None:
-        with session_scope(database_url) as session:
-            record_receipt(session, receipt)
-
-    return sink
+    return ReceiptStore(database_url)
 
 
 class ReceiptApplier:

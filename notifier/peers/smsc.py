@@ -5,7 +5,11 @@ interpreter that ran an smpp34 server sometimes segfaults on exit, so it ends wi
 after flushing, and the controller stops it by pid. It accepts every bind, answers every submit_sm
 with a hex id, writes one JSON line per submit, and sends delivery receipts like a real SMSC,
 including store-and-forward: receipts for an ESME that has gone wait for the next bind with the
-same system_id (our crash recovery depends on that).
+same system_id (our crash recovery depends on that). Like a real SMSC it keeps those receipts
+across its own restart (a journal next to the log, `<log>.receipts`), answers a receipt refused
+with a temporary error again after `--receipt-retry` seconds, can answer submits late
+(`--answer-delay`), and sets TCP_NODELAY on its connections (smpp34 leaves Nagle on, which costs
+~40 ms per multi-part message). Tests freeze it with SIGSTOP and kill/restart it by pid.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,6 +66,10 @@ class _Smsc:
         self._backlog: dict[str, list[_PendingReceipt]] = defaultdict(list)
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepted = 0
+        self._system_ids: dict[str, str] = {}  # session_id -> system_id, until it unbinds
+        self._journal_path = Path(str(args.log) + ".receipts")
+        self._journal = _load_journal(self._journal_path, self._backlog)
+        self._recent: deque[float] = deque()  # accept times within the last second (--throttle-above)
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
         """Handle server events forever (the caller cancels on SIGTERM); `on_ready` once listening."""
@@ -78,25 +87,41 @@ class _Smsc:
                 self._sessions.pop(event.session_id, None)
 
     def _on_bind(self, esme: Any) -> None:
+        _set_nodelay_on_connections()
         self._sessions[esme.session_id] = esme
+        self._system_ids[esme.session_id] = esme.system_id
         backlog = self._backlog.pop(esme.system_id, [])
         for receipt in backlog:
             self._spawn(self._deliver(esme.session_id, esme.system_id, receipt, delay=0.0))
 
     def _on_submit(self, event: Any) -> None:
-        esme = self._sessions.get(event.session_id)
-        system_id = esme.system_id if esme is not None else ""
+        if self._args.answer_delay:
+            self._spawn(self._answer_late(event))
+        else:
+            self._answer(event)
+
+    async def _answer_late(self, event: Any) -> None:
+        """A slow SMSC: the submit is taken (and logged) only when it is answered."""
+        await asyncio.sleep(self._args.answer_delay)
+        self._answer(event)
+
+    def _answer(self, event: Any) -> None:
+        system_id = self._system_ids.get(event.session_id, "")
         status = self._refusal(event.destination_addr)
         if status:
             event.reject(status)
             self._write_log(event, system_id, None, status)
             return
         message_id = f"{next(self._ids) & 0xFFFFFFFF:08X}"
-        event.accept(message_id)
+        try:
+            event.accept(message_id)
+        except smpp34.SmppError:
+            return  # the session went away before we answered: not taken
         self._accepted += 1
         self._write_log(event, system_id, message_id, smpp34.ESME_ROK)
         if event.registered_delivery & 1:
             receipt = self._receipt_for(event, message_id)
+            self._journal_write({"op": "add", "system_id": system_id, **_journal_fields(receipt)})
             self._spawn(self._deliver(event.session_id, system_id, receipt, delay=self._args.receipt_delay))
 
     def _refusal(self, destination: str) -> int:
@@ -106,6 +131,13 @@ class _Smsc:
                 return int(status)
         if self._args.reject_after is not None and self._accepted >= self._args.reject_after:
             return int(smpp34.ESME_RTHROTTLED)
+        if self._args.throttle_above is not None:
+            now = time.monotonic()
+            while self._recent and self._recent[0] <= now - 1.0:
+                self._recent.popleft()
+            if len(self._recent) >= self._args.throttle_above:
+                return int(smpp34.ESME_RTHROTTLED)
+            self._recent.append(now)
         return 0
 
     def _write_log(self, event: Any, system_id: str, message_id: str | None, status: int) -> None:
@@ -140,6 +172,10 @@ class _Smsc:
         esme = self._sessions.get(session_id)
         outcome = await self._push(esme, receipt) if esme is not None else "gone"
         if outcome == "delivered":
+            self._journal_write({"op": "done", "receipted_id": receipt.receipted_id})
+            return
+        if outcome == "refused" and session_id in self._sessions:  # "try again later"
+            self._spawn(self._deliver(session_id, system_id, receipt, delay=self._args.receipt_retry))
             return
         if outcome == "gone":
             self._sessions.pop(session_id, None)
@@ -149,6 +185,10 @@ class _Smsc:
             self._spawn(self._deliver(sibling, system_id, receipt, delay=0.0))
         else:
             self._backlog[system_id].append(receipt)
+
+    def _journal_write(self, record: dict[str, Any]) -> None:
+        self._journal.write(json.dumps(record) + "\n")
+        self._journal.flush()
 
     @staticmethod
     async def _push(esme: Any, receipt: _PendingReceipt) -> str:
@@ -160,7 +200,7 @@ class _Smsc:
                 receipt.destination_addr, receipt.short_message, source_addr=receipt.source_addr,
                 source_addr_ton=1, source_addr_npi=1, esm_class=ESM_CLASS_RECEIPT, tlvs=tlvs)
         except smpp34.SmppError:
-            return "gone"
+            return "refused" if esme.can_receive else "gone"
         return "delivered" if response.is_success else "refused"
 
     def _spawn(self, coroutine: Any) -> None:
@@ -191,11 +231,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-suffix", default=None, help="destinations ending so get stat:UNDELIV")
     parser.add_argument("--receipt-id-format", choices=("hex", "decimal"), default="hex")
     parser.add_argument("--receipt-delay", type=float, default=0.0, help="seconds before each receipt")
+    parser.add_argument("--receipt-retry", type=float, default=1.0,
+                        help="seconds before a receipt the ESME refused (temporary error) is sent again")
+    parser.add_argument("--answer-delay", type=float, default=0.0, help="seconds before each submit_sm_resp")
     parser.add_argument("--timezone", default="Asia/Ho_Chi_Minh", help="zone of receipts' submit/done dates")
     parser.add_argument("--reject", type=_rejection, action="append", default=[], metavar="SUFFIX=STATUS",
                         help="answer submits to destinations ending in SUFFIX with STATUS (e.g. 13=0x0b)")
     parser.add_argument("--reject-after", type=int, default=None, metavar="N",
                         help="answer ESME_RTHROTTLED once N submits were accepted (a quota)")
+    parser.add_argument("--throttle-above", type=int, default=None, metavar="R",
+                        help="answer ESME_RTHROTTLED to submits beyond R accepted in the last second")
     return parser.parse_args(argv)
 
 
@@ -240,12 +285,63 @@ def _ready_line(port: int, log_path: Path) -> str:
             f"to {log_path}. Stop it with Ctrl-C (or SIGTERM).")
 
 
+def _journal_fields(receipt: _PendingReceipt) -> dict[str, Any]:
+    return {"source_addr": receipt.source_addr, "destination_addr": receipt.destination_addr,
+            "short_message": receipt.short_message.decode("latin-1"), "receipted_id": receipt.receipted_id,
+            "state": receipt.state}
+
+
+def _load_journal(path: Path, backlog: dict[str, list[_PendingReceipt]]) -> IO[str]:
+    """Receipts an earlier run of this SMSC made but never delivered go to the backlog (they are
+    handed to the next bind of their system_id); returns the journal, open for appending."""
+    done: set[str] = set()
+    added: list[dict[str, Any]] = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if record.get("op") == "done":
+                done.add(record["receipted_id"])
+            elif record.get("op") == "add":
+                added.append(record)
+    for record in added:
+        if record["receipted_id"] not in done:
+            fields = {key: record[key] for key in ("source_addr", "destination_addr", "receipted_id", "state")}
+            backlog[record["system_id"]].append(_PendingReceipt(
+                short_message=record["short_message"].encode("latin-1"), **fields))
+    return path.open("a", encoding="utf-8")
+
+
+def _set_nodelay_on_connections() -> None:
+    """smpp34 (Rust) does not expose its sockets: find this process's connected TCP sockets and set
+    TCP_NODELAY on them through a duplicate descriptor (options belong to the socket, not the fd)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except (OSError, ValueError):
+            continue
+        try:
+            if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6) \
+                    and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+
 class SmscPeer:
     """Runs the loopback SMSC in a child process and reads what it received."""
 
     def __init__(self, log_path: Path, *, port: int | None = None, fail_suffix: str | None = None,
                  receipt_id_format: str = "hex", receipt_delay: float = 0.0,
-                 reject: dict[str, int] | None = None, reject_after: int | None = None) -> None:
+                 reject: dict[str, int] | None = None, reject_after: int | None = None,
+                 throttle_above: int | None = None, answer_delay: float = 0.0,
+                 receipt_retry: float = 1.0) -> None:
         self.log_path = Path(log_path).resolve()  # the server runs with the project as cwd
         self.port = port or free_port()
         self.fail_suffix = fail_suffix
@@ -253,6 +349,9 @@ class SmscPeer:
         self.receipt_delay = receipt_delay
         self.reject = dict(reject or {})
         self.reject_after = reject_after
+        self.throttle_above = throttle_above
+        self.answer_delay = answer_delay
+        self.receipt_retry = receipt_retry
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -264,13 +363,16 @@ class SmscPeer:
         """Spawn the server and wait until it listens on 127.0.0.1:port."""
         command = [sys.executable, "-m", "notifier.peers.smsc", "--port", str(self.port),
                    "--log", str(self.log_path), "--receipt-id-format", self.receipt_id_format,
-                   "--receipt-delay", str(self.receipt_delay)]
+                   "--receipt-delay", str(self.receipt_delay), "--answer-delay", str(self.answer_delay),
+                   "--receipt-retry", str(self.receipt_retry)]
         if self.fail_suffix:
             command += ["--fail-suffix", self.fail_suffix]
         for suffix, status in self.reject.items():
             command += ["--reject", f"{suffix}={status}"]
         if self.reject_after is not None:
             command += ["--reject-after", str(self.reject_after)]
+        if self.throttle_above is not None:
+            command += ["--throttle-above", str(self.throttle_above)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
         self.log_path.touch()
@@ -282,11 +384,33 @@ class SmscPeer:
             raise
         return self
 
+    def freeze(self) -> None:
+        """SIGSTOP: a hung SMSC (connections stay open, nothing is read or answered)."""
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after `freeze`."""
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL by pid: a crashed SMSC. `start()` again restarts it on the same port, with the
+        receipts it had not delivered (its journal) waiting for the next bind."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.wait(timeout=_STOP_TIMEOUT_SECONDS)
+
     def stop(self) -> None:
         """Terminate the child by pid (SIGTERM, then SIGKILL); safe to call twice."""
         process, self._process = self._process, None
         if process is None:
             return
+        try:
+            os.kill(process.pid, signal.SIGCONT)  # a frozen SMSC must run to hear SIGTERM
+        except ProcessLookupError:
+            pass
         process.terminate()
         try:
             process.wait(timeout=_STOP_TIMEOUT_SECONDS)

@@ -1,0 +1,172 @@
+"""The SMPP channel's receipt writer: the reader thread never waits on the database.
+
+The reader hands each delivery receipt, with the session and sequence number it came on, to a
+bounded queue and goes back to reading (submit_sm_resp must not wait behind a locked database).
+This writer thread stores receipts in batches through the sink (`ReceiptStore.store`: one
+executemany INSERT) and only then answers each deliver_sm with `deliver_sm_resp`, so the SMSC keeps
+every receipt we have not stored. When the queue is full, or the store fails, the receipt is
+answered with a temporary error (ESME_RX_T_APPN): the SMSC keeps it and delivers it again — nothing
+is lost, and the reader never blocks. A receipt whose session died before the answer is simply
+delivered again by the SMSC on the next bind (applying a receipt twice changes nothing).
+
+It also tells the sink, once a second, when the session last heard its SMSC (`session_alive`), so
+an `unknown` SMS is resent only once an SMSC could hand over the receipts it kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from smpplib import consts, exceptions, smpp
+
+from channels.base import Receipt
+
+log = logging.getLogger("channels.smpp")
+
+RECEIPT_QUEUE_CAPACITY = 2000
+RECEIPT_BATCH = 500
+HEARTBEAT_SECONDS = 1.0
+_RETRY_LATER = int(consts.SMPP_ESME_RX_T_APPN)
+_BACKOFF_INITIAL_SECONDS, _BACKOFF_MAX_SECONDS = 0.2, 5.0
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A receipt waiting to be stored, and where its deliver_sm_resp must go."""
+
+    receipt: Receipt
+    client: Any  # the session it came on; the answer goes only to that session
+    sequence: int
+
+
+class ReceiptWriter:
+    """Stores receipts in batches on its own thread, then answers the SMSC."""
+
+    def __init__(self, sink: Callable[[Receipt], None], *, system_id: str, current_client: Callable[[], Any],
+                 capacity: int = RECEIPT_QUEUE_CAPACITY) -> None:
+        self._sink = sink
+        self._system_id = system_id
+        self._current_client = current_client
+        self._queue: queue.Queue[Inbound] = queue.Queue(maxsize=capacity)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+        self._backoff = _BACKOFF_INITIAL_SECONDS
+        self._last_heartbeat = 0.0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="smpp-receipt-writer", daemon=True)
+            self._thread.start()
+
+    def offer(self, item: Inbound) -> bool:
+        """Queue a receipt (reader thread); False when the queue is full: answer it "retry later"."""
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            return False
+        return True
+
+    def stop(self, timeout: float) -> None:
+        """Store what is queued (answering the sessions still up), then end the thread."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch:
+                self._write(batch)
+            elif self._stop.is_set():
+                return
+            self._heartbeat()
+
+    def _take(self) -> list[Inbound]:
+        """Wait briefly for a first receipt, then take whatever else is queued (up to a batch)."""
+        try:
+            batch = [self._queue.get(timeout=0.1 if self._stop.is_set() else 0.5)]
+        except queue.Empty:
+            return []
+        while len(batch) < RECEIPT_BATCH:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[Inbound]) -> None:
+        statuses = self._store(batch)
+        by_client: dict[int, tuple[Any, list[Any]]] = {}
+        for item, status in zip(batch, statuses):
+            answer = smpp.make_pdu("deliver_sm_resp", client=item.client, status=status)
+            answer.sequence = item.sequence
+            by_client.setdefault(id(item.client), (item.client, []))[1].append(answer)
+        for client, answers in by_client.values():
+            try:
+                client.send_pdus(answers)
+            except (exceptions.ConnectionError, OSError) as exc:
+                log.info("[channel:sms] %d receipt answer(s) not sent (%r): the SMSC delivers them again",
+                         len(answers), exc)
+        if _RETRY_LATER in statuses:
+            self._stop.wait(self._backoff)
+            self._backoff = min(self._backoff * 2, _BACKOFF_MAX_SECONDS)
+        else:
+            self._backoff = _BACKOFF_INITIAL_SECONDS
+
+    def _store(self, batch: list[Inbound]) -> list[int]:
+        """One status per receipt: 0 stored, RX_T_APPN not stored (the SMSC keeps it)."""
+        store_many = getattr(self._sink, "store", None)
+        if store_many is not None:
+            try:
+                store_many([item.receipt for item in batch])
+            except Exception as exc:  # noqa: BLE001 - the SMSC keeps what we could not store
+                self._note_failure(exc, len(batch))
+                return [_RETRY_LATER] * len(batch)
+            self._note_recovery()
+            return [0] * len(batch)
+        statuses = []
+        for item in batch:
+            try:
+                self._sink(item.receipt)
+            except Exception as exc:  # noqa: BLE001
+                self._note_failure(exc, 1)
+                statuses.append(_RETRY_LATER)
+            else:
+                statuses.append(0)
+        return statuses
+
+    def _note_failure(self, exc: Exception, count: int) -> None:
+        if not self._failing:
+            log.warning("[channel:sms] cannot store %d receipt(s) (%s: %s); the SMSC keeps them and delivers "
+                        "them again", count, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+        self._failing = True
+
+    def _note_recovery(self) -> None:
+        if self._failing:
+            log.warning("[channel:sms] storing receipts again")
+        self._failing = False
+
+    def _heartbeat(self) -> None:
+        """Once a second: when the bound session last heard its SMSC (for the unknown-resend rule)."""
+        alive = getattr(self._sink, "session_alive", None)
+        now = time.monotonic()
+        if alive is None or now - self._last_heartbeat < HEARTBEAT_SECONDS:
+            return
+        self._last_heartbeat = now
+        client = self._current_client()
+        if client is None:
+            return
+        heard = datetime.now(UTC) - timedelta(seconds=max(0.0, now - client.last_received))
+        try:
+            alive(client.session_owner, self._system_id, client.bound_at, heard)
+        except Exception as exc:  # noqa: BLE001 - next second; storing receipts reports outages
+            log.debug("[channel:sms] session heartbeat not recorded: %r", exc)

@@ -1,0 +1,301 @@
+"""Apply stored receipts in batches, from any number of processes at once, without deadlocks.
+
+One pass: take a page of pending receipts (`FOR UPDATE SKIP LOCKED`: another applier's receipts
+are left to it), find their parts in one query by provider id, lock the notifications they name
+in id order with `FOR NO KEY UPDATE SKIP LOCKED` (a notification another applier or a sender
+holds is left for the next pass, with its receipts — nobody ever waits, so no cycle can form;
+NO KEY keeps foreign-key inserts of events and parts by senders from blocking on us), then update
+parts, notifications, events and receipts with one executemany each. The state machine is that of
+one receipt at a time: receipts are replayed in id order against the locked rows in memory.
+
+On PostgreSQL the lookup is planned for the values at hand (`plan_cache_mode =
+force_custom_plan` for the transaction): psycopg prepares a statement after 5 executions and a
+generic plan costed while `message_part` was empty would read every part forever after.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from channels.base import RECEIPT_DELIVERED, RECEIPT_EXPIRED, RECEIPT_FAILED, RECEIPT_PENDING, RECEIPT_UNDELIVERED
+from notifier.dispatch.outbox import DELIVERED, EXPIRED, SENT, UNDELIVERED, UNKNOWN
+from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, UtcDateTime, utcnow
+
+log = logging.getLogger(__name__)
+
+# How long a receipt may wait for its message id to be recorded before we try to resolve an
+# `unknown` notification by destination instead (a normal race resolves in milliseconds).
+ID_MATCH_GRACE_SECONDS = 2
+ORPHAN_AFTER_SECONDS = 24 * 3600
+PENDING_BATCH = 500
+MAX_PAGES = 20  # per call: bounds one transaction; the next pass goes on
+# How far an SMSC's clock may run ahead of ours before its done time is not believed.
+PROVIDER_CLOCK_SKEW_SECONDS = 120
+
+_FAILED_STATES = {RECEIPT_UNDELIVERED: UNDELIVERED, RECEIPT_EXPIRED: EXPIRED, RECEIPT_FAILED: UNDELIVERED}
+_OPEN_STATES = (SENT, UNKNOWN)
+_LOOKUP_CHUNK = 500
+# Core tables for executemany (the ORM would try to synchronise a session's objects row by row).
+_PARTS, _NOTIFICATIONS = MessagePart.__table__, Notification.__table__  # type: ignore[attr-defined]
+_EVENTS, _RECEIPTS = DeliveryEvent.__table__, InboundReceipt.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class _Part:
+    id: int
+    notification_id: int
+    part_no: int
+    state: str
+    error_code: str | None = None
+    changed: bool = False
+
+
+@dataclass
+class _Notice:
+    """A locked notification as the replay sees it."""
+
+    id: int
+    state: str
+    parts: int
+    sent_at: datetime | None
+    original: str = ""
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def apply_pending_receipts(session: Session, *, destination_match: bool = True) -> int:
+    """Apply stored receipts not yet applied; old unplaceable ones become orphans. Returns how
+    many were applied. `destination_match` lets receipts past the grace resolve `unknown` rows."""
+    _plan_for_values(session)
+    applied, after_id = 0, 0
+    for _ in range(MAX_PAGES):
+        ids = list(session.execute(
+            sa.select(InboundReceipt.id).where(InboundReceipt.applied_at.is_(None), InboundReceipt.id > after_id)
+            .order_by(InboundReceipt.id).limit(PENDING_BATCH).with_for_update(skip_locked=True)).scalars())
+        if not ids:
+            break
+        applied += apply_rows(session, ids, destination_match=destination_match, grace_seconds=ID_MATCH_GRACE_SECONDS)
+        after_id = ids[-1]
+        if len(ids) < PENDING_BATCH:
+            break
+    return applied
+
+
+def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: bool, grace_seconds: float) -> int:
+    """Apply these stored receipts (already locked by the caller, or single-process)."""
+    now = utcnow()
+    receipts = [dict(row) for row in session.execute(
+        sa.select(InboundReceipt.__table__).where(InboundReceipt.id.in_(receipt_ids))
+        .order_by(InboundReceipt.id)).mappings()]
+    placed = _find_parts(session, receipts)
+    if destination_match:
+        for receipt in receipts:
+            old_enough = now - receipt["received_at"] > timedelta(seconds=grace_seconds)
+            if receipt["id"] not in placed and receipt["destination"] and old_enough:
+                part_id = _resolve_unknown_by_destination(session, receipt)
+                if part_id is not None:
+                    placed[receipt["id"]] = part_id
+    applied = _apply_placed(session, [r for r in receipts if r["id"] in placed], placed, now)
+    _mark_orphans(session, [r for r in receipts if r["id"] not in placed], now)
+    return applied
+
+
+def _plan_for_values(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
+def _ids_of(receipt: dict[str, Any]) -> list[str]:
+    return [receipt["provider_message_id"], *filter(None, (receipt["alternative_ids"] or "").split(","))]
+
+
+def _find_parts(session: Session, receipts: list[dict[str, Any]]) -> dict[int, int]:
+    """receipt id → the part it names (the newest part with any reading of its id)."""
+    by_channel: dict[str, set[str]] = defaultdict(set)
+    for receipt in receipts:
+        by_channel[receipt["channel"]].update(_ids_of(receipt))
+    newest: dict[tuple[str, str], int] = {}
+    for channel, ids in by_channel.items():
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), _LOOKUP_CHUNK):
+            rows = session.execute(
+                sa.select(MessagePart.provider_message_id, MessagePart.id)
+                .where(MessagePart.channel == channel,
+                       MessagePart.provider_message_id.in_(ordered[start:start + _LOOKUP_CHUNK])))
+            for provider_id, part_id in rows:
+                key = (channel, provider_id)
+                newest[key] = max(part_id, newest.get(key, 0))
+    placed: dict[int, int] = {}
+    for receipt in receipts:
+        found = [newest[(receipt["channel"], pid)] for pid in _ids_of(receipt) if (receipt["channel"], pid) in newest]
+        if found:
+            placed[receipt["id"]] = max(found)
+    return placed
+
+
+def _resolve_unknown_by_destination(session: Session, receipt: dict[str, Any]) -> int | None:
+    """A receipt for a message we never recorded: it belongs to the row sent to that address whose
+    send was not recorded (`unknown`), or that such a receipt already resolved but whose other
+    parts are still unaccounted for. Returns the part created for it."""
+    from notifier.dispatch.outbox import transition
+
+    part_count = (sa.select(sa.func.count()).select_from(MessagePart)
+                  .where(MessagePart.notification_id == Notification.id).scalar_subquery())
+    candidate = session.execute(
+        sa.select(Notification.id, Notification.claimed_at, part_count)
+        .where(Notification.channel == receipt["channel"], Notification.destination == receipt["destination"],
+               sa.or_(Notification.state == UNKNOWN,
+                      sa.and_(Notification.state == SENT, part_count < sa.func.coalesce(Notification.parts, 1))))
+        .order_by(Notification.claimed_at.desc(), Notification.id.desc()).limit(1)
+        .with_for_update(key_share=True, skip_locked=True)).first()
+    if candidate is None:
+        return None
+    notification_id, claimed_at, known_parts = candidate
+    part_id = session.execute(sa.insert(MessagePart).values(
+        notification_id=notification_id, part_no=known_parts + 1, channel=receipt["channel"],
+        provider_message_id=receipt["provider_message_id"], state="sent", updated_at=utcnow())
+        .returning(MessagePart.id)).scalar_one()
+    transition(session, notification_id, expected=UNKNOWN, to_state=SENT, source="recovery",
+               provider_status=receipt["raw_status"],
+               detail=f"a receipt for {receipt['provider_message_id']} proves the provider took it",
+               values={"sent_at": claimed_at or utcnow(), "claimed_by": None})
+    receipt["outcome"] = "resolved_unknown"
+    return int(part_id)
+
+
+def _lock_notifications(session: Session, ids: set[int]) -> dict[int, _Notice]:
+    """Lock in id order, skipping rows someone else holds (their receipts wait for the next pass)."""
+    locked: dict[int, _Notice] = {}
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), _LOOKUP_CHUNK):
+        rows = session.execute(
+            sa.select(Notification.id, Notification.state, Notification.parts, Notification.sent_at)
+            .where(Notification.id.in_(ordered[start:start + _LOOKUP_CHUNK])).order_by(Notification.id)
+            .with_for_update(key_share=True, skip_locked=True))
+        for nid, state, parts, sent_at in rows:
+            locked[nid] = _Notice(id=nid, state=state, parts=parts or 1, sent_at=sent_at, original=state)
+    return locked
+
+
+def _load_parts(session: Session, notification_ids: list[int]) -> dict[int, _Part]:
+    parts: dict[int, _Part] = {}
+    for start in range(0, len(notification_ids), _LOOKUP_CHUNK):
+        rows = session.execute(
+            sa.select(MessagePart.id, MessagePart.notification_id, MessagePart.part_no, MessagePart.state,
+                      MessagePart.error_code)
+            .where(MessagePart.notification_id.in_(notification_ids[start:start + _LOOKUP_CHUNK])))
+        for pid, nid, part_no, state, error_code in rows:
+            parts[pid] = _Part(pid, nid, part_no, state, error_code)
+    return parts
+
+
+def _apply_placed(session: Session, receipts: list[dict[str, Any]], placed: dict[int, int], now: datetime) -> int:
+    if not receipts:
+        return 0
+    owners = dict(session.execute(sa.select(MessagePart.id, MessagePart.notification_id)
+                                  .where(MessagePart.id.in_(set(placed[r["id"]] for r in receipts)))).all())
+    notices = _lock_notifications(session, set(owners.values()))
+    parts = _load_parts(session, sorted(notices))
+    events: list[dict[str, Any]] = []
+    done: list[dict[str, Any]] = []
+    for receipt in receipts:
+        part = parts.get(placed[receipt["id"]])
+        if part is None or part.notification_id not in notices:
+            continue  # its notification is held by another process: next pass
+        events.append(_replay(receipt, part, notices[part.notification_id], parts, now))
+        done.append({"b_id": receipt["id"], "b_at": now, "b_outcome": receipt["outcome"] or "applied",
+                     "b_nid": part.notification_id})
+    _write(session, parts, notices, events, done, now)
+    return len(done)
+
+
+def _replay(receipt: dict[str, Any], part: _Part, notice: _Notice, parts: dict[int, _Part],
+            now: datetime) -> dict[str, Any]:
+    """One receipt against the in-memory rows, exactly as the one-row state machine decides;
+    returns the event it records (a transition, or a note that the state stays)."""
+    status = receipt["status"]
+    if part.state == "sent" or status != RECEIPT_PENDING:
+        part.state = status if status != RECEIPT_PENDING else part.state
+        part.error_code, part.changed = receipt["error_code"], True
+    source = f"{receipt['channel']}-receipt"
+    label = f"part {part.part_no}/{notice.parts}: {receipt['raw_status']}"
+    event = {"notification_id": notice.id, "at": now, "from_state": notice.state, "to_state": notice.state,
+             "source": source[:32], "provider_status": (receipt["raw_status"] or "")[:100], "detail": label[:500]}
+    if status in _FAILED_STATES and notice.state in _OPEN_STATES:
+        reason = f"{label} err:{receipt['error_code']}"
+        notice.state = _FAILED_STATES[status]
+        notice.values = {"reason": reason}
+        event.update(to_state=notice.state, detail=reason[:500])
+    elif status == RECEIPT_DELIVERED and notice.state in _OPEN_STATES and _all_delivered(notice, parts):
+        shown = delivered_time(done_at=receipt["done_at"], received_at=receipt["received_at"], sent_at=notice.sent_at)
+        detail = f"{label}; SMSC done {receipt['done_at'].isoformat()}" if receipt["done_at"] else label
+        notice.state = DELIVERED
+        notice.values = {"delivered_at": shown}
+        event.update(to_state=DELIVERED, detail=detail[:500])
+    return event
+
+
+def _all_delivered(notice: _Notice, parts: dict[int, _Part]) -> bool:
+    delivered = sum(1 for p in parts.values() if p.notification_id == notice.id and p.state == RECEIPT_DELIVERED)
+    return delivered >= notice.parts
+
+
+def _write(session: Session, parts: dict[int, _Part], notices: dict[int, _Notice], events: list[dict[str, Any]],
+           done: list[dict[str, Any]], now: datetime) -> None:
+    """One executemany per table; notifications by compare-and-set on the state read under lock."""
+    changed_parts = [{"b_id": p.id, "b_state": p.state, "b_err": p.error_code, "b_at": now}
+                     for p in parts.values() if p.changed]
+    if changed_parts:
+        session.execute(sa.update(_PARTS).where(_PARTS.c.id == sa.bindparam("b_id"))
+                        .values(state=sa.bindparam("b_state"), error_code=sa.bindparam("b_err"),
+                                updated_at=sa.bindparam("b_at", type_=UtcDateTime())), changed_parts)
+    for column in ("delivered_at", "reason"):
+        moved = [{"b_id": n.id, "b_from": n.original, "b_state": n.state, "b_at": now, "b_value": n.values[column]}
+                 for n in notices.values() if n.state != n.original and column in n.values]
+        if moved:
+            value_type = UtcDateTime() if column == "delivered_at" else sa.String()
+            session.execute(sa.update(_NOTIFICATIONS)
+                            .where(_NOTIFICATIONS.c.id == sa.bindparam("b_id"), _NOTIFICATIONS.c.state == sa.bindparam("b_from"))
+                            .values(state=sa.bindparam("b_state"), updated_at=sa.bindparam("b_at", type_=UtcDateTime()),
+                                    **{column: sa.bindparam("b_value", type_=value_type)}), moved)
+    if events:
+        session.execute(sa.insert(_EVENTS), events)
+    if done:
+        session.execute(sa.update(_RECEIPTS).where(_RECEIPTS.c.id == sa.bindparam("b_id"))
+                        .values(applied_at=sa.bindparam("b_at", type_=UtcDateTime()),
+                                outcome=sa.bindparam("b_outcome"), notification_id=sa.bindparam("b_nid")), done)
+
+
+def _mark_orphans(session: Session, receipts: list[dict[str, Any]], now: datetime) -> None:
+    old = [r for r in receipts if now - r["received_at"] > timedelta(seconds=ORPHAN_AFTER_SECONDS)]
+    if not old:
+        return
+    session.execute(sa.update(_RECEIPTS).where(_RECEIPTS.c.id.in_([r["id"] for r in old]))
+                    .values(applied_at=now, outcome="orphan"))
+    for receipt in old:
+        log.warning("[receipt:%s] no message matches id %s: kept as orphan", receipt["id"],
+                    receipt["provider_message_id"])
+
+
+def delivered_time(*, done_at: datetime | None, received_at: datetime | None,
+                   sent_at: datetime | None) -> datetime:
+    """The delivery time people see: the provider's, unless it would read as before we sent it.
+
+    Both stay on record (`InboundReceipt.done_at` is the SMSC's, `received_at` ours). Many SMSCs
+    write `done date` to the minute, so a message sent at 08:24:40 and delivered a second later
+    reads 08:24:00 — before it was sent (a wrong `smpp.timezone` does the same by hours). Then
+    the time we recorded the receipt is shown, never earlier than the time we sent it. A done
+    time well after the receipt reached us (a zone set the other way round) is not shown either.
+    """
+    ours = max((t for t in (received_at, sent_at) if t is not None), default=None) or utcnow()
+    if done_at is None or (sent_at is not None and done_at < sent_at):
+        return ours
+    if received_at is not None and done_at > received_at + timedelta(seconds=PROVIDER_CLOCK_SKEW_SECONDS):
+        return ours
+    return done_at

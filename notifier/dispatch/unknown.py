@@ -1,0 +1,92 @@
+"""Deciding `unknown` rows once: a submit the provider may have taken is never simply sent again.
+
+An `unknown` row (the sender died, or the SMSC did not answer a submit in time) is settled by:
+- its receipt (`receipt_batch` resolves it by destination), or
+- an operator (`notifier campaign reconcile ID --resend | --mark-failed`), or
+- `requeue_stale_unknown`, after `dispatch.unknown_resend_after_seconds`, and only when the
+  receipts had their chance: no receipt stored for that destination is still unapplied, and (for
+  SMS) some SMPP session heard its SMSC at least `SESSION_SETTLE_SECONDS` after the row became
+  unknown — an SMSC hands the receipts it kept for a dead session to the next bind, and a frozen
+  SMSC sends nothing, so before that a missing receipt proves nothing.
+Every resend is recorded as a DeliveryEvent `unknown → queued` whose detail starts with
+"resent after unknown", and counted in `campaign status`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from notifier.dispatch.outbox import FAILED, QUEUED, UNKNOWN, transition
+from notifier.dispatch.receipt_batch import ID_MATCH_GRACE_SECONDS
+from notifier.dispatch.receipts import latest_session_alive
+from notifier.models import Campaign, DeliveryEvent, InboundReceipt, Notification, utcnow
+
+log = logging.getLogger(__name__)
+
+SESSION_SETTLE_SECONDS = ID_MATCH_GRACE_SECONDS + 1
+RESENT_DETAIL = "resent after unknown"
+
+
+def requeue_stale_unknown(session: Session, *, after_seconds: int) -> list[int]:
+    """`unknown` rows whose receipts had their chance and none came → `queued` again (in campaigns
+    still running). Returns the ids to hand to the broker once this transaction commits."""
+    after_seconds = max(after_seconds, ID_MATCH_GRACE_SECONDS + 1)
+    cutoff = utcnow() - timedelta(seconds=after_seconds)
+    heard = latest_session_alive(session)
+    pending_receipt = sa.exists().where(
+        InboundReceipt.applied_at.is_(None), InboundReceipt.channel == Notification.channel,
+        InboundReceipt.destination == Notification.destination)
+    stale = session.execute(
+        sa.select(Notification.id, Notification.channel, Notification.updated_at)
+        .join(Campaign, Campaign.id == Notification.campaign_id)
+        .where(Notification.state == UNKNOWN, Notification.updated_at <= cutoff, ~pending_receipt,
+               Campaign.state.notin_(("paused", "cancelled")))
+        .order_by(Notification.id)).all()
+    requeued = []
+    for nid, channel, since in stale:
+        if channel == "sms" and (heard is None or heard < since + timedelta(seconds=SESSION_SETTLE_SECONDS)):
+            continue  # no SMSC has talked to us since: its receipts may still be on their way
+        if transition(session, nid, expected=UNKNOWN, to_state=QUEUED, source="recovery",
+                      detail=f"{RESENT_DETAIL}: no receipt within {after_seconds}s although the SMSC could "
+                             f"hand them over; the provider most likely never took it",
+                      values={"queued_at": utcnow(), "claimed_by": None}):
+            requeued.append(nid)
+    if requeued:
+        log.warning("%d unknown notification(s) resent after %ds without a receipt", len(requeued), after_seconds)
+    return requeued
+
+
+def unknown_notifications(session: Session, campaign_id: int) -> list[dict[str, object]]:
+    """The campaign's `unknown` rows, oldest first: what `campaign reconcile` lists."""
+    rows = session.execute(
+        sa.select(Notification.id, Notification.channel, Notification.destination, Notification.claimed_at,
+                  Notification.updated_at)
+        .where(Notification.campaign_id == campaign_id, Notification.state == UNKNOWN)
+        .order_by(Notification.updated_at, Notification.id)).all()
+    return [{"id": nid, "channel": channel, "destination": destination, "claimed_at": claimed_at,
+             "unknown_at": since} for nid, channel, destination, claimed_at, since in rows]
+
+
+def decide_unknown(session: Session, campaign_id: int, *, resend: bool, actor: str) -> list[int]:
+    """An operator's decision on every `unknown` row of the campaign: queue it again (`resend`)
+    or mark it `failed`. Each move is a compare-and-set: a row a receipt settled meanwhile stays."""
+    ids = [int(row["id"]) for row in unknown_notifications(session, campaign_id)]  # type: ignore[call-overload]
+    to_state = QUEUED if resend else FAILED
+    detail = (f"{RESENT_DETAIL}: decided by {actor}" if resend
+              else f"marked failed by {actor}: the provider's answer was never known")
+    values = {"queued_at": utcnow(), "claimed_by": None} if resend else {"reason": "unknown; marked failed by operator"}
+    return [nid for nid in ids if transition(session, nid, expected=UNKNOWN, to_state=to_state, source="operator",
+                                             detail=detail[:500], values=values)]
+
+
+def resent_after_unknown(session: Session, campaign_id: int) -> int:
+    """How many times the campaign's rows were sent again after being `unknown`."""
+    return int(session.execute(
+        sa.select(sa.func.count()).select_from(DeliveryEvent)
+        .join(Notification, Notification.id == DeliveryEvent.notification_id)
+        .where(Notification.campaign_id == campaign_id, DeliveryEvent.from_state == UNKNOWN,
+               DeliveryEvent.to_state == QUEUED)).scalar() or 0)

@@ -1,0 +1,235 @@
+"""Receipts under faults: several appliers at once, a locked database, a frozen / killed SMSC, a
+killed sender. After each, every row is final and the SMSC saw each SMS exactly once (messages
+reassembled per destination from the peer's JSON-lines log).
+
+Each test starts its own SMSC process and stops it by pid; waits are bounded deadlines.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import multiprocessing
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from channels.base import Receipt
+from channels.smpp import SmppChannel
+from notifier.db import session_scope, upgrade
+from notifier.demo_data import load_uniform_campaign
+from notifier.dispatch.receipts import ReceiptStore, apply_pending_receipts, store_receipts
+from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification
+from notifier.peers.smsc import SmscPeer
+from notifier.peers.smtp_sink import SmtpSink
+from notifier.settings import SmppSettings
+from tests.conftest import make_settings
+from tests.factories import add_account, add_notification, settings_env
+
+PROJECT = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT_SECONDS = 240
+
+
+def _wait(condition, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
+
+
+def _exactly_once(smsc: SmscPeer, destinations: int) -> None:
+    messages = smsc.messages()
+    per_destination = collections.Counter(m["destination"] for m in messages)
+    assert len(per_destination) == destinations, (len(per_destination), destinations)
+    assert set(per_destination.values()) == {1}, [d for d, n in per_destination.items() if n > 1]
+    assert all(m["parts"] == len(m["message_ids"]) for m in messages)
+
+
+# --- 4 processes applying receipts at once (PostgreSQL) --------------------------------------
+
+NOTIFICATIONS, PARTS = 300, 3
+
+
+def _applier(database_url: str, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """Apply until nothing is pending for a while; report how many and any error."""
+    applied, idle, error = 0, 0, None
+    try:
+        while idle < 20:
+            with session_scope(database_url) as session:
+                count = apply_pending_receipts(session)
+            applied += count
+            idle = 0 if count else idle + 1
+            time.sleep(0.01)
+    except Exception as exc:  # noqa: BLE001 - the test reports it
+        error = f"{type(exc).__name__}: {exc}"
+    results.put((applied, error))
+
+
+def test_four_processes_apply_receipts_at_once_without_deadlock(postgres_url: str) -> None:
+    with session_scope(postgres_url) as session:
+        account = add_account(session, "A1")
+        ids = []
+        for n in range(NOTIFICATIONS):
+            notification = add_notification(session, account, state="sent", destination=f"+8491{n:07d}")
+            notification.parts = PARTS
+            ids.append(notification.id)
+            for part in range(1, PARTS + 1):
+                session.add(MessagePart(notification_id=notification.id, part_no=part, channel="sms",
+                                        provider_message_id=f"{n:x}p{part}"))
+    receipts = [Receipt(channel="sms", provider_message_id=f"{n:x}p{part}", status="delivered",
+                        raw_status="DELIVRD") for n in range(NOTIFICATIONS) for part in range(1, PARTS + 1)]
+    random.Random(7).shuffle(receipts)  # parts of one message in different batches and processes
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
+    processes = [context.Process(target=_applier, args=(postgres_url, results)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    for start in range(0, len(receipts), 60):  # receipts keep arriving while the appliers run
+        with session_scope(postgres_url) as session:
+            store_receipts(session, receipts[start:start + 60])
+        time.sleep(0.02)
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert [error for _, error in outcomes if error] == []
+    assert sum(applied for applied, _ in outcomes) == len(receipts)  # each receipt applied once
+    with session_scope(postgres_url) as session:
+        states = collections.Counter(session.exec(select(Notification.state).where(Notification.id.in_(ids))).all())
+        assert states == {"delivered": NOTIFICATIONS}
+        assert session.exec(select(sa.func.count()).select_from(InboundReceipt)
+                            .where(InboundReceipt.applied_at.is_(None))).one() == 0
+        delivered_events = session.exec(select(DeliveryEvent.notification_id).where(
+            DeliveryEvent.to_state == "delivered", DeliveryEvent.from_state == "sent")).all()
+        assert sorted(delivered_events) == sorted(ids)  # one transition each, never two
+        assert session.exec(select(sa.func.count()).select_from(MessagePart)
+                            .where(MessagePart.state != "delivered")).one() == 0
+
+
+# --- a database lock longer than the submit timeout while receipts arrive --------------------
+
+def test_a_locked_database_does_not_block_the_smpp_reader(sqlite_url: str, tmp_path: Path) -> None:
+    upgrade(sqlite_url)
+    store = ReceiptStore(sqlite_url)  # the writer thread waits on the lock; the reader must not
+    with SmscPeer(tmp_path / "smsc.jsonl", receipt_retry=0.5) as smsc:
+        channel = SmppChannel(SmppSettings(port=smsc.port, system_id="locked", submit_timeout_seconds=2.0),
+                              on_receipt=store)
+        channel.start()
+        path = sa.make_url(sqlite_url).database
+        blocker = sqlite3.connect(path, timeout=5)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # hold the write lock for 3× the submit timeout
+            started = time.monotonic()
+            sent = []
+            while time.monotonic() - started < 6.0:
+                sent.append(channel.send(_message(len(sent))))  # OutcomeUnknownError if the reader stalls
+            blocker.rollback()
+        finally:
+            blocker.close()
+        wanted = {pid for res in sent for pid in res.provider_message_ids}
+
+        def stored() -> set[str]:
+            with session_scope(sqlite_url) as session:
+                return set(session.exec(select(InboundReceipt.provider_message_id)).all())
+
+        _wait(lambda: stored() >= wanted, "every receipt stored once the lock is gone")
+        channel.close()
+    _exactly_once(smsc, len(sent))
+
+
+def _message(n: int):  # type: ignore[no-untyped-def]
+    from channels.base import OutgoingMessage
+
+    return OutgoingMessage(notification_id=n + 1, destination=f"+8491{n:07d}", body=f"Canh bao {n}",
+                           reference=f"notification-{n + 1}")
+
+
+# --- campaigns under SMSC and sender faults ---------------------------------------------------
+
+ACCOUNTS = 80
+
+
+def _env(settings, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {**settings_env(settings), "NOTIFIER_SMPP__SUBMIT_TIMEOUT_SECONDS": "2",
+            "NOTIFIER_SMPP__ENQUIRE_LINK_SECONDS": "1", "NOTIFIER_DISPATCH__ROUTE_DOWN_SECONDS": "60", **extra}
+
+
+def _run(campaign_id: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "cli", "campaign", "run", str(campaign_id), "--json"],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=PROJECT)
+
+
+def _finish(process: subprocess.Popen[str]) -> dict[str, object]:
+    try:
+        stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"campaign run did not finish: {stderr[-3000:]}") from None
+    assert process.returncode == 0, stderr[-3000:]
+    return json.loads(stdout)  # type: ignore[no-any-return]
+
+
+def _all_final(database_url: str) -> collections.Counter[str]:
+    with session_scope(database_url) as session:
+        return collections.Counter(session.exec(select(Notification.state)).all())
+
+
+def test_smsc_frozen_longer_than_the_submit_timeout(sqlite_url: str, tmp_path: Path) -> None:
+    with SmscPeer(tmp_path / "smsc.jsonl") as smsc:
+        settings = make_settings(sqlite_url, smsc=smsc, dispatch={"sms_per_second": 40,
+                                                                  "unknown_resend_after_seconds": 4})
+        campaign_id = load_uniform_campaign(sqlite_url, tmp_path / "in", accounts=ACCOUNTS, channels=["sms"])
+        run = _run(campaign_id, _env(settings))
+        _wait(lambda: len(smsc.submits()) >= 20, "the first submits")
+        smsc.freeze()
+        time.sleep(5)  # > 2 s submit timeout: the writes in flight get no answer
+        smsc.thaw()
+        status = _finish(run)
+        assert status["by_channel"]["sms"] == {"delivered": ACCOUNTS}, status  # type: ignore[index]
+    _exactly_once(smsc, ACCOUNTS)
+
+
+def test_smsc_killed_and_restarted_mid_campaign(sqlite_url: str, tmp_path: Path) -> None:
+    smsc = SmscPeer(tmp_path / "smsc.jsonl", receipt_delay=0.3).start()
+    try:
+        settings = make_settings(sqlite_url, smsc=smsc, dispatch={"sms_per_second": 40,
+                                                                  "unknown_resend_after_seconds": 4})
+        campaign_id = load_uniform_campaign(sqlite_url, tmp_path / "in", accounts=ACCOUNTS, channels=["sms"])
+        run = _run(campaign_id, _env(settings))
+        _wait(lambda: len(smsc.submits()) >= 25, "the first submits")
+        smsc.kill()
+        time.sleep(2)
+        smsc.start()  # same port, same log; receipts it had not delivered come back from its journal
+        status = _finish(run)
+        assert status["by_channel"]["sms"] == {"delivered": ACCOUNTS}, status  # type: ignore[index]
+    finally:
+        smsc.stop()
+    _exactly_once(smsc, ACCOUNTS)
+
+
+def test_kill_9_with_receipts_stored_but_not_applied_then_rerun(postgres_url: str, tmp_path: Path) -> None:
+    with SmscPeer(tmp_path / "smsc.jsonl", receipt_delay=0.5) as smsc, SmtpSink() as smtp:
+        settings = make_settings(postgres_url, smsc=smsc, smtp=smtp,
+                                 dispatch={"sms_per_second": 60, "unknown_resend_after_seconds": 3})
+        campaign_id = load_uniform_campaign(postgres_url, tmp_path / "in", accounts=ACCOUNTS, channels=["sms"])
+        env = _env(settings)
+        first = _run(campaign_id, env)
+        _wait(lambda: len(smsc.submits()) >= 40, "40 submits")
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate()
+        assert _all_final(postgres_url)["delivered"] < ACCOUNTS
+        status = _finish(_run(campaign_id, env))
+        assert status["by_channel"]["sms"] == {"delivered": ACCOUNTS}, status  # type: ignore[index]
+        with session_scope(postgres_url) as session:
+            assert session.exec(select(sa.func.count()).select_from(InboundReceipt)
+                                .where(InboundReceipt.applied_at.is_(None))).one() == 0
+    _exactly_once(smsc, ACCOUNTS)
