@@ -494,8 +494,7 @@ def campaign_reconcile(
 ) -> None:
     """List the notifications whose send the provider may or may not have taken (`unknown`), and
     with --resend or --mark-failed decide them."""
-    import getpass
-
+    from notifier.audit import default_actor
     from notifier.campaigns import get_campaign
     from notifier.db import session_scope
     from notifier.dispatch.unknown import decide_unknown, unknown_notifications
@@ -506,7 +505,7 @@ def campaign_reconcile(
     with session_scope(_settings().database_url) as session:
         get_campaign(session, campaign_id)
         rows = unknown_notifications(session, campaign_id)
-        decided = (decide_unknown(session, campaign_id, resend=resend, actor=actor or getpass.getuser())
+        decided = (decide_unknown(session, campaign_id, resend=resend, actor=actor or default_actor())
                    if resend or mark_failed else [])
     shown = [{**row, "destination": mask_identifier("msisdn" if row["channel"] == "sms" else "email",
                                                     str(row["destination"] or ""))} for row in rows]

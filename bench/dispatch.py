@@ -1,15 +1,21 @@
 """Dispatch benchmark: one campaign of N accounts through the loopback SMSC (and SMTP) peers, every
 receipt applied before the clock stops, next to the bare SMPP channel's rate in the same run.
 
-    .venv/bin/python bench/dispatch.py [--accounts 1000] [--threads 4] [--channels sms]
+    .venv/bin/python bench/dispatch.py [--accounts 1000] [--threads 4] [--channels sms|email|sms,email]
         [--text one-part|ucs2|template] [--workers 0|2 --database-url postgresql+psycopg://… --broker-url redis://…]
+        [--first-submit]
 
 `--workers 0` (default): embedded (the in-process broker and worker threads inside `campaign run`).
 `--workers N`: N `notifier worker` processes on the Redis broker; `campaign run` only queues and
-follows. Prints notifications/s, parts/s, CPU ms per notification (ours; the PostgreSQL server's
-from /proc, server-wide), SQL statements (embedded: SQLAlchemy `before_cursor_execute`, all
-threads of the process) and transactions (embedded: `commit` events; PostgreSQL:
-pg_stat_database) per notification. Asserts nothing. Bounded: N ≤ 20,000, everything on 127.0.0.1.
+follows. Prints notifications/s, parts/s, the timeline (first and last submit, end), CPU ms per
+notification for our processes (this one + the workers, from the clock's start) and for
+PostgreSQL (only the backends of our database: pids sampled from pg_stat_activity during the run,
+/proc/<pid>/stat), SQL statements (SQLAlchemy `before_cursor_execute`, an executemany counts once;
+workers write theirs at exit, `NOTIFIER_SQL_COUNTS_FILE`) and transactions (commits; PostgreSQL:
+pg_stat_database of the database) per notification.
+`--first-submit`: only the time from `campaign run` to the SMSC's first submit (then the campaign
+is cancelled); up to 100,000 accounts. Asserts nothing. Bounded: N ≤ 20,000 (100,000 with
+`--first-submit`), everything on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -33,7 +41,8 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from channels.base import OutgoingMessage  # noqa: E402
 from channels.smpp import SmppChannel  # noqa: E402
-from notifier.db import get_engine, upgrade  # noqa: E402
+from notifier.campaigns import cancel_campaign  # noqa: E402
+from notifier.db import SQL_COUNTS_ENV, get_engine, session_scope, upgrade  # noqa: E402
 from notifier.demo_data import load_uniform_campaign  # noqa: E402
 from notifier.dispatch.loops import run_campaign  # noqa: E402
 from notifier.peers.smsc import SmscPeer  # noqa: E402
@@ -41,6 +50,7 @@ from notifier.peers.smtp_sink import SmtpSink  # noqa: E402
 from notifier.settings import DispatchSettings, Settings, SmppSettings, SmtpSettings, TEMPLATES_DIR  # noqa: E402
 
 MAX_ACCOUNTS = 20_000
+MAX_ACCOUNTS_FIRST_SUBMIT = 100_000
 WINDOW = 50
 ONE_PART_SMS = "{#- bench: one GSM-7 part -#}\nCanh bao: thiet bi cua Quy khach nhiem ma doc. LH {{ operator.hotline }}, ma {{ reference }}."
 UCS2_BODY = "Nhà mạng: thiết bị của Quý khách nhiễm mã độc Mirai (IP 14.160.79.110, 15:11 18/11). " * 2
@@ -48,7 +58,7 @@ UCS2_BODY = "Nhà mạng: thiết bị của Quý khách nhiễm mã độc Mira
 
 def main() -> None:
     args = _parse()
-    accounts = min(args.accounts, MAX_ACCOUNTS)
+    accounts = min(args.accounts, MAX_ACCOUNTS_FIRST_SUBMIT if args.first_submit else MAX_ACCOUNTS)
     channels = args.channels.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -69,9 +79,13 @@ def main() -> None:
                 dispatch=DispatchSettings(worker_threads=args.threads, sms_per_second=1_000_000,
                                           email_per_second=1_000_000, receipt_wait_seconds=60,
                                           sms_diacritics=args.text != "one-part"))
-            figures = _run(settings, campaign_id, args)
+            if args.first_submit:
+                _first_submit(settings, campaign_id, args, smsc, directory)
+                return
+            figures = _run(settings, campaign_id, args, smsc, directory)
             parts = len(smsc.submits())
-            bare = _bare_channel(smsc.port, args.text, count=min(accounts, 5000), threads=args.threads)
+            bare = _bare_channel(smsc.port, args.text, count=min(accounts, 5000), threads=args.threads) \
+                if "sms" in channels else None
         _print(figures, notifications=len(channels) * accounts, parts=parts, bare=bare)
 
 
@@ -79,12 +93,14 @@ def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--channels", default="sms", help="the campaign's channel chain, e.g. sms or sms,email")
+    parser.add_argument("--channels", default="sms", help="the campaign's channel chain, e.g. sms, email or sms,email")
     parser.add_argument("--text", choices=["one-part", "ucs2", "template"], default="one-part",
                         help="one-part: a short GSM-7 SMS; ucs2/template: the real 3-part Vietnamese text")
     parser.add_argument("--database-url", help="an empty database to use (default: a temporary SQLite file)")
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--workers", type=int, default=0, help="`notifier worker` processes (needs PostgreSQL)")
+    parser.add_argument("--first-submit", action="store_true",
+                        help="measure only the time from `campaign run` to the first submit, then cancel")
     return parser.parse_args()
 
 
@@ -99,42 +115,96 @@ def _templates(directory: Path, text: str) -> Path:
     return copy
 
 
-def _run(settings: Settings, campaign_id: int, args: argparse.Namespace) -> dict[str, float]:
+def _run(settings: Settings, campaign_id: int, args: argparse.Namespace, smsc: SmscPeer,
+         directory: Path) -> dict[str, float]:
     """Send the campaign; the clock stops when `campaign run` has every row settled, receipts in."""
     counts: collections.Counter[str] = collections.Counter()
     engine = get_engine(settings.database_url)
     sa.event.listen(engine, "before_cursor_execute", lambda *a: counts.update(["statements"]))
     sa.event.listen(engine, "commit", lambda *a: counts.update(["commits"]))
-    workers = [_start_worker(settings, args.threads) for _ in range(args.workers)]
-    postgres = _postgres_cpu()
+    counts_file = directory / "sql-counts"
+    workers = [_start_worker(settings, args.threads, counts_file) for _ in range(args.workers)]
+    backends = _BackendCpu(settings.database_url)
     xacts = _pg_transactions(settings.database_url)
     ours = _own_cpu()
-    began = time.perf_counter()
+    workers_cpu = [_process_cpu(worker.pid) for worker in workers]
+    smsc_cpu = _process_cpu(smsc.pid or 0)
+    began, began_wall = time.perf_counter(), time.time()
+    backends.start()
     try:
         status = run_campaign(settings, campaign_id)
         elapsed = time.perf_counter() - began
-        worker_cpu = sum(_process_cpu(worker.pid) for worker in workers)
+        workers_cpu = [_process_cpu(worker.pid) - before for worker, before in zip(workers, workers_cpu)]
+        smsc_cpu = _process_cpu(smsc.pid or 0) - smsc_cpu
+        postgres_cpu = backends.stop()
+        transactions = (_pg_transactions(settings.database_url) - xacts - backends.samples) if xacts is not None \
+            else counts["commits"]
     finally:
+        backends.stop()
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
         for worker in workers:
             worker.wait(timeout=30)
     print(f"outcome:           {status['by_channel']}")
-    return {"elapsed": elapsed, "ours_cpu": _own_cpu() - ours + worker_cpu, "postgres_cpu": _postgres_cpu() - postgres,
-            "statements": counts["statements"] if not workers else float("nan"),
-            "transactions": (_pg_transactions(settings.database_url) - xacts) if xacts is not None
-            else counts["commits"]}
+    statements = counts["statements"] + sum(_worker_counts(counts_file, worker.pid)["statements"] for worker in workers)
+    return {"elapsed": elapsed, "ours_cpu": _own_cpu() - ours + sum(workers_cpu), "postgres_cpu": postgres_cpu,
+            "smsc_cpu": smsc_cpu, "statements": statements, "transactions": transactions,
+            **_timeline(smsc, began_wall)}
 
 
-def _start_worker(settings: Settings, threads: int) -> subprocess.Popen[bytes]:
+def _first_submit(settings: Settings, campaign_id: int, args: argparse.Namespace, smsc: SmscPeer,
+                  directory: Path) -> None:
+    """Time from `campaign run` to the SMSC's first submit; the campaign is cancelled right after."""
+    workers = [_start_worker(settings, args.threads, directory / "sql-counts") for _ in range(args.workers)]
+    began, began_wall = time.perf_counter(), time.time()
+    runner = threading.Thread(target=run_campaign, args=(settings, campaign_id), daemon=True)
+    runner.start()
+    try:
+        deadline = began + 120
+        while not (smsc.log_path.exists() and smsc.log_path.stat().st_size) and time.perf_counter() < deadline:
+            time.sleep(0.005)
+        seen = time.perf_counter() - began
+        with session_scope(settings.database_url) as session:
+            cancel_campaign(session, campaign_id)
+        runner.join(timeout=60)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=30)
+    first = _timeline(smsc, began_wall)["first_submit"]
+    print(f"first submit:      {first:.2f}s after `campaign run` started (seen by the bench after {seen:.2f}s); "
+          f"{len(smsc.submits())} submit(s) before the cancel")
+
+
+def _timeline(smsc: SmscPeer, began_wall: float) -> dict[str, float]:
+    """Seconds from the clock's start to the SMSC's first and last submit (its log's times)."""
+    times = [datetime.fromisoformat(submit["at"]).timestamp() for submit in smsc.submits()]
+    if not times:
+        return {"first_submit": float("nan"), "last_submit": float("nan")}
+    return {"first_submit": min(times) - began_wall, "last_submit": max(times) - began_wall}
+
+
+def _start_worker(settings: Settings, threads: int, counts_file: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "NOTIFIER_DATABASE_URL": settings.database_url, "NOTIFIER_BROKER_URL": settings.broker_url or "",
            "NOTIFIER_BROKER_NAMESPACE": settings.broker_namespace, "NOTIFIER_TEMPLATES_DIR": str(settings.templates_dir),
            "NOTIFIER_SMPP__PORT": str(settings.smpp.port), "NOTIFIER_SMPP__SYSTEM_ID": settings.smpp.system_id,
            "NOTIFIER_SMPP__WINDOW": str(WINDOW), "NOTIFIER_SMTP__PORT": str(settings.smtp.port),
            "NOTIFIER_DISPATCH__SMS_PER_SECOND": "1000000", "NOTIFIER_DISPATCH__EMAIL_PER_SECOND": "1000000",
-           "NOTIFIER_DISPATCH__SMS_DIACRITICS": str(settings.dispatch.sms_diacritics).lower()}
+           "NOTIFIER_DISPATCH__SMS_DIACRITICS": str(settings.dispatch.sms_diacritics).lower(),
+           SQL_COUNTS_ENV: str(counts_file)}
     return subprocess.Popen([sys.executable, "-m", "cli", "worker", "--threads", str(threads), "--channels", "sms,email"],
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL)
+
+
+def _worker_counts(counts_file: Path, pid: int) -> dict[str, int]:
+    """What a worker wrote at exit (statements, commits); zeros if it wrote nothing."""
+    import json
+
+    try:
+        return json.loads(Path(f"{counts_file}.{pid}").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"statements": 0, "commits": 0}
 
 
 def _bare_channel(port: int, text: str, *, count: int, threads: int) -> tuple[float, float]:
@@ -155,16 +225,20 @@ def _bare_channel(port: int, text: str, *, count: int, threads: int) -> tuple[fl
     return count / elapsed, parts / elapsed
 
 
-def _print(figures: dict[str, float], *, notifications: int, parts: int, bare: tuple[float, float]) -> None:
+def _print(figures: dict[str, float], *, notifications: int, parts: int, bare: tuple[float, float] | None) -> None:
     elapsed = figures["elapsed"]
     print(f"send+receipts:     {elapsed:.2f}s: {notifications / elapsed:.0f} notifications/s, "
           f"{parts / elapsed:.0f} SMS parts/s ({parts} parts)")
+    print(f"timeline:          first submit {figures['first_submit']:.2f}s, last submit {figures['last_submit']:.2f}s, "
+          f"every receipt applied {elapsed:.2f}s")
     print(f"CPU per notification: ours {1000 * figures['ours_cpu'] / notifications:.2f} ms, "
-          f"PostgreSQL server {1000 * figures['postgres_cpu'] / notifications:.2f} ms (all postgres processes)")
-    print(f"per notification:  {figures['statements'] / notifications:.2f} SQL statements (this process), "
+          f"PostgreSQL {1000 * figures['postgres_cpu'] / notifications:.2f} ms (our database's backends), "
+          f"SMSC peer {1000 * figures['smsc_cpu'] / notifications:.2f} ms")
+    print(f"per notification:  {figures['statements'] / notifications:.2f} SQL statements (all our processes), "
           f"{figures['transactions'] / notifications:.3f} transactions")
-    print(f"bare SMPP channel: {bare[0]:.0f} messages/s, {bare[1]:.0f} parts/s "
-          f"(end to end = {100 * (parts / elapsed) / bare[1]:.0f}% of its parts/s)")
+    if bare is not None:
+        print(f"bare SMPP channel: {bare[0]:.0f} messages/s, {bare[1]:.0f} parts/s "
+              f"(end to end = {100 * (parts / elapsed) / bare[1]:.0f}% of its parts/s)")
 
 
 def _own_cpu() -> float:
@@ -181,16 +255,52 @@ def _process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _postgres_cpu() -> float:
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    total += _process_cpu(int(entry.name))
-            except OSError:
-                continue
-    return total
+class _BackendCpu:
+    """CPU of the PostgreSQL backends serving our database, not the whole server: their pids are
+    sampled from pg_stat_activity every 0.2 s during the run (workers' backends end with them),
+    each backend's CPU read from /proc. Nothing on SQLite."""
+
+    PERIOD = 0.2
+
+    def __init__(self, url: str) -> None:
+        self._url = url if url.startswith("postgresql") else None
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.samples = 0  # one transaction each in pg_stat_database: the bench subtracts them
+        # Its own engine: these queries are not the send path's statements.
+        self._engine = sa.create_engine(self._url, poolclass=sa.pool.StaticPool) if self._url else None
+        if self._url:
+            self._sample(baseline=True)
+
+    def start(self) -> None:
+        if self._url:
+            self._thread.start()
+
+    def stop(self) -> float:
+        """Stop sampling (after one last sample); CPU seconds our backends used since the start."""
+        if self._url and not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._sample(baseline=False)
+        return sum(self._last[pid] - self._first.get(pid, 0.0) for pid in self._last)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.PERIOD):
+            self._sample(baseline=False)
+
+    def _sample(self, *, baseline: bool) -> None:
+        self.samples += 1
+        with self._engine.connect() as connection:  # type: ignore[union-attr]
+            pids = connection.execute(sa.text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).scalars().all()
+        for pid in pids:
+            cpu = _process_cpu(pid)
+            if cpu:
+                if baseline:
+                    self._first[pid] = cpu
+                self._last[pid] = max(cpu, self._last.get(pid, 0.0))
 
 
 def _pg_transactions(url: str) -> int | None:

@@ -9,9 +9,12 @@ errors people can act on (no schema, unreachable, locked) into one line for the 
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Iterator
 from contextlib import contextmanager
 import functools
+import json
+import os
 import re
 import threading
 from pathlib import Path
@@ -84,6 +87,32 @@ def _sqlite_pragmas(busy_timeout_ms: int, dbapi_connection, _record) -> None:  #
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
+# bench/dispatch.py sets this for the `notifier worker` processes it starts: each writes the SQL
+# statements and commits its engines ran (JSON) to `<value>.<pid>` when it exits. Off otherwise.
+SQL_COUNTS_ENV = "NOTIFIER_SQL_COUNTS_FILE"
+_sql_counts: dict[str, int] = {"statements": 0, "commits": 0}
+_counted_engines: list[Engine] = []
+
+
+def _count_sql(engine: Engine) -> None:
+    """Count statements (an executemany is one) and commits of `engine` for the benchmark."""
+    if not _counted_engines:
+        atexit.register(_write_sql_counts, os.environ[SQL_COUNTS_ENV])
+
+    def statement(*_: object) -> None:
+        _sql_counts["statements"] += 1
+
+    def commit(*_: object) -> None:
+        _sql_counts["commits"] += 1
+
+    sa.event.listen(engine, "before_cursor_execute", statement)
+    sa.event.listen(engine, "commit", commit)
+    _counted_engines.append(engine)
+
+
+def _write_sql_counts(path: str) -> None:
+    Path(f"{path}.{os.getpid()}").write_text(json.dumps(_sql_counts), encoding="utf-8")
+
 
 def get_engine(database_url: str) -> Engine:
     """One engine per database URL per process."""
@@ -91,6 +120,8 @@ def get_engine(database_url: str) -> Engine:
         engine = _engines.get(database_url)
         if engine is None:
             engine = _engines[database_url] = _create_engine(database_url)
+            if os.environ.get(SQL_COUNTS_ENV):
+                _count_sql(engine)
         return engine
 
 

@@ -20,6 +20,7 @@ without diacritics (`strip_sms_diacritics=True`) to fit in fewer GSM-7 parts.
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ CHANNEL_FILES: dict[str, tuple[str, ...]] = {
 SMS_MAX_CHARS_GSM7 = 306  # 2 concatenated GSM-7 parts of 153 characters
 SMS_MAX_CHARS_UCS2 = 201  # 3 concatenated UCS-2 parts of 67 characters
 _NAME_RE = re.compile(r"^[a-z0-9_]+$")
+RESOLVED_TTL_SECONDS = 5.0  # how long Renderer remembers where a template lives
 _DATE_ONLY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 VARIANTS_KEY = "_sms_variants"  # a list in the context collects every SMS variant (`sms_variants`)
 _BLANK_LINES_RE = re.compile(r"\n{3,}")
@@ -288,6 +290,9 @@ class Renderer:
         self.default_language = _language_key(default_language) or DEFAULT_LANGUAGE
         self.zone = ZoneInfo(timezone)
         self.env = build_environment(self.templates_dir, self.zone)
+        # (template, language) -> (monotonic expiry, folder): the send path renders thousands of
+        # messages a second and scanning the templates directory for each one cost more than Jinja.
+        self._resolved: dict[tuple[str, str], tuple[float, str]] = {}
 
     def available_templates(self) -> list[str]:
         """Template names present in the default language, sorted."""
@@ -345,12 +350,18 @@ class Renderer:
             raise InputError(f"unknown template {template!r} (known: {', '.join(known) or 'none'})")
 
     def _resolve_language(self, template: str, language: str) -> str:
-        """The requested language if it has this template, else the default; InputError if neither."""
+        """The requested language if it has this template, else the default; InputError if neither.
+        A found answer is remembered for RESOLVED_TTL_SECONDS (a template added or removed on disk
+        is seen within that time); an unknown template is looked up every time."""
+        key = (template, language)
+        cached = self._resolved.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         self.check_template(template)
         wanted = _language_key(language)
-        if wanted and (self.templates_dir / wanted / template).is_dir():
-            return wanted
-        return self.default_language
+        found = wanted if wanted and (self.templates_dir / wanted / template).is_dir() else self.default_language
+        self._resolved[key] = (time.monotonic() + RESOLVED_TTL_SECONDS, found)
+        return found
 
     def _render_sms(self, name: str, values: dict[str, Any], strip: bool) -> str:
         """One line of NFC text: the variant for 2 GSM-7 parts, or for 3 UCS-2 parts if not GSM-7."""

@@ -101,7 +101,8 @@ def make_settings(database_url: str, *, smsc: SmscPeer | None = None, smtp: Smtp
                   **overrides: object) -> Settings:
     """Settings for a test: its database, its peers, short waits."""
     dispatch = DispatchSettings(**{"receipt_wait_seconds": 5, "sms_per_second": 1000, "email_per_second": 1000,
-                                   "unknown_resend_after_seconds": 5, **overrides.pop("dispatch", {})})  # type: ignore[dict-item]
+                                   "unknown_resend_after_seconds": 5, "requeue_after_seconds": 5,
+                                   **overrides.pop("dispatch", {})})  # type: ignore[dict-item]
     return Settings(
         database_url=database_url,
         smpp=SmppSettings(port=smsc.port if smsc else 1, system_id="notifier-test"),

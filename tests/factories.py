@@ -67,6 +67,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "NOTIFIER_SMTP__PORT": str(settings.smtp.port),
         "NOTIFIER_DISPATCH__RECEIPT_WAIT_SECONDS": str(settings.dispatch.receipt_wait_seconds),
         "NOTIFIER_DISPATCH__UNKNOWN_RESEND_AFTER_SECONDS": str(settings.dispatch.unknown_resend_after_seconds),
+        "NOTIFIER_DISPATCH__REQUEUE_AFTER_SECONDS": str(settings.dispatch.requeue_after_seconds),
         "NOTIFIER_DISPATCH__SMS_PER_SECOND": str(settings.dispatch.sms_per_second),
         "NOTIFIER_DISPATCH__EMAIL_PER_SECOND": str(settings.dispatch.email_per_second),
         "NOTIFIER_DISPATCH__WORKER_THREADS": str(settings.dispatch.worker_threads),

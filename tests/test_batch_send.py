@@ -235,3 +235,40 @@ def test_statements_per_notification_are_bounded(database_url: str, smsc: SmscPe
     assert counts["commits"] / 200 <= 0.1
     per_destination = _once_each(smsc, 200)
     assert len(per_destination) == 200 and set(per_destination.values()) == {1}
+
+
+class _CountingLimiter:
+    """A limiter that grants at once and remembers each grant's size."""
+
+    def __init__(self) -> None:
+        self.grants: list[float] = []
+
+    def acquire(self, tokens: float = 1.0) -> float:
+        self.grants.append(tokens)
+        return 0.0
+
+    def throttled(self) -> None:
+        pass
+
+    def current_rate(self) -> float:
+        return 1e9
+
+
+@pytest.mark.parametrize("per_second", [1000.0, 1_000_000.0])
+def test_a_chunk_is_granted_before_its_claim_in_one_call(
+    database_url: str, smsc: SmscPeer, runtime_for, per_second: float
+) -> None:
+    """The route's clock is asked once per chunk, before the claim, for the chunk's parts (the
+    rows wait `queued`, not `sending`): limits off cost one call per batch, nothing per message."""
+    runtime = runtime_for()
+    runtime.settings.dispatch.sms_per_second = per_second
+    limiter = _CountingLimiter()
+    runtime.limiter = lambda name: limiter  # type: ignore[method-assign]
+    ids = _add_rows(database_url, 6)
+    report = deliver_batch(runtime, ids)
+    assert set(report.outcomes.values()) == {"sent"}
+    with session_scope(database_url) as session:
+        parts = session.exec(select(Notification.parts).where(Notification.id.in_(ids))).all()
+    assert limiter.grants == [float(sum(parts))]
+    per_destination = _once_each(smsc, 6)
+    assert len(per_destination) == 6 and set(per_destination.values()) == {1}

@@ -72,7 +72,7 @@ def test_pause_reaches_every_worker_within_2_s_and_resume_sends_the_rest_once(
     campaign_id = _campaign(tmp_path, postgres_url)
     with SmscPeer(tmp_path / "smsc.jsonl") as smsc, SmtpSink() as smtp:
         settings = _production(postgres_url, smsc, smtp, redis_url, redis_namespace, requeue_after_seconds=3,
-                               sms_per_second=15, email_per_second=15)
+                               sms_per_second=30, email_per_second=30)
         with _workers(settings, 2):
             _wait_for_heartbeats(redis_url, redis_namespace, 2)
             run = _Run(settings, campaign_id)

@@ -264,7 +264,7 @@ def test_smsc_and_mail_relay_down_then_back_is_a_pause(sqlite_url: str, tmp_path
         route.restore()
         try:
             settings = make_settings(sqlite_url, smsc=smsc, smtp=smtp,
-                                     dispatch={"sms_per_second": 8, "email_per_second": 8, "route_down_seconds": 1,
+                                     dispatch={"sms_per_second": 20, "email_per_second": 20, "route_down_seconds": 1,
                                                "unknown_resend_after_seconds": 20})
             env = {**os.environ, **settings_env(settings), **_fault_env(settings),
                    "NOTIFIER_SMPP__PORT": str(route.port)}
@@ -303,7 +303,7 @@ def test_kill_9_one_of_two_workers(postgres_url: str, redis_url: str, redis_name
     campaign_id = load_uniform_campaign(postgres_url, tmp_path / "inputs", accounts=ACCOUNTS, channels=["sms", "email"])
     with SmscPeer(tmp_path / "smsc.jsonl") as smsc, SmtpSink() as smtp:
         settings = _production(postgres_url, smsc, smtp, redis_url, redis_namespace, requeue_after_seconds=3,
-                               sms_per_second=20, email_per_second=20)
+                               sms_per_second=40, email_per_second=40)
         with _workers(settings, 2) as [victim, survivor]:
             _wait_for_heartbeats(redis_url, redis_namespace, 2)
             run = _Run(settings, campaign_id)

@@ -1,13 +1,13 @@
-"""Send notifications in batches: load and render in memory, pace, claim, send through the
-channel's window, record the answers — each a fixed number of statements per batch.
+"""Send notifications in batches: load and render in memory, claim, send through the channel's
+window at the route's pace (message by message), record the answers — each a fixed number of
+statements per batch.
 
 This is the whole job of the `send_notifications` actor, as a plain function. The row says
-exactly what is known after a crash: `queued` (nothing happened; pacing waits here, before the
-claim), `sending` (the provider may have it: the recovery makes it `unknown`), `sent` (the
-provider accepted it). A claim is one `UPDATE … RETURNING` on the rows still `queued` in campaigns
-not held, so two workers given the same batch send each row once. Anything unexpected for a row
-(a template that overflows a date, a bug) ends that row `failed` with the error class as its
-reason; the batch's other rows carry on.
+exactly what is known after a crash: `queued` (nothing happened), `sending` (the provider may
+have it: the recovery makes it `unknown`), `sent` (the provider accepted it). A claim is one
+`UPDATE … RETURNING` on the rows still `queued` in campaigns not held, so two workers given the
+same batch send each row once. Anything unexpected for a row (a template that overflows a date,
+a bug) ends that row `failed` with the error class as its reason; the batch's other rows carry on.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from itertools import zip_longest
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,8 +25,9 @@ from channels.base import OutgoingMessage, SendOutcome, send_all
 from notifier.db import session_scope
 from notifier.errors import InputError, NotifierError, RouteUnreachableError
 from notifier.models import Account, Campaign, Notification, utcnow
-from notifier.dispatch.outbox import FAILED, QUEUED, SENDING, UNKNOWN, RowMove, transition_rows
-from notifier.dispatch.ratelimit import is_throttling
+from notifier.dispatch.outbox import FAILED, QUEUED, SENDING, UNKNOWN, RowMove, among, transition_rows
+from notifier.dispatch.ratelimit import Paced, is_throttling
+from notifier.dispatch.redrive import keep_in_hand, let_go
 from notifier.dispatch.recording import (
     BatchReport, Send, log_sent, log_unexpected, record_outcomes, unexpected_reason,
 )
@@ -67,10 +69,27 @@ def deliver_batch(runtime: Runtime, notification_ids: Iterable[int]) -> BatchRep
     by_channel: dict[str, list[Send]] = {}
     for send in sends:
         by_channel.setdefault(send.channel, []).append(send)
-    for channel, group in by_channel.items():
-        for chunk in _paced_chunks(runtime, channel, group):
+    # The channels' chunks take turns: each route has its own pace, so an e-mail chunk need not
+    # wait behind every SMS chunk of the batch (that made e-mails a tail after the SMS).
+    per_channel = [[(channel, chunk) for chunk in _paced_chunks(runtime, channel, group)]
+                   for channel, group in by_channel.items()]
+    chunks = [turn for turns in zip_longest(*per_channel) for turn in turns if turn is not None]
+    for index, (channel, chunk) in enumerate(chunks):
+        if index:  # the first chunk was just read: no need to look again
+            chunk = _still_in_hand(runtime, chunk, [send for _, later in chunks[index:] for send in later], report)
+        if chunk:
             _send_chunk(runtime, channel, chunk, report)
     return report
+
+
+def _still_in_hand(runtime: Runtime, chunk: list[Send], unsent: list[Send], report: BatchReport) -> list[Send]:
+    """The chunk's rows still `queued` in a running campaign (a duplicate message may have sent
+    them, an operator paused the campaign); every row of the batch not sent yet is marked as held
+    by a live worker, so the re-drive does not hand it to the broker again (`keep_in_hand`)."""
+    with session_scope(runtime.settings.database_url) as session:
+        kept = set(keep_in_hand(session, [send.notification_id for send in unsent]))
+    report.note([send.notification_id for send in chunk if send.notification_id not in kept], "skipped")
+    return [send for send in chunk if send.notification_id in kept]
 
 
 # -- load and render ---------------------------------------------------------------------------
@@ -85,7 +104,7 @@ def _prepare(runtime: Runtime, ids: list[int], report: BatchReport) -> list[Send
             sa.select(_N.id, _N.campaign_id, _N.channel, _N.destination, _N.state, _N.context, _N.attempts,
                       _C.template, _C.state.label("campaign_state"), _A.language)
             .join(Campaign.__table__, _C.id == _N.campaign_id).join(Account.__table__, _A.id == _N.account_id)
-            .where(_N.id.in_(ids))
+            .where(among(session, _N.id, ids))
         ).all()
     report.note(ids, "missing")
     sends: list[Send] = []
@@ -136,14 +155,33 @@ def _fail_queued(runtime: Runtime, broken: Sequence[tuple[int, BaseException]], 
     report.note(moved, "failed")
 
 
-# -- pace, claim, send, record -----------------------------------------------------------------
+# -- claim, send paced, record -----------------------------------------------------------------
+
+# Seconds of the route's rate one sending thread claims at a time (at least one message). A
+# claimed row waits in `sending` for its turn on the route's clock, and a message written but not
+# yet recorded when the process dies becomes `unknown` — an e-mail has no receipt to settle it and
+# is sent again. So at agreed rates a thread claims, paces, sends and records about one message
+# at a time (a kill -9 exposes what the old chunk-wide pacing exposed: the messages on the wire);
+# with limits off (huge rates) a whole batch is one chunk, one claim, one record.
+CLAIM_SECONDS = 0.02
+# Routes paced message by message after the claim (`Paced`): none for now. An SMSC counts our rate
+# in a sliding second, so a chunk written at once shows it a burst — but a claimed row waiting
+# for its turn is exposed to a crash: written and not recorded, it becomes `unknown`, and an
+# e-mail (no receipts) is then sent again. With "sms" here, tests/test_dispatch_faults.py
+# kill -9 saw duplicate e-mails in 2 runs of 4 (HEAD: 0 of 3), so every route keeps the
+# chunk-wide pacing before the claim (rows wait `queued`) until that exposure is closed.
+PACED_PER_MESSAGE: frozenset[str] = frozenset()
+
 
 def _paced_chunks(runtime: Runtime, channel: str, sends: list[Send]) -> Iterable[list[Send]]:
-    """About one second of the route's rate per chunk, so a claimed row never waits for pacing
-    in `sending`, and a slow route does not hold a long batch claimed."""
-    per_second = {"sms": runtime.settings.dispatch.sms_per_second,
-                  "email": runtime.settings.dispatch.email_per_second}.get(channel, 1.0)
-    budget = max(1, int(per_second))
+    """Chunks of CLAIM_SECONDS of the route's rate shared by this process's sending threads, so a
+    claimed row waits little in `sending`, a pause stops new submits at once, and a slow route
+    does not hold a long batch claimed. With limits off (huge rates) the whole batch is one chunk."""
+    if channel not in PACED_PER_MESSAGE:  # paced before the claim: about one second of the rate
+        budget = max(1, int(_per_second(runtime, channel)))
+    else:
+        threads = max(1, runtime.settings.dispatch.worker_threads)
+        budget = max(1, int(_per_second(runtime, channel) * CLAIM_SECONDS / threads))
     chunk: list[Send] = []
     parts = 0
     for send in sends:
@@ -157,18 +195,22 @@ def _paced_chunks(runtime: Runtime, channel: str, sends: list[Send]) -> Iterable
 
 
 def _send_chunk(runtime: Runtime, channel: str, sends: list[Send], report: BatchReport) -> None:
-    """Route check and pacing (rows still `queued`), claim, send, record."""
+    """Route check (rows still `queued`), claim, send paced message by message, record."""
     delay_ms = max(1000, int(runtime.settings.dispatch.route_down_seconds * 1000))
     try:
         adapter = runtime.channel(channel)
         adapter.check()  # cheap while the route works
-        runtime.limiter(channel).acquire(sum(send.parts for send in sends))
+        limiter = runtime.limiter(channel)
+        if channel not in PACED_PER_MESSAGE:
+            limiter.acquire(sum(send.parts for send in sends))  # before the claim: rows wait `queued`
     except RouteUnreachableError as exc:
         # The rows stay `queued`, untouched; the broker keeps them until the route is back. Logged
         # at debug: `campaign run` / the worker report the outage once.
         log.debug("[channel:%s] route unreachable (%s); %d message(s) back to the broker for %d ms",
                   channel, exc.reason, len(sends), delay_ms)
         report.retry_later([send.notification_id for send in sends], delay_ms, "waiting")
+        with session_scope(runtime.settings.database_url) as session:
+            let_go(session, [send.notification_id for send in sends])
         return
     except Exception as exc:  # noqa: BLE001 - a rate of 0, an unknown channel, a bug: fail, never hang
         _fail_queued(runtime, [(send.notification_id, exc) for send in sends], report, stage="pacing")
@@ -178,11 +220,39 @@ def _send_chunk(runtime: Runtime, channel: str, sends: list[Send], report: Batch
     report.note([send.notification_id for send in sends if send.notification_id not in owned], "skipped")
     if not claimed:
         return
-    outcomes = _send_all(adapter, claimed)
+    if channel in PACED_PER_MESSAGE:
+        outcomes = _send_all(adapter, lambda: _paced(runtime, channel, limiter, claimed), len(claimed))
+    else:
+        outcomes = _send_all(adapter, lambda: [send.message for send in claimed], len(claimed))
     if any(is_throttling(getattr(outcome, "provider_status", None)) for outcome in outcomes):
         runtime.limiter(channel).throttled()  # every worker on the route slows down (ratelimit.py)
     _record(runtime, claimed, outcomes, report, route_down_ms=delay_ms)
     log_sent(claimed, report)
+
+
+# A chunk the route pays for in less than this is granted at once: pacing it message by message
+# could not show any provider a different rate, and on the shared (Redis) limiter each grant is a
+# round trip. With limits off (huge rates) a chunk costs one grant, as before.
+PACE_RESOLUTION_SECONDS = 0.002
+
+
+def _paced(runtime: Runtime, channel: str, limiter: Any, sends: list[Send]) -> Sequence[OutgoingMessage]:
+    """The claimed messages as the channel should iterate them: each one on its turn at the
+    route's pace (`Paced`: its parts acquired just before it is written), so a chunk claimed at
+    once still reaches the provider smoothly; the rows wait in `sending` at most about a second
+    (a chunk is one second of the rate, `_paced_chunks`)."""
+    messages = [send.message for send in sends]
+    parts = [send.parts for send in sends]
+    if sum(parts) / _per_second(runtime, channel) < PACE_RESOLUTION_SECONDS:
+        limiter.acquire(sum(parts))
+        return messages
+    return Paced(limiter, messages, parts)
+
+
+def _per_second(runtime: Runtime, channel: str) -> float:
+    """The route's agreed rate (SMS parts or e-mails per second)."""
+    return {"sms": runtime.settings.dispatch.sms_per_second,
+            "email": runtime.settings.dispatch.email_per_second}.get(channel, 1.0)
 
 
 def claim_batch(runtime: Runtime, sends: Sequence[Send]) -> list[Send]:
@@ -200,15 +270,16 @@ def claim_batch(runtime: Runtime, sends: Sequence[Send]) -> list[Send]:
     return [send for send in sends if send.notification_id in moved]
 
 
-def _send_all(adapter: Any, sends: list[Send]) -> list[SendOutcome]:
-    """One outcome per claimed send; should the adapter itself blow up, that is every row's outcome."""
+def _send_all(adapter: Any, batch: Callable[[], Sequence[OutgoingMessage]], count: int) -> list[SendOutcome]:
+    """One outcome per claimed message (`batch()` gives them, paced); should pacing or the adapter
+    itself blow up, that is every row's outcome: the rows never stay `sending`."""
     try:
-        outcomes = send_all(adapter, [send.message for send in sends])
-        if len(outcomes) != len(sends):
-            raise RuntimeError(f"channel returned {len(outcomes)} outcomes for {len(sends)} messages")
+        outcomes = send_all(adapter, batch())
+        if len(outcomes) != count:
+            raise RuntimeError(f"channel returned {len(outcomes)} outcomes for {count} messages")
         return outcomes
     except Exception as exc:  # noqa: BLE001 - recorded per row as an unexpected failure
-        return [exc] * len(sends)
+        return [exc] * count
 
 
 def _record(runtime: Runtime, claimed: list[Send], outcomes: list[SendOutcome], report: BatchReport,

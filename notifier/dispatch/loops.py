@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # maintenance and progress once a second: counting a big campaign is not free
 MAINTENANCE_SECONDS = 1.0
+EMBEDDED_WORKER_TIMEOUT_MS = 100
+FINAL_POLL_SECONDS = 0.1  # `campaign run` polls this often once at most FINAL_ROWS rows are left
+FINAL_ROWS = 2000
 ProgressCallback = Callable[[dict[str, object]], None]
 
 
@@ -251,7 +254,15 @@ def _follow(settings: Settings, campaign_id: int, actor: dramatiq.Actor,
                 if watch is not None:
                     watch.poll(watch.down, force=True)  # close the log of an outage that ended
                 return status
-        time.sleep(POLL_SECONDS)
+        time.sleep(_poll_seconds(states, watch))
+
+
+def _poll_seconds(states: dict[str, int], watch: RouteWatch | None) -> float:
+    """Once a second while much is left or a route is down; ten times a second for the last rows
+    and receipts, so the run ends within ~0.1 s of its last receipt, not up to a second later."""
+    left = sum(states.get(state, 0) for state in PENDING_STATES) + states.get(SENT, 0)
+    route_down = watch is not None and bool(watch.down)
+    return FINAL_POLL_SECONDS if left <= FINAL_ROWS and not route_down else POLL_SECONDS
 
 
 def _queue(settings: Settings, campaign_id: int) -> list[int]:
@@ -299,7 +310,10 @@ class _embedded_worker:
         if self.runtime is None:
             return self
         activate(self.runtime)
-        self.worker = dramatiq.Worker(self.broker, worker_threads=self.settings.dispatch.worker_threads)
+        # A short worker timeout: stopping waits for each consumer's poll (dramatiq's default,
+        # 1 s, added a second to the end of every `campaign run`).
+        self.worker = dramatiq.Worker(self.broker, worker_threads=self.settings.dispatch.worker_threads,
+                                      worker_timeout=EMBEDDED_WORKER_TIMEOUT_MS)
         self.worker.start()
         return self
 

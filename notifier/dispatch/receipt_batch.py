@@ -25,8 +25,10 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from channels.base import RECEIPT_DELIVERED, RECEIPT_EXPIRED, RECEIPT_FAILED, RECEIPT_PENDING, RECEIPT_UNDELIVERED
-from notifier.dispatch.outbox import DELIVERED, EXPIRED, SENT, UNDELIVERED, UNKNOWN
-from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, UtcDateTime, utcnow
+from notifier.dispatch.outbox import (
+    DELIVERED, EXPIRED, SENT, UNDELIVERED, UNKNOWN, among, bulk_insert, bulk_update,
+)
+from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: b
     """Apply these stored receipts (already locked by the caller, or single-process)."""
     now = utcnow()
     receipts = [dict(row) for row in session.execute(
-        sa.select(InboundReceipt.__table__).where(InboundReceipt.id.in_(receipt_ids))
+        sa.select(InboundReceipt.__table__).where(among(session, InboundReceipt.id, receipt_ids))
         .order_by(InboundReceipt.id)).mappings()]
     placed = _find_parts(session, receipts)
     if destination_match:
@@ -127,7 +129,7 @@ def _find_parts(session: Session, receipts: list[dict[str, Any]]) -> dict[int, i
             rows = session.execute(
                 sa.select(MessagePart.provider_message_id, MessagePart.id)
                 .where(MessagePart.channel == channel,
-                       MessagePart.provider_message_id.in_(ordered[start:start + _LOOKUP_CHUNK])))
+                       among(session, MessagePart.provider_message_id, ordered[start:start + _LOOKUP_CHUNK])))
             for provider_id, part_id in rows:
                 key = (channel, provider_id)
                 newest[key] = max(part_id, newest.get(key, 0))
@@ -176,7 +178,7 @@ def _lock_notifications(session: Session, ids: set[int]) -> dict[int, _Notice]:
     for start in range(0, len(ordered), _LOOKUP_CHUNK):
         rows = session.execute(
             sa.select(Notification.id, Notification.state, Notification.parts, Notification.sent_at)
-            .where(Notification.id.in_(ordered[start:start + _LOOKUP_CHUNK])).order_by(Notification.id)
+            .where(among(session, Notification.id, ordered[start:start + _LOOKUP_CHUNK])).order_by(Notification.id)
             .with_for_update(key_share=True, skip_locked=True))
         for nid, state, parts, sent_at in rows:
             locked[nid] = _Notice(id=nid, state=state, parts=parts or 1, sent_at=sent_at, original=state)
@@ -189,7 +191,7 @@ def _load_parts(session: Session, notification_ids: list[int]) -> dict[int, _Par
         rows = session.execute(
             sa.select(MessagePart.id, MessagePart.notification_id, MessagePart.part_no, MessagePart.state,
                       MessagePart.error_code)
-            .where(MessagePart.notification_id.in_(notification_ids[start:start + _LOOKUP_CHUNK])))
+            .where(among(session, MessagePart.notification_id, notification_ids[start:start + _LOOKUP_CHUNK])))
         for pid, nid, part_no, state, error_code in rows:
             parts[pid] = _Part(pid, nid, part_no, state, error_code)
     return parts
@@ -199,7 +201,7 @@ def _apply_placed(session: Session, receipts: list[dict[str, Any]], placed: dict
     if not receipts:
         return 0
     owners = dict(session.execute(sa.select(MessagePart.id, MessagePart.notification_id)
-                                  .where(MessagePart.id.in_(set(placed[r["id"]] for r in receipts)))).all())
+                                  .where(among(session, MessagePart.id, sorted({placed[r["id"]] for r in receipts})))).all())
     notices = _lock_notifications(session, set(owners.values()))
     parts = _load_parts(session, sorted(notices))
     events: list[dict[str, Any]] = []
@@ -251,25 +253,17 @@ def _write(session: Session, parts: dict[int, _Part], notices: dict[int, _Notice
     """One executemany per table; notifications by compare-and-set on the state read under lock."""
     changed_parts = [{"b_id": p.id, "b_state": p.state, "b_err": p.error_code, "b_at": now}
                      for p in parts.values() if p.changed]
-    if changed_parts:
-        session.execute(sa.update(_PARTS).where(_PARTS.c.id == sa.bindparam("b_id"))
-                        .values(state=sa.bindparam("b_state"), error_code=sa.bindparam("b_err"),
-                                updated_at=sa.bindparam("b_at", type_=UtcDateTime())), changed_parts)
+    bulk_update(session, _PARTS, changed_parts, match={"id": "b_id"},
+                assign={"state": "b_state", "error_code": "b_err", "updated_at": "b_at"})
     for column in ("delivered_at", "reason"):
         moved = [{"b_id": n.id, "b_from": n.original, "b_state": n.state, "b_at": now, "b_value": n.values[column]}
                  for n in notices.values() if n.state != n.original and column in n.values]
-        if moved:
-            value_type = UtcDateTime() if column == "delivered_at" else sa.String()
-            session.execute(sa.update(_NOTIFICATIONS)
-                            .where(_NOTIFICATIONS.c.id == sa.bindparam("b_id"), _NOTIFICATIONS.c.state == sa.bindparam("b_from"))
-                            .values(state=sa.bindparam("b_state"), updated_at=sa.bindparam("b_at", type_=UtcDateTime()),
-                                    **{column: sa.bindparam("b_value", type_=value_type)}), moved)
+        bulk_update(session, _NOTIFICATIONS, moved, match={"id": "b_id", "state": "b_from"},
+                    assign={"state": "b_state", "updated_at": "b_at", column: "b_value"})
     if events:
-        session.execute(sa.insert(_EVENTS), events)
-    if done:
-        session.execute(sa.update(_RECEIPTS).where(_RECEIPTS.c.id == sa.bindparam("b_id"))
-                        .values(applied_at=sa.bindparam("b_at", type_=UtcDateTime()),
-                                outcome=sa.bindparam("b_outcome"), notification_id=sa.bindparam("b_nid")), done)
+        bulk_insert(session, _EVENTS, events)
+    bulk_update(session, _RECEIPTS, done, match={"id": "b_id"},
+                assign={"applied_at": "b_at", "outcome": "b_outcome", "notification_id": "b_nid"})
 
 
 def _mark_orphans(session: Session, receipts: list[dict[str, Any]], now: datetime) -> None:

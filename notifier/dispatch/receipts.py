@@ -28,6 +28,7 @@ from notifier.dispatch.receipt_batch import (
     ID_MATCH_GRACE_SECONDS, ORPHAN_AFTER_SECONDS, PENDING_BATCH, PROVIDER_CLOCK_SKEW_SECONDS, apply_pending_receipts,
     apply_rows, delivered_time,
 )
+from notifier.dispatch.outbox import bulk_insert
 from notifier.models import InboundReceipt, MessagePart, Notification, SmppSession, utcnow
 
 __all__ = [
@@ -53,7 +54,7 @@ def store_receipts(session: Session, receipts: Sequence[Receipt]) -> int:
     if not receipts:
         return 0
     now = utcnow()
-    session.execute(sa.insert(InboundReceipt), [_receipt_values(receipt, now) for receipt in receipts])
+    bulk_insert(session, InboundReceipt.__table__, [_receipt_values(receipt, now) for receipt in receipts])
     return len(receipts)
 
 

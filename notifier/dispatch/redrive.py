@@ -90,6 +90,48 @@ def hand_over(database_url: str, enqueue: Enqueue, notification_ids: Sequence[in
     return len(ids)
 
 
+def keep_in_hand(session: Session, notification_ids: Sequence[int]) -> list[int]:
+    """The ids still `queued` in campaigns not held (paused, cancelled), their `enqueued_at` set
+    to now: "a live worker holds this row's message". Returns them, ascending.
+
+    A worker calls it before it paces each chunk of a batch, with every id of the batch it has
+    not sent yet, for two reasons. Pacing books the route's shared clock: a chunk whose rows were
+    meanwhile sent through a duplicate message, or whose campaign was paused, would book seconds
+    nobody uses (a paused batch kept pacing chunk after chunk and starved the resumed campaign).
+    And a row waiting in a worker's hand for its turn is not lost: refreshing `enqueued_at` keeps
+    `redrive_stale` from handing it to the broker again, which made two workers pace the same
+    rows. Rows another transaction has locked (a claim in progress) are left to it, in id order
+    as every bulk move locks, so this cannot deadlock with a claim."""
+    ids = sorted(set(notification_ids))
+    held = sa.select(Campaign.id).where(Campaign.state.in_(("paused", "cancelled")))
+    moment = utcnow()
+    kept: list[int] = []
+    for start in range(0, len(ids), CHUNK):
+        chosen = (sa.select(Notification.id)
+                  .where(Notification.id.in_(ids[start:start + CHUNK]), Notification.state == QUEUED,
+                         Notification.campaign_id.notin_(held))
+                  .order_by(Notification.id).with_for_update(skip_locked=True))
+        kept += session.execute(
+            sa.update(Notification)
+            .where(Notification.id.in_(chosen.scalar_subquery()), Notification.state == QUEUED)
+            .values(enqueued_at=moment)
+            .returning(Notification.id)
+        ).scalars().all()
+    return sorted(kept)
+
+
+def let_go(session: Session, notification_ids: Sequence[int]) -> None:
+    """Rows a worker gives back because their route is down: still `queued`, but no message will
+    take them soon (theirs is delayed by `route_down_seconds`). Clearing `enqueued_at` makes
+    `redrive_stale` hand them over at its next pass once the route is no longer known to be down,
+    so rows bounced just after the route watch saw it come back do not wait out the delay."""
+    ids = sorted(set(notification_ids))
+    for start in range(0, len(ids), CHUNK):
+        session.execute(sa.update(Notification)
+                        .where(Notification.id.in_(ids[start:start + CHUNK]), Notification.state == QUEUED)
+                        .values(enqueued_at=None))
+
+
 def redrive_stale(session: Session, *, after_seconds: float, skip_channels: Collection[str] = (),
                   limit: int = REDRIVE_BATCH) -> list[int]:
     """`queued` rows of running campaigns last handed to the broker more than `after_seconds`
@@ -111,16 +153,21 @@ def redrive_stale(session: Session, *, after_seconds: float, skip_channels: Coll
     moved: list[int] = []
     moment = utcnow()
     for start in range(0, len(candidates), CHUNK):
+        # Locked in id order like every bulk move; a row another transaction holds is being
+        # claimed or kept in a worker's hand right now: not lost.
+        chosen = (sa.select(Notification.id)
+                  .where(Notification.id.in_(candidates[start:start + CHUNK]), Notification.state == QUEUED,
+                         sa.or_(Notification.enqueued_at.is_(None), Notification.enqueued_at <= cutoff))
+                  .order_by(Notification.id).with_for_update(skip_locked=True))
         moved += session.execute(
             sa.update(Notification)
-            .where(Notification.id.in_(candidates[start:start + CHUNK]), Notification.state == QUEUED,
-                   sa.or_(Notification.enqueued_at.is_(None), Notification.enqueued_at <= cutoff))
+            .where(Notification.id.in_(chosen.scalar_subquery()), Notification.state == QUEUED)
             .values(enqueued_at=moment)
             .returning(Notification.id)
         ).scalars().all()
     if moved:
-        log.warning("%d queued notification(s) had no broker message for %.0fs: handed to the broker again",
-                    len(moved), after_seconds)
+        log.warning("%d queued notification(s) handed to the broker again (given back while their route "
+                    "was down, or no broker message for %.0fs)", len(moved), after_seconds)
     return moved
 
 
