@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from notifier.db import session_scope
-from notifier.models import Campaign, Notification, utcnow
-from notifier.dispatch.outbox import QUEUED, SENDING, UNKNOWN, transition
-from notifier.dispatch.receipts import ID_MATCH_GRACE_SECONDS, apply_pending_receipts
+from notifier.models import Notification, utcnow
+from notifier.dispatch.outbox import SENDING, UNKNOWN, transition
+from notifier.dispatch.receipts import apply_pending_receipts
 from notifier.dispatch.redrive import Availability, broker_errors, hand_over, outage_errors, redrive_stale
 from notifier.settings import Settings
 
