@@ -498,7 +498,6 @@ def campaign_reconcile(
     from notifier.campaigns import get_campaign
     from notifier.db import session_scope
     from notifier.dispatch.unknown import decide_unknown, unknown_notifications
-    from notifier.identifiers import mask_identifier
 
     if resend and mark_failed:
         raise typer.BadParameter("choose one of --resend and --mark-failed")
@@ -507,8 +506,7 @@ def campaign_reconcile(
         rows = unknown_notifications(session, campaign_id)
         decided = (decide_unknown(session, campaign_id, resend=resend, actor=actor or default_actor())
                    if resend or mark_failed else [])
-    shown = [{**row, "destination": mask_identifier("msisdn" if row["channel"] == "sms" else "email",
-                                                    str(row["destination"] or ""))} for row in rows]
+    shown = rows  # destinations come masked from unknown_notifications
     if as_json:
         _print_json({"campaign_id": campaign_id, "unknown": shown, "decided": decided,
                      "decision": "resend" if resend else "mark-failed" if mark_failed else None})

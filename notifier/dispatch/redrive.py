@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -105,19 +105,26 @@ def keep_in_hand(session: Session, notification_ids: Sequence[int]) -> list[int]
     ids = sorted(set(notification_ids))
     held = sa.select(Campaign.id).where(Campaign.state.in_(("paused", "cancelled")))
     moment = utcnow()
-    kept: list[int] = []
+    return sorted(_stamp_enqueued(session, ids, Notification.campaign_id.notin_(held), moment))
+
+
+def _stamp_enqueued(session: Session, ids: Sequence[int], condition: sa.ColumnElement[bool],
+                    moment: datetime) -> list[int]:
+    """Set `enqueued_at = moment` on the rows of `ids` still `queued` that meet `condition`, in
+    chunks, locked in id order like every bulk move; a row another transaction holds is being
+    claimed or kept in a worker's hand right now, so it is skipped, not lost. Returns the ids set."""
+    stamped: list[int] = []
     for start in range(0, len(ids), CHUNK):
         chosen = (sa.select(Notification.id)
-                  .where(Notification.id.in_(ids[start:start + CHUNK]), Notification.state == QUEUED,
-                         Notification.campaign_id.notin_(held))
+                  .where(Notification.id.in_(ids[start:start + CHUNK]), Notification.state == QUEUED, condition)
                   .order_by(Notification.id).with_for_update(skip_locked=True))
-        kept += session.execute(
+        stamped += session.execute(
             sa.update(Notification)
             .where(Notification.id.in_(chosen.scalar_subquery()), Notification.state == QUEUED)
             .values(enqueued_at=moment)
             .returning(Notification.id)
         ).scalars().all()
-    return sorted(kept)
+    return stamped
 
 
 def let_go(session: Session, notification_ids: Sequence[int]) -> None:
@@ -150,21 +157,8 @@ def redrive_stale(session: Session, *, after_seconds: float, skip_channels: Coll
     if skip_channels:
         stale = stale.where(Notification.channel.notin_(list(skip_channels)))
     candidates = list(session.execute(stale).scalars())
-    moved: list[int] = []
-    moment = utcnow()
-    for start in range(0, len(candidates), CHUNK):
-        # Locked in id order like every bulk move; a row another transaction holds is being
-        # claimed or kept in a worker's hand right now: not lost.
-        chosen = (sa.select(Notification.id)
-                  .where(Notification.id.in_(candidates[start:start + CHUNK]), Notification.state == QUEUED,
-                         sa.or_(Notification.enqueued_at.is_(None), Notification.enqueued_at <= cutoff))
-                  .order_by(Notification.id).with_for_update(skip_locked=True))
-        moved += session.execute(
-            sa.update(Notification)
-            .where(Notification.id.in_(chosen.scalar_subquery()), Notification.state == QUEUED)
-            .values(enqueued_at=moment)
-            .returning(Notification.id)
-        ).scalars().all()
+    not_fresh = sa.or_(Notification.enqueued_at.is_(None), Notification.enqueued_at <= cutoff)
+    moved = _stamp_enqueued(session, candidates, not_fresh, utcnow())
     if moved:
         log.warning("%d queued notification(s) handed to the broker again (given back while their route "
                     "was down, or no broker message for %.0fs)", len(moved), after_seconds)

@@ -23,6 +23,7 @@ from sqlmodel import Session
 from notifier.dispatch.outbox import FAILED, QUEUED, UNKNOWN, transition
 from notifier.dispatch.receipt_batch import ID_MATCH_GRACE_SECONDS
 from notifier.dispatch.receipts import latest_session_alive
+from notifier.identifiers import mask_identifier
 from notifier.models import Campaign, DeliveryEvent, InboundReceipt, Notification, utcnow
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,13 @@ def unknown_notifications(session: Session, campaign_id: int) -> list[dict[str, 
                   Notification.updated_at)
         .where(Notification.campaign_id == campaign_id, Notification.state == UNKNOWN)
         .order_by(Notification.updated_at, Notification.id)).all()
-    return [{"id": nid, "channel": channel, "destination": destination, "claimed_at": claimed_at,
+    return [{"id": nid, "channel": channel, "destination": _masked(channel, destination), "claimed_at": claimed_at,
              "unknown_at": since} for nid, channel, destination, claimed_at, since in rows]
+
+
+def _masked(channel: str, destination: str | None) -> str:
+    """Destinations leave this module masked: the list is printed to operators and stored nowhere."""
+    return mask_identifier("email" if channel == "email" else "msisdn", destination or "")
 
 
 def decide_unknown(session: Session, campaign_id: int, *, resend: bool, actor: str) -> list[int]:
