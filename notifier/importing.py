@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -18,47 +17,18 @@ from sqlmodel import Session, select
 
 from notifier.batching import chunks
 from notifier.errors import InputError
-from notifier.identifiers import email_sha256, ip_key, msisdn_sha256
-from notifier.ingest import get_assignment_parser, get_feed_parser
-from notifier.ingest.records import FeedEventRecord, Rejection, SessionRecord, SubscriberRecord
+from notifier.identifiers import email_sha256, msisdn_sha256
+from notifier.identity.assignments import import_assignments
+from notifier.identity.matching import match_feed
+from notifier.import_result import ImportResult
+from notifier.ingest import get_feed_parser
+from notifier.ingest.records import FeedEventRecord, Rejection, SubscriberRecord
 from notifier.ingest.subscribers import parse_subscribers
-from notifier.matching import match_feed
-from notifier.models import Account, ContactPoint, Feed, FeedItem, IpAssignment, utcnow
+from notifier.models import Account, ContactPoint, Feed, FeedItem, utcnow
 
 BATCH_ROWS = 1000
-MAX_REPORTED_ERRORS = 1000  # the JSON output lists at most this many; counts stay exact
 
-
-@dataclass
-class ImportResult:
-    """What an import did: the `--json` document of every import command."""
-
-    accepted: int = 0
-    rejected: int = 0
-    unchanged: int = 0
-    id: int | None = None
-    errors: list[dict[str, object]] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-    warned: int = 0  # exact count of `warnings`, which is capped like `errors`
-    warnings: list[dict[str, object]] = field(default_factory=list)
-
-    def reject(self, rejection: Rejection) -> None:
-        self.rejected += 1
-        if len(self.errors) < MAX_REPORTED_ERRORS:
-            self.errors.append({"line": rejection.line, "reason": rejection.reason})
-
-    def warn(self, line: int, reason: str) -> None:
-        """Note something on an accepted line the operator should look at (kept anyway)."""
-        self.warned += 1
-        if len(self.warnings) < MAX_REPORTED_ERRORS:
-            self.warnings.append({"line": line, "reason": reason})
-
-    def as_json(self) -> dict[str, object]:
-        return {"id": self.id, "accepted": self.accepted, "rejected": self.rejected,
-                "errors": self.errors, "warnings": self.warnings,
-                **({"counts": self.counts} if self.counts else {})}
-
-
+__all__ = ["ImportResult", "import_assignments", "import_feed", "import_subscribers"]
 # --- subscribers ------------------------------------------------------------------------------
 
 _ACCOUNT_FIELDS = (
@@ -191,61 +161,6 @@ def load_column_map(path: Path) -> dict[str, str]:
     if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
         raise InputError(f"{path}: needs a [columns] table of header = column name")
     return dict(columns)
-
-
-# --- IP assignments ---------------------------------------------------------------------------
-
-
-def import_assignments(session: Session, path: Path, *, fmt: str, tz: str) -> ImportResult:
-    """Store sessions (who had which IP when), a batch at a time; a session seen again only gains
-    its end time, so re-importing a log, or a later log that closes a session, is safe."""
-    parser = get_assignment_parser(fmt)
-    result = ImportResult()
-    for chunk in chunks(parser(path, tz=tz), BATCH_ROWS):
-        records = [r for r in chunk if not isinstance(r, Rejection)]
-        accounts = _account_ids(session, {r.account_ref for r in records})
-        for record in chunk:
-            if isinstance(record, Rejection):
-                result.reject(record)
-            elif record.account_ref not in accounts:
-                result.reject(Rejection(record.line, f"unknown account '{record.account_ref}'", ""))
-        known = [r for r in records if r.account_ref in accounts]
-        _store_sessions(session, known, accounts, fmt)
-        result.accepted += len(known)
-    result.errors.sort(key=lambda error: int(error["line"]))  # type: ignore[arg-type]
-    return result
-
-
-def _account_ids(session: Session, refs: set[str]) -> dict[str, int]:
-    if not refs:
-        return {}
-    return {ref: account_id for account_id, ref in
-            session.execute(sa.select(Account.id, Account.account_ref).where(Account.account_ref.in_(list(refs))))}
-
-
-def _store_sessions(session: Session, records: list[SessionRecord], accounts: dict[str, int], fmt: str) -> None:
-    table = IpAssignment.__table__
-    wanted: dict[tuple[int, str, object], SessionRecord] = {
-        (accounts[r.account_ref], ip_key(r.ip), r.started_at): r for r in records}
-    if not wanted:
-        return
-    existing = {
-        (row.account_id, row.range_start, row.started_at): row
-        for row in session.execute(sa.select(table.c.id, table.c.account_id, table.c.range_start, table.c.started_at,
-                                             table.c.ended_at)
-                                   .where(table.c.account_id.in_({key[0] for key in wanted}),
-                                          table.c.range_start.in_({key[1] for key in wanted})))
-    }
-    inserts = [{"account_id": key[0], "network": r.ip, "range_start": key[1], "range_end": key[1],
-                "started_at": r.started_at, "ended_at": r.ended_at, "source": fmt, "username": r.username}
-               for key, r in wanted.items() if key not in existing]
-    closes = [{"b_id": existing[key].id, "ended_at": r.ended_at} for key, r in wanted.items()
-              if key in existing and r.ended_at is not None and existing[key].ended_at != r.ended_at]
-    if inserts:
-        session.execute(sa.insert(table), inserts)
-    if closes:
-        session.execute(sa.update(table).where(table.c.id == sa.bindparam("b_id"))
-                        .values(ended_at=sa.bindparam("ended_at")), closes)
 
 
 # --- feeds ------------------------------------------------------------------------------------

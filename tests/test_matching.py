@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from notifier.db import session_scope
 from notifier.identifiers import email_sha256, ip_key, mapped_prefix_len, msisdn_sha256, network_keys
-from notifier.matching import accounts_for_contact, accounts_for_ip
+from notifier.identity.matching import accounts_for_contact, accounts_for_ip
 from notifier.models import IpAssignment
 from tests.factories import UTC_NOON, add_account
 
