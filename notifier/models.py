@@ -117,6 +117,39 @@ class IpAssignment(SQLModel, table=True):
     ended_at: datetime | None = Field(default=None, sa_column=_utc_column())
     source: str = Field(default="sessions-csv", max_length=32)
     username: str | None = Field(default=None, max_length=128)
+    # An open session (`ended_at` NULL) counts until `open_until` when its source bounds it (a
+    # RADIUS session without a Stop, `assignments.max_session_hours`); NULL = until a later session
+    # on the same address closes it.
+    open_until: datetime | None = Field(default=None, sa_column=_utc_column())
+    # The source's own session id (RADIUS Acct-Unique-Session-Id or Acct-Session-Id): a Stop in a
+    # later file closes the row its Start opened.
+    session_ref: str | None = Field(default=None, max_length=64, index=True)
+
+
+class NatBlock(SQLModel, table=True):
+    """A carrier-grade NAT port block: `public_ip` ports `port_start`–`port_end` were translated
+    for `private_ip` from `allocated_at` until `released_at` (NULL = not released yet).
+
+    A feed event's public address + source port + time finds the private address here, and the
+    private address finds the account through `IpAssignment` at the same time.
+    """
+
+    __tablename__ = "nat_block"
+    __table_args__ = (
+        sa.UniqueConstraint("public_key", "port_start", "allocated_at", name="uq_nat_block"),
+        sa.Index("ix_nat_block_lookup", "public_key", "allocated_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    public_ip: str = Field(max_length=64)
+    public_key: str = Field(max_length=32)  # identifiers.ip_key(public_ip)
+    port_start: int
+    port_end: int
+    private_ip: str = Field(max_length=64)
+    private_key: str = Field(max_length=32)
+    allocated_at: datetime = Field(sa_column=_utc_column(nullable=False))
+    released_at: datetime | None = Field(default=None, sa_column=_utc_column())
+    open_until: datetime | None = Field(default=None, sa_column=_utc_column())
 
 
 # --- feeds ------------------------------------------------------------------------------------
@@ -133,6 +166,9 @@ class Feed(SQLModel, table=True):
     report_type: str | None = Field(default=None, max_length=64)
     filename: str = Field(max_length=300)
     file_sha256: str = Field(max_length=64, index=True)
+    # An Authority request's `request_id`: the same request twice is one feed (and one campaign).
+    request_id: str | None = Field(default=None, max_length=64, unique=True)
+    details: str | None = Field(default=None, sa_column=sa.Column(sa.Text))  # JSON: the request's reference, deadline, threat, segment
     kind: str = Field(default="infected_device", max_length=32)
     imported_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
     accepted: int = 0
