@@ -162,6 +162,23 @@ class DispatchSettings(BaseModel):
     max_retries: NonNegativeInt = 5
 
 
+class IdentitySettings(BaseModel):
+    """How feed items are resolved to accounts (formats.md, "IP assignments")."""
+
+    # Clocks disagree (the feed's sensor, the BRAS, the NAT box): every assignment interval is
+    # widened by this much at both ends, so an event seconds after a session's recorded end still
+    # finds it, and one seconds from a hand-over finds both holders and is ambiguous, never guessed.
+    clock_skew_seconds: NonNegativeInt = 60
+    # A RADIUS session (or NAT block) with no Stop/release counts this long after the last record
+    # that showed it alive, unless a later session on the same address closes it first.
+    max_session_hours: PositiveFloat = 24.0
+    # Assignments and NAT blocks that ended this long ago are deleted by `notifier assignments purge`.
+    retention_days: PositiveInt = 180
+    # A new sighting of a threat an account was already warned about this recently is attached to
+    # that warning instead of sending another.
+    cooldown_days: NonNegativeFloat = 7.0
+
+
 class Settings(BaseSettings):
     """Everything configurable. Embedded mode unless a database/broker URL says otherwise."""
 
@@ -182,6 +199,7 @@ class Settings(BaseSettings):
     smpp: SmppSettings = Field(default_factory=SmppSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
     # Leak source slug (as feeds write it) → how notices name it; a slug not listed prints as
     # itself, reduced to a safe label. `[source_names]` in config/default.toml, per operator in theirs.
     source_names: dict[str, str] = Field(default_factory=dict)
