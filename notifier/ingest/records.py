@@ -57,15 +57,35 @@ class SubscriberRecord:
 class SessionRecord:
     """One IP assignment interval: which account held `ip` from `started_at` until `ended_at`.
 
-    `ended_at` is None while the session is still open.
+    `ip` is one address ("14.160.1.2") or a network ("2402:800:6310:5600::/56", static prefixes,
+    delegated IPv6 prefixes). The account is `account_ref`, or, for RADIUS, the account that lists
+    `username` (then `account_ref` is None). `ended_at` is None while the session is still open;
+    `open_until` then bounds it when the source says how long an open session may last.
+    `session_ref` is the source's own session id, so a Stop in a later file closes this row.
     """
 
     line: int
-    account_ref: str
+    account_ref: str | None
     ip: str
     started_at: datetime
     ended_at: datetime | None = None
     username: str | None = None
+    session_ref: str | None = None
+    open_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NatEventRecord:
+    """One line of a carrier-grade NAT log: a port block of `public_ip` allocated to, or released
+    from, `private_ip` at `at` (`event` is "alloc" or "release")."""
+
+    line: int
+    event: str
+    at: datetime
+    private_ip: str
+    public_ip: str
+    port_start: int
+    port_end: int
 
 
 @dataclass(frozen=True)
@@ -92,7 +112,7 @@ class FeedEventRecord:
     seen_precision: str | None = None
 
 
-ParseResult = SubscriberRecord | SessionRecord | FeedEventRecord | Rejection
+ParseResult = SubscriberRecord | SessionRecord | NatEventRecord | FeedEventRecord | Rejection
 Parser = Callable[..., Iterator[ParseResult]]
 
 
