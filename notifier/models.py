@@ -15,6 +15,11 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 
+# `covers_until` of an interval that has no end yet: far enough for any event, and still a valid
+# datetime in every zone we print (9999-12-31 would overflow at +07:00).
+OPEN_END = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""
     return datetime.now(UTC)
@@ -103,12 +108,12 @@ class IpAssignment(SQLModel, table=True):
 
     __tablename__ = "ip_assignment"
     __table_args__ = (
-        sa.UniqueConstraint("account_id", "range_start", "started_at", name="uq_ip_assignment"),
-        sa.Index("ix_ip_assignment_lookup", "range_start", "started_at"),
+        sa.UniqueConstraint("range_start", "started_at", "account_id", name="uq_ip_assignment"),
+        sa.Index("ix_ip_assignment_cover", "range_start", "covers_until"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    account_id: int = Field(foreign_key="account.id", index=True)
+    account_id: int = Field(foreign_key="account.id")
     network: str = Field(max_length=64)  # as given: "14.160.1.2" or "2402:800::/56"
     range_start: str = Field(max_length=32)
     range_end: str = Field(max_length=32)
@@ -124,6 +129,10 @@ class IpAssignment(SQLModel, table=True):
     # The source's own session id (RADIUS Acct-Unique-Session-Id or Acct-Session-Id): a Stop in a
     # later file closes the row its Start opened.
     session_ref: str | None = Field(default=None, max_length=64, index=True)
+    # Where the interval ends for matching: `ended_at`, else `open_until`, else OPEN_END. Kept by
+    # the importer whenever those change, so the lookup index (range_start, covers_until) reads
+    # only intervals that end after the event (events are recent; history is long).
+    covers_until: datetime = Field(sa_column=_utc_column(nullable=False))
 
 
 class NatBlock(SQLModel, table=True):
@@ -137,7 +146,7 @@ class NatBlock(SQLModel, table=True):
     __tablename__ = "nat_block"
     __table_args__ = (
         sa.UniqueConstraint("public_key", "port_start", "allocated_at", name="uq_nat_block"),
-        sa.Index("ix_nat_block_lookup", "public_key", "allocated_at"),
+        sa.Index("ix_nat_block_cover", "public_key", "covers_until"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -150,6 +159,7 @@ class NatBlock(SQLModel, table=True):
     allocated_at: datetime = Field(sa_column=_utc_column(nullable=False))
     released_at: datetime | None = Field(default=None, sa_column=_utc_column())
     open_until: datetime | None = Field(default=None, sa_column=_utc_column())
+    covers_until: datetime = Field(sa_column=_utc_column(nullable=False))  # as on IpAssignment
 
 
 # --- feeds ------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from datetime import timedelta
 from notifier.db import session_scope
 from notifier.identifiers import email_sha256, ip_key, mapped_prefix_len, msisdn_sha256, network_keys
 from notifier.identity.matching import accounts_for_contact, accounts_for_ip
-from notifier.models import IpAssignment
+from notifier.models import OPEN_END, IpAssignment
 from tests.factories import UTC_NOON, add_account
 
 
@@ -17,7 +17,8 @@ def _assign(session, account_id: int, network: str, hours: tuple[int, int | None
         account_id=account_id, network=network, range_start=start, range_end=end,
         prefix_len=mapped_prefix_len(network) if "/" in network else 128,
         started_at=UTC_NOON + timedelta(hours=hours[0]),
-        ended_at=None if hours[1] is None else UTC_NOON + timedelta(hours=hours[1])))
+        ended_at=None if hours[1] is None else UTC_NOON + timedelta(hours=hours[1]),
+        covers_until=OPEN_END if hours[1] is None else UTC_NOON + timedelta(hours=hours[1])))
 
 
 def test_an_address_belongs_to_whoever_held_it_at_that_time(database_url: str) -> None:

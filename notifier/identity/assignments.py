@@ -15,7 +15,7 @@ from notifier.identifiers import ip_key
 from notifier.import_result import ImportResult
 from notifier.ingest import get_assignment_parser
 from notifier.ingest.records import Rejection, SessionRecord
-from notifier.models import Account, IpAssignment
+from notifier.models import OPEN_END, Account, IpAssignment
 
 BATCH_ROWS = 1000
 
@@ -61,12 +61,13 @@ def _store_sessions(session: Session, records: list[SessionRecord], accounts: di
                                           table.c.range_start.in_({key[1] for key in wanted})))
     }
     inserts = [{"account_id": key[0], "network": r.ip, "range_start": key[1], "range_end": key[1],
-                "started_at": r.started_at, "ended_at": r.ended_at, "source": fmt, "username": r.username}
+                "started_at": r.started_at, "ended_at": r.ended_at, "covers_until": r.ended_at or OPEN_END,
+                "source": fmt, "username": r.username}
                for key, r in wanted.items() if key not in existing]
-    closes = [{"b_id": existing[key].id, "ended_at": r.ended_at} for key, r in wanted.items()
+    closes = [{"b_id": existing[key].id, "ended_at": r.ended_at, "covers_until": r.ended_at} for key, r in wanted.items()
               if key in existing and r.ended_at is not None and existing[key].ended_at != r.ended_at]
     if inserts:
         session.execute(sa.insert(table), inserts)
     if closes:
         session.execute(sa.update(table).where(table.c.id == sa.bindparam("b_id"))
-                        .values(ended_at=sa.bindparam("ended_at")), closes)
+                        .values(ended_at=sa.bindparam("ended_at"), covers_until=sa.bindparam("covers_until")), closes)
