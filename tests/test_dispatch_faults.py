@@ -42,6 +42,7 @@ from tests.test_operator_views import CuttableRoute
 REPO = Path(__file__).resolve().parent.parent
 RUN_SECONDS = 240.0  # bound on any campaign here; each finishes in well under a minute when healthy
 ACCOUNTS = 120
+OUTAGE_SECONDS = 90  # "SMSC and SMTP down for 90 s then back" (issue 6)
 
 
 # --- parts of our own ------------------------------------------------------------------------
@@ -255,8 +256,9 @@ def test_postgres_connections_terminated_mid_campaign(
 
 
 def test_smsc_and_mail_relay_down_then_back_is_a_pause(sqlite_url: str, tmp_path: Path) -> None:
-    """Both routes gone for 10 s mid-run (90 s in the issue; the waits are scaled): rows wait,
-    nothing fails, the run resumes by itself, exits 0, and each outage is one line each way."""
+    """Both routes gone for 90 s mid-run (longer than the old 2+4+8+16+32 s retry budget that used
+    to fail every remaining row): rows wait, nothing fails, the run resumes by itself, exits 0, and
+    each outage is one line each way."""
     accounts = 40
     campaign_id = load_uniform_campaign(sqlite_url, tmp_path / "inputs", accounts=accounts, channels=["sms", "email"])
     with SmscPeer(tmp_path / "smsc.jsonl") as smsc, SmtpSink() as smtp:
@@ -274,8 +276,8 @@ def test_smsc_and_mail_relay_down_then_back_is_a_pause(sqlite_url: str, tmp_path
                 _wait(lambda: len(smsc.messages()) >= 5 and run.poll() is None, "the first SMS")
                 route.cut()
                 smtp.stop()
-                time.sleep(10)
-                assert run.poll() is None, "campaign run gave up during a 10 s outage"
+                time.sleep(OUTAGE_SECONDS)
+                assert run.poll() is None, f"campaign run gave up during a {OUTAGE_SECONDS} s outage"
                 assert _states(sqlite_url)["failed"] == 0
                 route.restore()
                 smtp.start()
