@@ -126,16 +126,20 @@ def get_engine(database_url: str) -> Engine:
 
 
 def _create_engine(database_url: str) -> Engine:
+    """`hide_parameters`: a database error's text (logged by workers, shown with -v) would otherwise
+    carry the statement's parameters, i.e. subscribers' numbers and addresses."""
     url = parse_database_url(database_url)
     try:
         if url.get_backend_name() == "sqlite":
             _prepare_sqlite_path(url)
             timeout = sqlite_busy_timeout_seconds(url)
-            engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout})
+            engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout},
+                                      hide_parameters=True)
             sa.event.listen(engine, "connect", functools.partial(_sqlite_pragmas, int(timeout * 1000)))
             return engine
         connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args,
+                                hide_parameters=True)
     except (sa.exc.NoSuchModuleError, ImportError):
         raise ConfigError(f"database_url: no driver for {url.drivername!r} "
                           f"(use {SUPPORTED_URL_EXAMPLES})") from None
