@@ -281,7 +281,8 @@ def _print_import(result: Any, as_json: bool, what: str) -> None:
 def subscribers_import(
     file: Path,
     tz: TzOption = None,
-    column_map: Annotated[Path | None, typer.Option(help="TOML file renaming the export's headers.")] = None,
+    column_map: Annotated[Path | None, typer.Option(
+        help="TOML file renaming the export's headers (default: [subscribers.columns] in the settings).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Import or update accounts from the operator's customer CSV."""
@@ -290,8 +291,8 @@ def subscribers_import(
 
     settings = _settings()
     with session_scope(settings.database_url) as session:
-        result = import_subscribers(session, file, tz=tz or settings.timezone,
-                                    column_map=load_column_map(column_map) if column_map else None)
+        mapping = load_column_map(column_map) if column_map else settings.subscribers.columns or None
+        result = import_subscribers(session, file, tz=tz or settings.timezone, column_map=mapping)
     _print_import(result, as_json, "subscribers")
 
 
@@ -300,7 +301,7 @@ def subscribers_import(
 def assignments_import(
     file: Path,
     fmt: Annotated[str, typer.Option("--format", parser=fits("ip_assignment.source"),
-                                     help="sessions-csv")] = "sessions-csv",
+                                     help="sessions-csv | radius-detail | static-csv | cgnat-csv")] = "sessions-csv",
     tz: TzOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -310,15 +311,43 @@ def assignments_import(
 
     settings = _settings()
     with session_scope(settings.database_url) as session:
-        result = import_assignments(session, file, fmt=fmt, tz=tz or settings.timezone)
+        result = import_assignments(session, file, fmt=fmt, tz=tz or settings.timezone, settings=settings)
     _print_import(result, as_json, "assignments")
+
+
+@assignments_app.command("purge")
+@cli_errors
+def assignments_purge(
+    before: Annotated[str | None, typer.Option("--before", help="Delete what ended before this date/time "
+                                               "(local time unless it has a zone).")] = None,
+    older_than_days: Annotated[int | None, typer.Option("--older-than-days",
+                                                        help="Delete what ended more than N days ago "
+                                                             "(default: identity.retention_days).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete IP assignments and NAT blocks that ended before the retention cutoff (open ones stay)."""
+    from notifier.db import session_scope
+    from notifier.identity.assignments import purge_assignments, purge_cutoff
+    from notifier.models import utcnow
+
+    settings = _settings()
+    cutoff = purge_cutoff(now=utcnow(), retention_days=settings.identity.retention_days, tz=settings.timezone,
+                          before=before, older_than_days=older_than_days)
+    with session_scope(settings.database_url) as session:
+        deleted = purge_assignments(session, before=cutoff)
+    if as_json:
+        _print_json({"before": cutoff.isoformat(), "deleted": deleted})
+        return
+    err.print(f"deleted {deleted['ip_assignment']} IP assignment(s) and {deleted['nat_block']} NAT block(s) "
+              f"that ended before {cutoff.isoformat()}")
 
 
 @feed_app.command("import")
 @cli_errors
 def feed_import(
     file: Path,
-    fmt: Annotated[str, typer.Option("--format", parser=fits("feed.format"), help="shadowserver | leak-csv")],
+    fmt: Annotated[str, typer.Option("--format", parser=fits("feed.format"),
+                                     help="shadowserver | leak-csv | ais-json")],
     source: Annotated[str | None, typer.Option(parser=fits("feed.source"), help="Who sent the feed.")] = None,
     report_type: Annotated[str | None, typer.Option(parser=fits("feed.report_type"),
                                                     help="Shadowserver report type, if not in the file name.")] = None,
@@ -336,6 +365,9 @@ def feed_import(
     if as_json:
         _print_json(result.as_json())
         return
+    if result.already_imported:
+        err.print(f"already imported: this request is feed {result.id} (nothing imported again)")
+        return
     _print_import(result, False, f"feed {result.id}")
     err.print("matched {matched}, unmatched {unmatched}, ambiguous {ambiguous}".format(**result.counts))
 
@@ -347,21 +379,54 @@ def feed_show(
     items: Annotated[bool, typer.Option("--items", help="List every line with its outcome.")] = False,
     status: Annotated[str | None, typer.Option(parser=fits("feed_item.status"),
                                                help="Only items with this status.")] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="With --items: CSV line,status,account_id,reason "
+                                                        "on stdout.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Show a feed's counts, and with --items each line's outcome (bad rows with their reason)."""
-    from notifier.db import session_scope
-    from notifier.reports import feed_items, feed_summary
+    """Show a feed's counts, and with --items each line's outcome (bad rows with their reason).
 
+    `--items --json` and `--items --csv` stream: a feed of a million lines is written as it is read.
+    """
+    from notifier.db import session_scope
+    from notifier.reports import feed_summary, iter_feed_items
+
+    if as_csv and as_json:
+        raise typer.BadParameter("choose one of --csv and --json", param_hint="'--csv'")
+    if as_csv and not items:
+        raise typer.BadParameter("--csv lists items: add --items", param_hint="'--csv'")
     with session_scope(_settings().database_url) as session:
         summary = feed_summary(session, feed_id)
-        rows = feed_items(session, feed_id, status=status) if items else []
+        if items and (as_json or as_csv):
+            write = _write_items_csv if as_csv else _write_json_list
+            write(iter_feed_items(session, feed_id, status=status))
+            return
+        listed = list(iter_feed_items(session, feed_id, status=status)) if items else []
     if as_json:
-        _print_json(rows if items else summary)
+        _print_json(summary)
         return
     out.print(_fields_table("feed", summary))
     if items:
-        out.print(_table("items", [_item_row(r) for r in rows]))
+        out.print(_table("items", [_item_row(r) for r in listed]))
+
+
+def _write_json_list(rows: Iterator[dict[str, Any]]) -> None:
+    """A JSON array written one element at a time, so its size is not bounded by memory."""
+    sys.stdout.write("[")
+    for index, row in enumerate(rows):
+        sys.stdout.write(("," if index else "") + "\n  " + json.dumps(row, ensure_ascii=False, default=_json_value))
+    sys.stdout.write("\n]\n")
+
+
+def _write_items_csv(rows: Iterator[dict[str, Any]]) -> None:
+    """formats.md's item columns as CSV (`line,status,account_id,reason`), row by row."""
+    import csv
+
+    from notifier.reports import ITEM_OUTCOME_COLUMNS
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(ITEM_OUTCOME_COLUMNS)
+    for row in rows:
+        writer.writerow(["" if row[name] is None else row[name] for name in ITEM_OUTCOME_COLUMNS])
 
 
 def _item_row(item: dict[str, Any]) -> dict[str, Any]:
@@ -401,14 +466,17 @@ def feed_list(as_json: JsonOption = False) -> None:
 @cli_errors
 def campaign_create(
     feed: Annotated[int, id_option("Feed id.")],
-    template: Annotated[str, typer.Option(parser=fits("campaign.template"), help="infected_device | data_leak")],
+    template: Annotated[str, typer.Option(parser=fits("campaign.template"),
+                                          help="infected_device | data_leak (templates/catalog.toml)")],
     channels: Annotated[str, typer.Option(parser=fits("campaign.channels"),
                                           help="Ordered channel chain, e.g. sms,email.")] = "sms,email",
     name: Annotated[str | None, typer.Option(parser=fits("campaign.name"), help="A name for people.")] = None,
     again: Annotated[bool, typer.Option("--again", help="Allow a second campaign on the same feed and channel.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Plan a campaign: one notification per matched account and channel."""
+    """Plan a campaign: one notification per matched account and channel (an advisory feed: per
+    account of its segment). An account already warned of the same threats within the cooldown
+    gets no new one: its new events are attached to the earlier warning."""
     from notifier.campaigns import create_campaign, parse_channels
     from notifier.db import session_scope
     from notifier.rendering import Renderer
@@ -420,10 +488,11 @@ def campaign_create(
                                name=name, again=again)
     if as_json:
         _print_json({"id": plan.campaign_id, "accounts": plan.accounts, "planned": plan.planned,
-                     "suppressed": plan.suppressed})
+                     "suppressed": plan.suppressed, "attached": plan.attached})
         return
     err.print(f"campaign {plan.campaign_id}: {plan.accounts} accounts, {plan.planned} notifications planned, "
-              f"{plan.suppressed} suppressed")
+              f"{plan.suppressed} suppressed, {plan.attached} attached to an earlier warning "
+              f"(same threat within {_settings().identity.cooldown_days:g} days)")
 
 
 @campaign_app.command("run")
@@ -845,6 +914,101 @@ def _cell(column: str, value: Any, zone: str) -> str:
         except ValueError:  # not a time after all: show it as it is rather than hide it
             return str(value)
     return str(value)
+
+
+
+# --- templates: the content library -------------------------------------------------------------
+
+templates_app = typer.Typer(help="The content library: check every template, preview one.", no_args_is_help=True)
+app.add_typer(templates_app, name="templates")
+
+
+@templates_app.command("check")
+@cli_errors
+def templates_check(
+    sms_parts_ucs2: Annotated[int, typer.Option(min=1, help="SMS budget with diacritics, in UCS-2 parts.")] = 3,
+    sms_parts_gsm7: Annotated[int, typer.Option(min=1, help="SMS budget without diacritics, in GSM-7 parts.")] = 2,
+    templates_dir: Annotated[Path | None, typer.Option(help="Templates to check (default: the configured ones).")]
+        = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Render every template × language × channel with edge data; exit 2 on any broken rule."""
+    from notifier.template_check import Budget, check_templates
+
+    settings = _settings()
+    report = check_templates(templates_dir or settings.templates_dir, operator=settings.operator.model_dump(),
+                             source_names=settings.source_names, timezone_name=settings.timezone,
+                             budget=Budget(ucs2_parts=sms_parts_ucs2, gsm7_parts=sms_parts_gsm7))
+    if as_json:
+        _print_json({"problems": [str(problem) for problem in report.problems], "templates": report.rows,
+                     "renders": report.renders})
+    elif report.problems:
+        for problem in report.problems:
+            out.print(str(problem), markup=False, highlight=False, soft_wrap=True)
+    else:
+        out.print(_table(f"{len(report.rows)} template × language, {report.renders} renders: all rules hold",
+                         report.rows))
+    if report.problems:
+        _fail(f"{len(report.problems)} problem(s) in the templates")
+
+
+@templates_app.command("preview")
+@cli_errors
+def templates_preview(
+    name: Annotated[str, typer.Argument(help="Template name, e.g. infected_device.")],
+    channel: Annotated[str, typer.Option(help="sms, sms-plain (no diacritics), email, voice or billing.")] = "sms",
+    language: Annotated[str, typer.Option(help="vi or en.")] = "vi",
+    account: Annotated[str | None, typer.Option(parser=fits("account.account_ref"),
+                                                help="Render with this account's real data (audited).")] = None,
+    feed: Annotated[int | None, id_option("With --account: the feed whose events to use (default: the latest).")]
+        = None,
+    actor: Annotated[str | None, typer.Option(parser=fits("audit_log.actor"),
+                                              help="Who is looking (recorded in the audit log).")] = None,
+    html: Annotated[bool, typer.Option("--html", help="For e-mail, print the HTML part too.")] = False,
+) -> None:
+    """Print one template as a subscriber gets it; an SMS with its encoding and part count."""
+    from notifier.rendering import Renderer
+    from notifier.template_catalog import load_catalog
+    from notifier.template_check import render_preview, sample_for_kinds
+
+    settings = _settings()
+    renderer = Renderer(settings.templates_dir, timezone=settings.timezone,
+                        default_language=settings.default_language)
+    renderer.check_template(name)
+    if feed is not None and account is None:
+        _fail("--feed needs --account (sample data has no feed)")
+    if account is None:
+        context = sample_for_kinds(load_catalog(settings.templates_dir).kinds_of(name),
+                                   settings.operator.model_dump(), settings.source_names)
+    else:
+        context = _preview_account_context(settings, account, feed, name, actor)
+    preview = render_preview(renderer, name, channel, language=language, context=context)
+    if preview.sms is not None:
+        out.print(f"{preview.sms.encoding}, {preview.sms.parts} part(s), {preview.sms.chars} characters",
+                  markup=False, highlight=False)
+    if preview.subject is not None:
+        out.print(f"Subject: {preview.subject}\n", markup=False, highlight=False)
+    out.print(preview.body, markup=False, highlight=False, soft_wrap=True)
+    if html and preview.html is not None:
+        out.print(f"\n{preview.html}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _preview_account_context(settings: Settings, account: str, feed: int | None, template: str,
+                             actor: str | None) -> dict[str, Any]:
+    """The account's real context (audited, committed even when no account is found)."""
+    from notifier.audit import default_actor
+    from notifier.db import session_scope
+    from notifier.template_check import SAMPLE_REFERENCE, account_context
+
+    with session_scope(settings.database_url) as session:
+        found = account_context(session, settings, account_ref=account, feed_id=feed, template=template,
+                                actor=actor or default_actor())
+    if found is None:
+        _fail(f"account {account} not found")
+    feed_text = f"feed {found.feed_id}" if found.feed_id is not None else "no feed"
+    err.print(f"account {found.account_ref}, {feed_text}, {found.events} event(s); reference shown as "
+              f"{SAMPLE_REFERENCE}; this lookup is audited", markup=False, highlight=False)
+    return found.context
 
 
 if __name__ == "__main__":

@@ -124,6 +124,8 @@ def _run(settings: Settings, campaign_id: int, args: argparse.Namespace, smsc: S
     sa.event.listen(engine, "commit", lambda *a: counts.update(["commits"]))
     counts_file = directory / "sql-counts"
     workers = [_start_worker(settings, args.threads, counts_file) for _ in range(args.workers)]
+    if workers:  # long-running processes in production: their start-up is not the send rate
+        print(f"workers ready:     {_wait_for_workers(settings.database_url, workers):.2f}s after start (not timed)")
     backends = _BackendCpu(settings.database_url)
     xacts = _pg_transactions(settings.database_url)
     ours = _own_cpu()
@@ -195,6 +197,25 @@ def _start_worker(settings: Settings, threads: int, counts_file: Path) -> subpro
            SQL_COUNTS_ENV: str(counts_file)}
     return subprocess.Popen([sys.executable, "-m", "cli", "worker", "--threads", str(threads), "--channels", "sms,email"],
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL)
+
+
+def _wait_for_workers(url: str, workers: list[subprocess.Popen[bytes]], timeout: float = 120.0) -> float:
+    """Seconds until every worker has its SMPP session bound and reading (each records it in
+    `smpp_session` within a second of binding, after its broker consumer was set up)."""
+    began = time.perf_counter()
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)  # not the send path's statements
+    try:
+        while time.perf_counter() - began < timeout:
+            with engine.connect() as connection:
+                owners = connection.execute(sa.text("SELECT owner FROM smpp_session")).scalars().all()
+            if all(any(f":{worker.pid}:" in owner for owner in owners) for worker in workers):
+                break
+            if any(worker.poll() is not None for worker in workers):
+                raise SystemExit("a worker exited during start-up")
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+    return time.perf_counter() - began
 
 
 def _worker_counts(counts_file: Path, pid: int) -> dict[str, int]:

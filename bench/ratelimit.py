@@ -1,21 +1,36 @@
-"""Rate-limit benchmark: N worker processes share one route's rate through Redis and send one-part
-SMS to the loopback SMSC as fast as the limiter lets them (the limiter `notifier worker` builds:
-`dispatch.sms_per_second` = the limit, less `dispatch.rate_margin`). Prints, per limit, the achieved parts/s
-and the worst sliding 1-second window, both at the SMSC (its JSON-lines log) and at the limiter
-(the grant times Redis scheduled). Asserts nothing; tests/test_rate_limits.py runs it short.
+"""Rate-limit benchmark: N `notifier worker` processes share one SMS route's rate through Redis.
 
-    .venv/bin/python bench/ratelimit.py [--limits 50,200] [--seconds 60] [--workers 2] [--threads 8]
-        [--redis-url redis://127.0.0.1:6379/11] [--json]
+Default (the send path): one campaign of one-part SMS on a fresh PostgreSQL database, queued by
+`campaign run` (production shape: Redis broker) and sent by `--workers` worker processes of
+`--threads` threads each, exactly as `notifier worker` runs (`run_worker`: claim, pace message by
+message, write, record, receipts) with `dispatch.sms_per_second` = the limit (the limiter paces
+`dispatch.rate_margin` under it). The campaign holds enough rows for `--seconds` at the limit.
+`--channel-only`: the same processes without a database — threads writing batches of one-part
+SMS straight through the SMPP channel, each paced by the shared limiter (`Paced`) — to tell the
+limiter's part from the send path's.
 
-Bounded: at most 120 s per limit, 8 workers; everything listens on 127.0.0.1; the Redis key is
-deleted afterwards.
+Prints, per limit: achieved parts/s (SMSC arrivals in the `--seconds` after the first), the worst
+sliding 1-second window at the SMSC (its JSON-lines log, its clock), at our writes (the moment
+each grant was handed to the write), and as granted (the slots Redis scheduled), how late writes
+came after their slots (p99, max), and how many slots were given up because their holder woke up
+too late (ratelimit.LATE_SECONDS). Asserts nothing; tests/test_rate_limits.py runs it short.
+
+    .venv/bin/python bench/ratelimit.py [--limits 50,200] [--seconds 60] [--workers 2] [--threads 4]
+        [--channel-only] [--redis-url redis://127.0.0.1:6379/11]
+        [--database-url postgresql+psycopg://… | --postgres-admin postgresql://postgres@127.0.0.1:5432/postgres]
+        [--json]
+
+Bounded: at most 120 s per limit, 8 workers; everything listens on 127.0.0.1; the Redis keys and
+the database made for the run are deleted afterwards (a `--database-url` given is left as is).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,15 +38,20 @@ import threading
 import time
 import uuid
 from bisect import bisect_left
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MAX_SECONDS, MAX_WORKERS = 120.0, 8
-BATCH = 20  # messages per send_many, like a claimed batch
-START_DELAY_SECONDS = 3.0  # workers bind to the SMSC, then all start at the same instant
+BATCH = 20  # --channel-only: messages per send_many, like a claimed batch
+START_DELAY_SECONDS = 3.0  # --channel-only: workers bind to the SMSC, then all start at the same instant
+EXTRA_ROWS = 1.05  # the campaign holds 5% more than --seconds at the limit, so the run outlasts the span
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def worst_window(times: list[float], width: float = 1.0) -> int:
@@ -40,18 +60,79 @@ def worst_window(times: list[float], width: float = 1.0) -> int:
     return max((bisect_left(times, start + width) - i for i, start in enumerate(times)), default=0)
 
 
-def run_worker(args: argparse.Namespace) -> None:
-    """One sending process: T threads sending batches of one-part SMS, until the end."""
+# -- what a worker process notes: grants, writes, lateness ----------------------------------------
+
+class GrantJournal:
+    """Wraps a route's limiter and notes each slot granted (its scheduled time), the moment the
+    grant was handed to the write (`acquire` returns just before `Paced` yields the message), and
+    how late that was; written to a JSON file when the process ends."""
+
+    def __init__(self) -> None:
+        self.granted: list[float] = []
+        self.written: list[float] = []
+        self.late: list[float] = []
+        self._last = threading.local()
+
+    def on_grant(self, at: float, _parts: float) -> None:
+        self.granted.append(at)
+        self._last.at = at
+
+    def wrap(self, limiter: Any) -> Any:
+        journal = self
+
+        class Journaled:
+            def acquire(self, tokens: float = 1.0) -> float:
+                waited = limiter.acquire(tokens)
+                now = time.time()
+                journal.written.append(now)
+                journal.late.append(now - journal._last.at)
+                return waited
+
+            def throttled(self) -> None:
+                limiter.throttled()
+
+            def current_rate(self) -> float:
+                return float(limiter.current_rate())
+
+        return Journaled()
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"granted": self.granted, "written": self.written, "late": self.late}))
+
+
+def run_send_path_worker(args: argparse.Namespace) -> None:
+    """`notifier worker` (run_worker, settings from the environment) with the SMS limiter journaled;
+    until SIGTERM."""
+    from notifier.dispatch import runtime
+    from notifier.dispatch.loops import run_worker
+    from notifier.settings import get_settings
+
+    journal = GrantJournal()
+    build = runtime.build_limiter
+    runtime.build_limiter = lambda name, settings, **kw: journal.wrap(  # type: ignore[assignment]
+        build(name, settings, on_grant=journal.on_grant, **kw))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        run_worker(get_settings(), stop, channels=["sms"], threads=args.threads)
+    finally:
+        journal.save(args.grants)
+
+
+def run_channel_worker(args: argparse.Namespace) -> None:
+    """--channel-only: T threads sending batches of one-part SMS through the channel, paced per
+    message (`Paced`) by the shared limiter, until the end."""
     from channels.base import OutgoingMessage, SendResult
-    from notifier.dispatch.ratelimit import Paced
     from channels.smpp import SmppChannel
+    from notifier.dispatch.ratelimit import Paced
     from notifier.dispatch.runtime import build_limiter
     from notifier.settings import DispatchSettings, Settings, SmppSettings
 
-    grants: list[float] = []
+    journal = GrantJournal()
     settings = Settings(broker_url=args.redis_url, broker_namespace=args.namespace,
                         dispatch=DispatchSettings(sms_per_second=args.limit))
-    limiter = build_limiter("sms", settings, on_grant=lambda at, _n: grants.append(at))
+    limiter = journal.wrap(build_limiter("sms", settings, on_grant=journal.on_grant))
     channel = SmppChannel(SmppSettings(port=args.smsc_port, system_id=f"bench-{os.getpid()}",
                                        registered_delivery=0, window=50))
     channel.start()
@@ -59,7 +140,6 @@ def run_worker(args: argparse.Namespace) -> None:
     sent, errors = [0], [0]
 
     def loop(thread_no: int) -> None:
-        """Batches through `send_many`, paced per message (`Paced`), as the send path does."""
         number = 0
         while time.time() < end:
             batch = []
@@ -78,13 +158,34 @@ def run_worker(args: argparse.Namespace) -> None:
     for thread in threads:
         thread.join()
     channel.close()
-    args.grants.write_text(json.dumps(grants))
+    journal.save(args.grants)
     print(json.dumps({"sent": sent[0], "errors": errors[0]}), flush=True)
 
 
-def measure(limit: float, *, seconds: float, workers: int, threads: int, redis_url: str,
-            directory: Path) -> dict[str, object]:
-    """Run `workers` processes against a fresh SMSC and Redis key; return the figures."""
+# -- the measuring process -----------------------------------------------------------------------
+
+def figures(limit: float, seconds: float, submits: list[float], grant_files: list[Path],
+            span_start: float) -> dict[str, Any]:
+    """The achieved rate over [span_start, span_start + seconds) and the worst windows."""
+    logs = [json.loads(path.read_text()) for path in grant_files if path.exists()]
+    granted = [at for log in logs for at in log["granted"]]
+    written = [at for log in logs for at in log["written"]]
+    late = sorted(seconds for log in logs for seconds in log["late"])
+    in_span = [at for at in submits if span_start <= at < span_start + seconds]
+    return {
+        "limit": limit, "seconds": seconds,
+        "achieved_per_second": round(len(in_span) / seconds, 2),
+        "worst_window_smsc": worst_window(submits), "worst_window_written": worst_window(written),
+        "worst_window_grants": worst_window(granted),
+        "late_ms_p99": round(1000 * late[int(0.99 * (len(late) - 1))], 2) if late else None,
+        "late_ms_max": round(1000 * late[-1], 2) if late else None,
+        "slots_given_up": len(granted) - len(written), "submits": len(submits), "grants": len(granted),
+    }
+
+
+def measure_channel_only(limit: float, *, seconds: float, workers: int, threads: int, redis_url: str,
+                         directory: Path) -> dict[str, Any]:
+    """--channel-only: `workers` processes against a fresh SMSC and Redis key."""
     import redis
 
     from notifier.peers.smsc import SmscPeer
@@ -93,7 +194,7 @@ def measure(limit: float, *, seconds: float, workers: int, threads: int, redis_u
     start_at = time.time() + START_DELAY_SECONDS
     grant_files = [directory / f"grants-{limit:g}-{n}.json" for n in range(workers)]
     with SmscPeer(directory / f"smsc-{limit:g}.jsonl") as smsc:
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--smsc-port", str(smsc.port),
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", "channel", "--smsc-port", str(smsc.port),
                    "--redis-url", redis_url, "--namespace", namespace, "--start-at", repr(start_at),
                    "--seconds", str(seconds), "--threads", str(threads), "--limits", f"{limit:g}"]
         children = [subprocess.Popen([*command, "--grants", str(path)], cwd=ROOT, stdout=subprocess.PIPE)
@@ -105,17 +206,110 @@ def measure(limit: float, *, seconds: float, workers: int, threads: int, redis_u
                 if child.poll() is None:
                     child.kill()
                     child.wait()
-        submits = [datetime.fromisoformat(s["at"]).timestamp() for s in smsc.submits() if s["message_id"]]
+        submits = [_epoch(s["at"]) for s in smsc.submits() if s["message_id"]]
     redis.Redis.from_url(redis_url).delete(f"{namespace}:rate:sms")
-    grants = [at for path in grant_files if path.exists() for at in json.loads(path.read_text())]
-    in_run = [at for at in submits if start_at <= at < start_at + seconds]
-    return {
-        "limit": limit, "seconds": seconds, "workers": workers, "threads": threads,
-        "sent": sum(int(o.get("sent", 0)) for o in outputs), "errors": sum(int(o.get("errors", 0)) for o in outputs),
-        "achieved_per_second": round(len(in_run) / seconds, 2),
-        "worst_window_smsc": worst_window(submits), "worst_window_grants": worst_window(grants),
-        "submits": len(submits), "grants": len(grants),
-    }
+    result = figures(limit, seconds, submits, grant_files, start_at)
+    return {**result, "path": "channel", "workers": workers, "threads": threads,
+            "errors": sum(int(o.get("errors", 0)) for o in outputs)}
+
+
+def measure_send_path(limit: float, *, seconds: float, workers: int, threads: int, redis_url: str,
+                      database_url: str, directory: Path) -> dict[str, Any]:
+    """A campaign of one-part SMS through `workers` `notifier worker` processes and the loopback
+    SMSC (receipts on), queued and followed by `campaign run`."""
+    import redis
+
+    from dispatch import _templates  # bench/dispatch.py: the shipped templates with a one-part SMS
+    from notifier.db import dispose_engines, upgrade
+    from notifier.demo_data import load_uniform_campaign
+    from notifier.dispatch.loops import run_campaign
+    from notifier.peers.smsc import SmscPeer
+    from notifier.settings import DispatchSettings, Settings, SmppSettings
+
+    upgrade(database_url)
+    accounts = math.ceil(limit * seconds * EXTRA_ROWS) + 10
+    campaign_id = load_uniform_campaign(database_url, directory / f"inputs-{limit:g}", accounts=accounts,
+                                        channels=["sms"])
+    namespace = f"notifier-bench-{uuid.uuid4().hex[:8]}"
+    grant_files = [directory / f"grants-{limit:g}-{n}.json" for n in range(workers)]
+    client = redis.Redis.from_url(redis_url)
+    with SmscPeer(directory / f"smsc-{limit:g}.jsonl") as smsc:
+        settings = Settings(database_url=database_url, broker_url=redis_url, broker_namespace=namespace,
+                            templates_dir=_templates(directory, "one-part"),
+                            smpp=SmppSettings(port=smsc.port, system_id="bench-rate", window=50),
+                            dispatch=DispatchSettings(worker_threads=threads, sms_per_second=limit,
+                                                      receipt_wait_seconds=30))
+        env = {**os.environ, "NOTIFIER_DATABASE_URL": database_url, "NOTIFIER_BROKER_URL": redis_url,
+               "NOTIFIER_BROKER_NAMESPACE": namespace, "NOTIFIER_TEMPLATES_DIR": str(settings.templates_dir),
+               "NOTIFIER_SMPP__PORT": str(smsc.port), "NOTIFIER_SMPP__SYSTEM_ID": "bench-rate",
+               "NOTIFIER_SMPP__WINDOW": "50", "NOTIFIER_DISPATCH__SMS_PER_SECOND": repr(limit),
+               "NOTIFIER_DISPATCH__WORKER_THREADS": str(threads)}
+        children = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", "send-path",
+                                      "--threads", str(threads), "--grants", str(path)],
+                                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL) for path in grant_files]
+        try:
+            _wait_for_heartbeats(client, namespace, workers)
+            status = run_campaign(settings, campaign_id)
+        finally:
+            for child in children:
+                child.send_signal(signal.SIGTERM)
+            for child in children:
+                try:
+                    child.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+            dispose_engines()
+        submits = [_epoch(s["at"]) for s in smsc.submits() if s["message_id"]]
+    for key in client.scan_iter(f"{namespace}*"):
+        client.delete(key)
+    result = figures(limit, seconds, submits, grant_files, min(submits, default=0.0))
+    return {**result, "path": "send", "workers": workers, "threads": threads, "rows": accounts,
+            "errors": sum(count for state, count in _by_state(status).items() if state != "delivered")}
+
+
+def _by_state(status: dict[str, Any]) -> dict[str, int]:
+    """Rows per state over the campaign's channels (`campaign run`'s summary)."""
+    totals: dict[str, int] = {}
+    for counts in status.get("by_channel", {}).values():
+        for state, count in counts.items():
+            totals[state] = totals.get(state, 0) + int(count)
+    return totals
+
+
+def _wait_for_heartbeats(client: Any, namespace: str, count: int, timeout: float = 60.0) -> None:
+    """Until `count` workers consume from the broker (dramatiq registers a heartbeat each)."""
+    deadline = time.monotonic() + timeout
+    while client.zcard(f"{namespace}:__heartbeats__") < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: {count} workers did not start within {timeout:g}s")
+        time.sleep(0.1)
+
+
+@contextmanager
+def database(given: str | None, admin_url: str) -> Iterator[str]:
+    """The database to load the campaign into: the one given, or a fresh PostgreSQL one, dropped after."""
+    if given:
+        yield given
+        return
+    import psycopg
+
+    from notifier.db import dispose_engines
+
+    name = f"notifier_bench_rate_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        dispose_engines()
+        with psycopg.connect(admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def main() -> None:
@@ -124,33 +318,57 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4, help="sending threads per worker")
+    parser.add_argument("--channel-only", action="store_true", help="no database: the limiter and the channel")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11")
+    parser.add_argument("--database-url", help="a PostgreSQL database to load the campaign into (one limit)")
+    parser.add_argument("--postgres-admin", default=POSTGRES_ADMIN, help="where to make a database for the run")
     parser.add_argument("--json", action="store_true", help="print one JSON list of results")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["send-path", "channel"], help=argparse.SUPPRESS)
     parser.add_argument("--smsc-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--namespace", help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--grants", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.seconds = min(args.seconds, MAX_SECONDS)
-    if args.worker:
-        args.limit = float(args.limits)
-        run_worker(args)
+    if args.worker == "send-path":
+        run_send_path_worker(args)
         return
+    if args.worker == "channel":
+        args.limit = float(args.limits)
+        run_channel_worker(args)
+        return
+    limits = [float(text) for text in args.limits.split(",")]
+    if args.database_url and len(limits) > 1:
+        parser.error("--database-url takes one limit (each limit loads its own campaign)")
+    workers = min(args.workers, MAX_WORKERS)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for limit in (float(text) for text in args.limits.split(",")):
-            result = measure(limit, seconds=args.seconds, workers=min(args.workers, MAX_WORKERS),
-                             threads=args.threads, redis_url=args.redis_url, directory=Path(tmp))
+        for limit in limits:
+            directory = Path(tmp) / f"limit-{limit:g}"
+            directory.mkdir()
+            if args.channel_only:
+                result = measure_channel_only(limit, seconds=args.seconds, workers=workers, threads=args.threads,
+                                              redis_url=args.redis_url, directory=directory)
+            else:
+                with database(args.database_url, args.postgres_admin) as url:
+                    result = measure_send_path(limit, seconds=args.seconds, workers=workers, threads=args.threads,
+                                               redis_url=args.redis_url, database_url=url, directory=directory)
             results.append(result)
             if not args.json:
-                print(f"limit {limit:g} parts/s, {result['workers']} workers × {result['threads']} threads, "
-                      f"{args.seconds:g} s: achieved {result['achieved_per_second']}/s "
-                      f"({100 * float(result['achieved_per_second']) / limit:.1f}%), worst 1-s window "
-                      f"{result['worst_window_smsc']} at the SMSC, {result['worst_window_grants']} granted; "
-                      f"{result['errors']} errors", flush=True)
+                print(_line(result), flush=True)
     if args.json:
         print(json.dumps(results))
+
+
+def _line(result: dict[str, Any]) -> str:
+    limit = float(result["limit"])
+    return (f"limit {limit:g} parts/s, {result['path']} path, {result['workers']} workers × {result['threads']} threads, "
+            f"{result['seconds']:g} s: achieved {result['achieved_per_second']}/s "
+            f"({100 * float(result['achieved_per_second']) / limit:.1f}%); worst 1-s window: "
+            f"{result['worst_window_smsc']} at the SMSC, {result['worst_window_written']} written, "
+            f"{result['worst_window_grants']} granted; write after its slot p99 {result['late_ms_p99']} ms, "
+            f"max {result['late_ms_max']} ms; {result['slots_given_up']} slot(s) given up; "
+            f"{result['errors']} error(s)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +26,7 @@ from smpplib import consts, exceptions, smpp
 from smpplib.client import Client, SimpleSequenceGenerator
 
 from channels.base import OutgoingMessage, ReceiptSink, SendOutcome, SendResult, describe_connection_error
+from channels import smpp_wire
 from channels.smpp_inbound import Inbound, ReceiptWriter
 from channels.smpp_receipts import e164_address, is_delivery_receipt, normalise_message_id, parse_receipt
 from notifier.errors import (
@@ -99,6 +99,8 @@ class _Client(Client):  # type: ignore[misc]
         # Which bind this is, for the receipt writer's liveness record (`smpp_session`).
         self.session_owner = f"{socket.gethostname()}:{os.getpid()}:{next(_SESSION_NUMBERS)}"
         self.bound_at = datetime.now(UTC)
+        self._inbox = bytearray()  # what the reader received beyond the last whole PDU
+        self._next_raw: bytes | None = None  # a PDU already read, for smpplib's `read_once`
 
     def _message_received(self, pdu: Any) -> None:
         """smpplib answers deliver_sm at once; a receipt is answered by the writer after it is
@@ -126,9 +128,12 @@ class _Client(Client):  # type: ignore[misc]
             return bool(super().send_pdu(p))
 
     def send_pdus(self, pdus: list[Any]) -> None:
-        """Write several PDUs with one `sendall`: the parts of a long message leave together, so
+        """Write several smpplib PDUs with one `sendall`."""
+        self.send_raw(b"".join(p.generate() for p in pdus))
+
+    def send_raw(self, data: bytes) -> None:
+        """Write encoded PDUs with one `sendall`: the parts of a long message leave together, so
         a crash cannot cut a message between its parts (the SMSC gets all of them or none)."""
-        data = b"".join(p.generate() for p in pdus)
         with self._write_lock:
             if self._socket is None:
                 raise _NotConnected("not connected")
@@ -137,8 +142,43 @@ class _Client(Client):  # type: ignore[misc]
             except OSError as exc:
                 raise exceptions.ConnectionError(str(exc)) from exc
 
+    def read_available(self) -> list[bytes]:
+        """The reader's one `recv`: every whole PDU that has arrived (several per call under load,
+        where smpplib made two `recv` calls and a `select` per PDU)."""
+        sock = self._socket
+        if sock is None:
+            raise exceptions.ConnectionError("socket closed")
+        try:
+            data = sock.recv(1 << 16)
+        except OSError as exc:
+            raise exceptions.ConnectionError(str(exc)) from exc
+        if not data:
+            raise exceptions.ConnectionError("the SMSC closed the connection")
+        self._inbox += data
+        try:
+            pdus = smpp_wire.split_pdus(self._inbox)
+        except ValueError as exc:
+            raise exceptions.PDUError(str(exc)) from exc
+        if pdus:
+            self.last_received = time.monotonic()
+        return pdus
+
+    def handle(self, raw: bytes) -> None:
+        """Act on a PDU the reader already took off the socket, the way smpplib's `read_once` does."""
+        self._next_raw = raw
+        try:
+            self.read_once(auto_send_enquire_link=False)
+        finally:
+            self._next_raw = None
+
     def read_pdu(self) -> Any:
-        pdu = super().read_pdu()
+        raw = self._next_raw
+        if raw is None:  # the bind and unbind exchanges, before and after the reader
+            pdu = super().read_pdu()
+        else:
+            pdu = smpp.parse_pdu(raw, client=self, allow_unknown_opt_params=self.allow_unknown_opt_params)
+            if not pdu.is_error() and pdu.command in consts.STATE_SETTERS:
+                self.state = consts.STATE_SETTERS[pdu.command]
         self.last_received = time.monotonic()
         if pdu.command == "unbind":  # smpplib would ignore it and leave us bound to nothing
             answer = smpp.make_pdu("unbind_resp", client=self)
@@ -174,8 +214,8 @@ class SmppChannel:
         self._write_lock = threading.Lock()
         self._conn_lock = threading.Lock()
         self._pending_lock = threading.Lock()
-        self._pending: dict[int, Future[tuple[int, Any]]] = {}
-        self._window = threading.BoundedSemaphore(max(1, settings.window))
+        self._pending: dict[int, tuple[_Answers, int]] = {}  # sequence -> (its message's answers, part)
+        self._window = _Window(max(1, settings.window))
         self._window_taker = threading.Lock()
         self._references = itertools.count(random.randrange(256))  # UDH refs; next() is atomic
         self._client: _Client | None = None
@@ -222,9 +262,9 @@ class SmppChannel:
         except ValueError as exc:
             raise PermanentChannelError(str(exc)) from exc
         tag = f"[channel:sms] [notification:{message.notification_id}]"
-        fields = self._submit_fields(destination, encoded.data_coding, encoded.esm_class)
+        template = self._submit_template(destination, encoded.data_coding, encoded.esm_class)
         try:
-            ids = self._submit_parts([{**fields, "short_message": part} for part in encoded.parts])
+            ids = self._submit_parts(template, encoded.parts)
         except RouteUnreachableError as exc:  # nothing was written; the outage is logged once, not per message
             log.debug("%s not sent: %s", tag, exc)
             raise
@@ -267,81 +307,81 @@ class SmppChannel:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def _submit_fields(self, destination: str, data_coding: int, esm_class: int) -> dict[str, Any]:
-        """submit_sm fields shared by every part of one message."""
+    def _submit_template(self, destination: str, data_coding: int, esm_class: int) -> smpp_wire.SubmitTemplate:
+        """The submit_sm fields shared by every part of one message, encoded once."""
         s = self._settings
-        return {"source_addr_ton": s.source_addr_ton, "source_addr_npi": s.source_addr_npi,
-                "source_addr": s.source_addr, "dest_addr_ton": s.dest_addr_ton,
-                "dest_addr_npi": s.dest_addr_npi, "destination_addr": destination,
-                "esm_class": esm_class, "data_coding": data_coding,
-                "registered_delivery": s.registered_delivery}
+        return smpp_wire.SubmitTemplate.build(
+            source_addr_ton=s.source_addr_ton, source_addr_npi=s.source_addr_npi, source_addr=s.source_addr,
+            dest_addr_ton=s.dest_addr_ton, dest_addr_npi=s.dest_addr_npi, destination_addr=destination,
+            esm_class=esm_class, data_coding=data_coding, registered_delivery=s.registered_delivery)
 
-    def _submit_parts(self, parts: list[dict[str, Any]]) -> list[str]:
+    def _submit_parts(self, template: smpp_wire.SubmitTemplate, parts: list[bytes]) -> list[str]:
         """Submit every part inside the window; returns the SMSC's ids or raises a ChannelError
         (`PartiallySentError` when some parts were accepted and others not)."""
         timeout = self._settings.submit_timeout_seconds
         slots = self._acquire_window(len(parts), timeout)
         try:
-            outcomes = self._exchange(parts, timeout)
+            outcomes = self._exchange(template, parts, timeout)
         finally:
-            for _ in range(slots):
-                self._window.release()
+            self._window.release(slots)
         return _judge(outcomes)
 
     def _acquire_window(self, slots: int, timeout: float) -> int:
         """Take `slots` window places at once (one taker at a time, so two long messages cannot
         each hold half the window and starve each other)."""
-        deadline = time.monotonic() + timeout
-        taken = 0
+        wanted = min(slots, self._window.size)
         with self._window_taker:
-            while taken < min(slots, self._settings.window):
-                if not self._window.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                    for _ in range(taken):
-                        self._window.release()
-                    raise _WindowFull(f"no free SMPP window slot within {timeout}s")
-                taken += 1
-        return taken
+            if not self._window.acquire(wanted, timeout):
+                raise _WindowFull(f"no free SMPP window slot within {timeout}s")
+        return wanted
 
-    def _exchange(self, parts: list[dict[str, Any]], timeout: float) -> list[tuple[int, Any]]:
+    def _exchange(self, template: smpp_wire.SubmitTemplate, parts: list[bytes],
+                  timeout: float) -> list[tuple[int, Any]]:
         """Write the PDUs and wait for the reader to hand over each response (status, message_id)."""
-        written = self._write(parts)
+        written = self._write(template, parts)
         return self._await(written, time.monotonic() + timeout, timeout)
 
-    def _write(self, parts: list[dict[str, Any]]) -> _Written:
-        """Write one message's PDUs in one `sendall`, their answers awaited by Futures."""
+    def _write(self, template: smpp_wire.SubmitTemplate, parts: list[bytes],
+               on_answer: Callable[[], None] | None = None) -> _Written:
+        """Write one message's submit_sm PDUs in one `sendall`; the reader fills in their answers
+        (calling `on_answer` for each)."""
         client = self._bound_client()
-        pdus = [smpp.make_pdu("submit_sm", client=client, **fields) for fields in parts]
-        futures: list[Future[tuple[int, Any]]] = [Future() for _ in pdus]
+        sequences = [self._sequence.next_sequence() for _ in parts]
+        data = b"".join(template.pdu(sequence, part) for sequence, part in zip(sequences, parts))
+        answers = _Answers(len(parts), on_answer)
         with self._pending_lock:  # registered before writing: the answer can beat us back
-            for pdu, future in zip(pdus, futures):
-                self._pending[pdu.sequence] = future
+            for index, sequence in enumerate(sequences):
+                self._pending[sequence] = (answers, index)
         try:
-            client.send_pdus(pdus)
+            client.send_raw(data)
         except _NotConnected as exc:  # another thread saw the session die: nothing was written
-            self._forget(pdus)
+            self._forget(sequences)
             self._connection_lost(client, exc)
             address = f"{self._settings.host}:{self._settings.port}"
             raise RouteUnreachableError(f"cannot reach the SMSC at {address} (connection lost)",
                                         channel=self.name, address=address, reason="connection lost") from exc
         except _CONNECTION_ERRORS as exc:  # part of the write may have reached the SMSC
-            self._forget(pdus)
+            self._forget(sequences)
             self._connection_lost(client, exc)
             raise OutcomeUnknownError("SMSC connection lost while sending") from exc
-        return _Written(pdus, futures)
+        return _Written(sequences, answers)
 
     def _await(self, written: _Written, deadline: float, timeout: float) -> list[tuple[int, Any]]:
-        """Each response of a written message; OutcomeUnknownError when one did not come in time."""
+        """Each response of a written message; OutcomeUnknownError when one did not come in time
+        (or the error that failed every waiting submit: the session was lost or closed)."""
         try:
-            return [future.result(timeout=max(0.0, deadline - time.monotonic())) for future in written.futures]
-        except TimeoutError as exc:
-            raise OutcomeUnknownError(f"no submit_sm_resp within {timeout}s") from exc
+            if not written.answers.done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise OutcomeUnknownError(f"no submit_sm_resp within {timeout}s")
+            if written.answers.error is not None:
+                raise written.answers.error
+            return list(written.answers.results)  # type: ignore[arg-type]  # all filled in
         finally:
-            self._forget(written.pdus)
+            self._forget(written.sequences)
 
-    def _forget(self, pdus: list[Any]) -> None:
+    def _forget(self, sequences: list[int]) -> None:
         with self._pending_lock:
-            for pdu in pdus:
-                self._pending.pop(pdu.sequence, None)
+            for sequence in sequences:
+                self._pending.pop(sequence, None)
 
     # -- sending a batch: many messages in flight ---------------------------------------------
 
@@ -382,15 +422,13 @@ class SmppChannel:
             encoded = encode_sms(message.body, reference=next(self._references))
         except ValueError as exc:
             raise PermanentChannelError(str(exc)) from exc
-        fields = self._submit_fields(destination, encoded.data_coding, encoded.esm_class)
+        template = self._submit_template(destination, encoded.data_coding, encoded.esm_class)
         slots = _Slots(self._window, self._acquire_window(len(encoded.parts), timeout))
         try:
-            written = self._write([{**fields, "short_message": part} for part in encoded.parts])
+            written = self._write(template, encoded.parts, on_answer=slots.release_one)
         except BaseException:
             slots.release_rest()
             raise
-        for future in written.futures:
-            future.add_done_callback(slots.release_one)
         return _Flight(index, message, encoded.encoding, written, slots, time.monotonic() + timeout)
 
     def _land(self, flight: _Flight, timeout: float) -> SendOutcome:
@@ -428,23 +466,27 @@ class SmppChannel:
 
     def _resolve(self, sequence: int, outcome: tuple[int, Any]) -> None:
         with self._pending_lock:
-            future = self._pending.get(sequence)
-        if future is None:
+            entry = self._pending.pop(sequence, None)
+            complete = entry is not None and entry[0].fill(entry[1], outcome)
+        if entry is None:
             log.warning("[channel:sms] response for unknown sequence %d (sender gave up)", sequence)
             return
-        try:
-            future.set_result(outcome)
-        except InvalidStateError:
-            pass  # already failed by a disconnect
+        answers = entry[0]
+        if answers.on_answer is not None:
+            answers.on_answer()
+        if complete:
+            answers.done.release()
 
     def _fail_pending(self, error: Callable[[], Exception]) -> None:
+        """Every submit still waiting ends with `error` (its window places come back now)."""
         with self._pending_lock:
-            futures = list(self._pending.values())
-        for future in futures:
-            try:
-                future.set_exception(error())
-            except InvalidStateError:
-                pass
+            entries, self._pending = list(self._pending.values()), {}
+            failed = {id(answers): answers for answers, _ in entries if answers.fail(error())}
+        for answers, _ in entries:
+            if answers.on_answer is not None:
+                answers.on_answer()
+        for answers in failed.values():
+            answers.done.release()
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -515,8 +557,6 @@ class SmppChannel:
                 continue
             try:
                 self._read_step(client)
-            except exceptions.UnknownCommandError as exc:
-                log.warning("[channel:sms] ignored a PDU smpplib cannot decode: %s", exc)
             except Exception as exc:  # a broken or undecodable stream: start a fresh session
                 if client is self._client and not isinstance(exc, _CONNECTION_ERRORS):
                     log.exception("[channel:sms] unexpected error reading from the SMSC")
@@ -539,8 +579,28 @@ class SmppChannel:
             raise exceptions.ConnectionError("socket closed")
         readable, _, _ = select.select([sock], [], [], _POLL_SECONDS)
         if readable:
-            client.read_once(auto_send_enquire_link=False)
+            for raw in client.read_available():
+                try:
+                    self._dispatch(client, raw)
+                except exceptions.UnknownCommandError as exc:  # that PDU only: read on
+                    log.warning("[channel:sms] ignored a PDU smpplib cannot decode: %s", exc)
         self._keep_alive(client)
+
+    def _dispatch(self, client: _Client, raw: bytes) -> None:
+        """submit_sm_resp and receipts read here (`smpp_wire`), anything else by smpplib."""
+        _, command_id, status, sequence = smpp_wire.HEADER.unpack_from(raw)
+        if command_id == smpp_wire.SUBMIT_SM_RESP:
+            self._resolve(sequence, (status, smpp_wire.submit_sm_resp_message_id(raw)))
+            return
+        if command_id == smpp_wire.DELIVER_SM:
+            pdu = smpp_wire.parse_deliver_sm(raw)
+            if pdu is not None:
+                answer = self._on_deliver_sm(pdu, client)
+                if answer is not DEFERRED:
+                    client.send_raw(smpp_wire.deliver_sm_resp(sequence, consts.SMPP_ESME_ROK if answer is None
+                                                              else int(answer)))  # type: ignore[call-overload]
+                return
+        client.handle(raw)
 
     def _keep_alive(self, client: _Client) -> None:
         """enquire_link after a quiet period; a session silent for three periods is dead."""
@@ -585,18 +645,87 @@ class SmppChannel:
         return int(consts.SMPP_ESME_RX_T_APPN)
 
 
+class _Answers:
+    """The submit_sm_resp answers of one message's parts, filled in by the reader thread. The
+    sender waits on one lock for all of them (a Future per part cost more than writing it);
+    `fill` and `fail` run under the channel's pending lock, so exactly one of them finishes it."""
+
+    __slots__ = ("results", "missing", "error", "finished", "done", "on_answer")
+
+    def __init__(self, parts: int, on_answer: Callable[[], None] | None) -> None:
+        self.results: list[tuple[int, Any] | None] = [None] * parts
+        self.missing = parts
+        self.error: Exception | None = None
+        self.finished = False
+        self.done = threading.Lock()
+        self.done.acquire()  # released once: every answer is in, or the submit failed
+        self.on_answer = on_answer
+
+    def fill(self, index: int, outcome: tuple[int, Any]) -> bool:
+        """Record one part's answer; True when this completes the message (release `done`)."""
+        self.results[index] = outcome
+        self.missing -= 1
+        if self.missing or self.finished:
+            return False
+        self.finished = True
+        return True
+
+    def fail(self, error: Exception) -> bool:
+        """End the wait with `error` unless already finished; True if it did (release `done`)."""
+        if self.finished:
+            return False
+        self.finished, self.error = True, error
+        return True
+
+
 @dataclass(frozen=True)
 class _Written:
-    """One message's submit_sm PDUs on the wire and the Futures their answers complete."""
+    """One message's submit_sm sequence numbers on the wire and the answers awaited for them."""
 
-    pdus: list[Any]
-    futures: list[Future[tuple[int, Any]]]
+    sequences: list[int]
+    answers: _Answers
+
+
+class _Window:
+    """The SMPP window: places for submits awaiting their submit_sm_resp. The sender waiting for
+    places (one at a time: `_window_taker`) is woken once a few have come back — all it needs and
+    at least a fifth of the window — not at every answer: a wake-up per answer handed the GIL back
+    and forth between the reader and the senders and cost the reader a quarter of its time."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = size
+        self._wanted = 0  # what the waiting sender needs before it is woken (0: nobody waits)
+        self._wake = max(1, size // 5)
+        self._changed = threading.Condition(threading.Lock())
+
+    def acquire(self, count: int, timeout: float) -> bool:
+        """Take `count` (≤ size) places, waiting up to `timeout` seconds; False if they did not come."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._free < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._wanted = 0
+                    return False
+                self._wanted = min(self.size, max(count, self._wake))
+                self._changed.wait(remaining)
+            self._wanted = 0
+            self._free -= count
+            return True
+
+    def release(self, count: int) -> None:
+        with self._changed:
+            self._free = min(self.size, self._free + count)
+            if self._wanted and self._free >= self._wanted:
+                self._wanted = 0
+                self._changed.notify()
 
 
 class _Slots:
     """The window places one message holds: released one per answer, the rest exactly once."""
 
-    def __init__(self, window: threading.BoundedSemaphore, held: int) -> None:
+    def __init__(self, window: _Window, held: int) -> None:
         self._window, self._held, self._lock = window, held, threading.Lock()
 
     def release_one(self, _future: object = None) -> None:
@@ -604,13 +733,13 @@ class _Slots:
             if self._held == 0:
                 return
             self._held -= 1
-        self._window.release()
+        self._window.release(1)
 
     def release_rest(self) -> None:
         with self._lock:
             held, self._held = self._held, 0
-        for _ in range(held):
-            self._window.release()
+        if held:
+            self._window.release(held)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ and tested on their own.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,6 +25,7 @@ _MESSAGE_STATES = {1: "ENROUTE", 2: "DELIVRD", 3: "EXPIRED", 4: "DELETED", 5: "U
 _RECEIPT_STATUS = {"DELIV": RECEIPT_DELIVERED, "UNDEL": RECEIPT_UNDELIVERED, "EXPIR": RECEIPT_EXPIRED,
                    "ACCEP": RECEIPT_PENDING, "ENROU": RECEIPT_PENDING}
 _RECEIPT_FIELD = re.compile(r"(?<!\S)(id|sub|dlvrd|submit date|done date|stat|err):(\S*)", re.IGNORECASE)
+_TEXT_FIELD = re.compile(r"(?<!\S)text:", re.IGNORECASE)
 _DECIMAL, _HEX = frozenset("0123456789"), frozenset("0123456789abcdef")
 
 
@@ -70,20 +72,21 @@ def parse_receipt(pdu: Any, *, zone: str = LOCAL_TIMEZONE) -> Receipt | None:
     state_name = _MESSAGE_STATES.get(pdu.message_state) if pdu.message_state is not None else None
     raw_status = fields.get("stat") or state_name or "UNKNOWN"
     extra = {key.replace(" ", "_"): fields[key] for key in ("sub", "dlvrd") if key in fields}
-    extra.update(_dates(fields, get_zone(zone)))
+    smsc_zone = get_zone(zone)
+    extra.update(_dates(fields, smsc_zone))
     if pdu.message_state is not None:
         extra["message_state"] = str(pdu.message_state)
     return Receipt(channel="sms", provider_message_id=primary,
                    status=_RECEIPT_STATUS.get((state_name or raw_status).upper()[:5], RECEIPT_FAILED),
                    raw_status=raw_status, error_code=fields.get("err"),
-                   done_at=parse_smpp_date(fields.get("done date"), get_zone(zone)),
+                   done_at=parse_smpp_date(fields.get("done date"), smsc_zone),
                    destination=e164_address(pdu.source_addr),
                    alternative_ids=_other_readings(raw_ids, primary), extra=extra)
 
 
 def receipt_fields(text: str) -> dict[str, str]:
     """Fields before `text:` (the message excerpt after it could contain anything)."""
-    head = re.split(r"(?<!\S)text:", text, maxsplit=1, flags=re.IGNORECASE)[0]
+    head = _TEXT_FIELD.split(text, maxsplit=1)[0]
     return {key.lower(): value for key, value in _RECEIPT_FIELD.findall(head)}
 
 
@@ -115,8 +118,18 @@ def parse_smpp_date(value: str | None, zone: ZoneInfo) -> datetime | None:
     """
     if not value or not value.isdigit() or len(value) not in (10, 12):
         return None
+    return _smpp_date(value, zone)
+
+
+@lru_cache(maxsize=4096)
+def _smpp_date(digits: str, zone: ZoneInfo) -> datetime | None:
+    """`parse_smpp_date` for 10 or 12 digits, remembered: the receipts of one second share their
+    dates, and strptime cost more than the rest of reading a receipt. Two-digit years as strptime
+    reads them (69-99 → 1900s, 00-68 → 2000s)."""
+    year = int(digits[0:2])
     try:
-        parsed = datetime.strptime(value, "%y%m%d%H%M%S" if len(value) == 12 else "%y%m%d%H%M")
+        parsed = datetime(year + (1900 if year >= 69 else 2000), int(digits[2:4]), int(digits[4:6]),
+                          int(digits[6:8]), int(digits[8:10]), int(digits[10:12] or 0), tzinfo=zone)
     except ValueError:
         return None
-    return parsed.replace(tzinfo=zone).astimezone(UTC)
+    return parsed.astimezone(UTC)

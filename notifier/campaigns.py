@@ -8,9 +8,12 @@ one account aggregate into one notification whose context carries them all.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
@@ -22,13 +25,19 @@ from notifier.ingest.records import DATE_PRECISION
 from notifier.models import (
     Account, Campaign, ContactPoint, Feed, FeedItem, MessagePart, Notification, NotificationItem, utcnow,
 )
-from notifier.dispatch.outbox import ALL_STATES, CANCELLED, PLANNED, QUEUED, SCHEDULED, SUPPRESSED, transition_many
+from notifier.dispatch.outbox import (
+    ALL_STATES, CANCELLED, EXPIRED, FAILED, PLANNED, QUEUED, SCHEDULED, SUPPRESSED, UNDELIVERED, transition_many,
+)
+from notifier.ingest.ais import ADVISORY
 from notifier.template_catalog import TemplateCatalog, load_catalog
 
-KNOWN_CHANNELS = ("sms", "email")
+KNOWN_CHANNELS = ("sms", "email", "billing")
+# Channels no worker sends: their rows wait in `planned` until an export hands them over
+# (`notifier billing export`, which marks them `sent`); `campaign run` neither queues nor waits for them.
+HANDED_OVER_CHANNELS = frozenset({"billing"})
 MAX_EVENTS_IN_CONTEXT = 10
 PLAN_BATCH = 500
-_CHANNEL_CONTACT = {"sms": "msisdn", "email": "email"}
+_CHANNEL_CONTACT = {"sms": "msisdn", "email": "email"}  # billing: the account's own postal address
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,12 @@ class PlanSummary:
     accounts: int
     planned: int
     suppressed: int
+    attached: int = 0  # accounts not warned again: their new events joined an earlier warning (cooldown)
+
+
+# An earlier warning in one of these states never reached the subscriber, so it does not hold back
+# a new one: the cooldown counts every other state (planned or queued ones included: they will go).
+NOT_REACHING_STATES = (FAILED, CANCELLED, SUPPRESSED, UNDELIVERED, EXPIRED)
 
 
 def parse_channels(text: str) -> list[str]:
@@ -53,7 +68,10 @@ def parse_channels(text: str) -> list[str]:
 
 def feed_kinds(session: Session, feed: Feed) -> frozenset[str]:
     """The kinds of event a feed holds, read from its accepted lines rather than `Feed.kind`
-    (a one-word label that cannot say "mixed"); `Feed.kind` only for a feed with no accepted line."""
+    (a one-word label that cannot say "mixed"); `Feed.kind` only for a feed with no accepted line
+    (an advisory, which has none by nature)."""
+    if feed.kind == ADVISORY:
+        return frozenset({ADVISORY})
     kinds = session.exec(select(FeedItem.kind).where(
         FeedItem.feed_id == feed.id, FeedItem.kind.is_not(None)).distinct()).all()
     return frozenset(kind for kind in kinds if kind) or frozenset({feed.kind})
@@ -61,7 +79,8 @@ def feed_kinds(session: Session, feed: Feed) -> frozenset[str]:
 
 def create_campaign(
     session: Session, *, feed_id: int, template: str, channels: list[str], name: str | None = None,
-    again: bool = False, catalog: TemplateCatalog | None = None,
+    again: bool = False, catalog: TemplateCatalog | None = None, cooldown_days: float | None = None,
+    now: datetime | None = None,
 ) -> PlanSummary:
     """Create a campaign for a feed's matched accounts and plan its notifications.
 
@@ -69,6 +88,13 @@ def create_campaign(
     `templates/catalog.toml`): a leak warning for infected devices would mislead everyone in it.
     A second campaign for the same feed on a channel an earlier one (not cancelled) already uses
     is refused unless `again`: it would warn the same subscribers twice on that channel.
+
+    Cooldown (`cooldown_days`, default `identity.cooldown_days`; 0 turns it off): an account whose
+    new events all name threats it was already warned about, on any channel, by a warning created
+    in the last `cooldown_days` (from another feed, and in a state that reaches the subscriber) gets
+    no new notification; its new items are attached to that earlier warning instead (`attached`).
+    One new threat and the account is warned as usual. An advisory feed plans one notification per
+    account of its segment that is not terminated.
     """
     feed = session.get(Feed, feed_id)
     if feed is None:
@@ -83,31 +109,182 @@ def create_campaign(
                         name=name or f"{template} – feed {feed_id} ({feed.filename})")
     session.add(campaign)
     session.flush()
-    account_ids = session.exec(select(FeedItem.account_id).where(
-        FeedItem.feed_id == feed_id, FeedItem.status == "matched").distinct().order_by(FeedItem.account_id)).all()
-    planned = suppressed = 0
-    for batch in chunks(account_ids, PLAN_BATCH):  # memory holds one batch of accounts, not the feed
-        items_by_account = _matched_items(session, feed_id, batch)
+    since = _cooldown_start(cooldown_days, now)
+    request = _request_details(feed)
+    totals: Counter[str] = Counter()
+    for batch in _account_batches(session, feed):  # memory holds one batch of accounts, not the feed
+        items_by_account = {} if feed.kind == ADVISORY else _matched_items(session, feed_id, batch)
+        warned = _recent_warnings(session, batch, feed_id, since) if since and items_by_account else {}
         accounts = {a.id: a for a in session.exec(select(Account).where(Account.id.in_(batch)))}
         contacts = _contacts(session, batch)
-        rows, items_per_row = [], []
+        rows, items_per_row, attachments = [], [], []
         for account_id in batch:
-            account, items = accounts[account_id], items_by_account[account_id]
-            context = json.dumps(build_context(account, items), ensure_ascii=False)
+            account, items = accounts[account_id], items_by_account.get(account_id, [])
+            joined = _cooldown_attachments(items, warned.get(account_id))
+            if joined:
+                attachments += joined
+                totals["attached"] += 1
+                continue
+            context = build_context(account, items)
+            if request:
+                context = with_request(context, request)
+            threat = _main_threat(items) or _request_threat(request)
             for step, channel in enumerate(channels):
                 destination, reason = choose_destination(account, channel, contacts.get(account_id, []))
                 rows.append({"campaign_id": campaign.id, "account_id": account_id, "channel": channel, "step": step,
                              "destination": destination, "state": SUPPRESSED if reason else PLANNED,
-                             "reason": reason, "threat": _main_threat(items), "context": context,
+                             "reason": reason, "threat": threat,
+                             "context": json.dumps(context, ensure_ascii=False),
                              "attempts": 0, "created_at": utcnow(), "updated_at": utcnow()})
                 items_per_row.append(items)
-                planned, suppressed = (planned, suppressed + 1) if reason else (planned + 1, suppressed)
+                totals["suppressed" if reason else "planned"] += 1
+        totals["accounts"] += len(batch)
+        _insert_plan(session, rows, items_per_row, attachments)
+        session.expunge_all()
+    return PlanSummary(campaign.id or 0, totals["accounts"], totals["planned"], totals["suppressed"],
+                       totals["attached"])
+
+
+def _insert_plan(session: Session, rows: list[dict[str, object]], items_per_row: list[list[FeedItem]],
+                 attachments: list[dict[str, int]]) -> None:
+    """One batch's notifications, the items each warns about, and the items joining earlier warnings."""
+    links = list(attachments)
+    if rows:
         ids = session.execute(sa.insert(Notification).returning(Notification.id, sort_by_parameter_order=True),
                               rows).scalars().all()
-        session.execute(sa.insert(NotificationItem), [
-            {"notification_id": nid, "feed_item_id": item.id} for nid, items in zip(ids, items_per_row) for item in items])
-        session.expunge_all()
-    return PlanSummary(campaign.id or 0, len(account_ids), planned, suppressed)
+        links += [{"notification_id": nid, "feed_item_id": item.id or 0}
+                  for nid, items in zip(ids, items_per_row, strict=True) for item in items]
+    if links:
+        session.execute(sa.insert(NotificationItem), links)
+
+
+def _account_batches(session: Session, feed: Feed) -> Iterator[list[int]]:
+    """The accounts to plan for, PLAN_BATCH ids at a time, in id order: a feed's matched accounts,
+    or an advisory's segment (read by keyset, so ten million accounts are never one list)."""
+    if feed.kind != ADVISORY:
+        account_ids = session.exec(select(FeedItem.account_id).where(
+            FeedItem.feed_id == feed.id, FeedItem.status == "matched").distinct().order_by(FeedItem.account_id)).all()
+        yield from chunks([account_id for account_id in account_ids if account_id is not None], PLAN_BATCH)
+        return
+    conditions = segment_conditions(_request_details(feed).get("segment"))
+    last = 0
+    while True:
+        batch = list(session.exec(select(Account.id).where(Account.id > last, *conditions)
+                                  .order_by(Account.id).limit(PLAN_BATCH)).all())
+        if not batch:
+            return
+        yield [account_id for account_id in batch if account_id is not None]
+        last = batch[-1] or 0
+
+
+def segment_conditions(segment: object) -> list[sa.ColumnElement[bool]]:
+    """SQL conditions selecting an advisory's accounts: never a terminated one; `service` compared
+    in lower case as the subscriber import stores it, `province` as written (NFC). An unknown key
+    is refused (the import already refused it; a hand-edited row must not widen the audience)."""
+    if not isinstance(segment, dict) or not segment:
+        raise InputError("this advisory feed names no segment of accounts")
+    unknown = sorted(set(segment) - {"service", "province", "all"})
+    if unknown:
+        raise InputError(f"this advisory feed's segment has unknown key(s) {', '.join(unknown)}")
+    conditions: list[sa.ColumnElement[bool]] = [Account.status != "terminated"]
+    if "service" in segment:
+        conditions.append(Account.service == str(segment["service"]).lower())
+    if "province" in segment:
+        conditions.append(Account.province == unicodedata.normalize("NFC", str(segment["province"])))
+    if "all" not in segment and len(conditions) == 1:
+        raise InputError("this advisory feed's segment selects nothing")
+    return conditions
+
+
+def _request_details(feed: Feed) -> dict[str, Any]:
+    """An Authority request's envelope as stored on its feed (`feed.details`), or {}."""
+    if not feed.details:
+        return {}
+    try:
+        details = json.loads(feed.details)
+    except ValueError:
+        return {}
+    return details if isinstance(details, dict) else {}
+
+
+def _request_threat(request: dict[str, Any]) -> str | None:
+    threat = request.get("threat") or {}
+    return threat.get("name") if isinstance(threat, dict) else None
+
+
+def with_request(context: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """Complete a notice's context with what the Authority's request says: the threat (name and
+    category when the events name none, as in an advisory), its description and advice link, and
+    `request` {request_id, reference, deadline} for people who trace a notice back to the request.
+    Templates still pass all of it through the safe-label filters before printing."""
+    threat = request.get("threat") if isinstance(request.get("threat"), dict) else {}
+    named = dict(context.get("threat") or {})
+    named["name"] = named.get("name") or threat.get("name")
+    named["category"] = named.get("category") or threat.get("category")
+    named["description"] = threat.get("description")
+    return {
+        **context,
+        "threat": named,
+        "threats": context.get("threats") or ([threat["name"]] if threat.get("name") else []),
+        "advice_url": threat.get("advice_url"),
+        "request": {key: request.get(key) for key in ("request_id", "reference", "deadline", "kind")},
+    }
+
+
+def _cooldown_start(cooldown_days: float | None, now: datetime | None) -> datetime | None:
+    """The creation time from which an earlier warning holds a new one back; None: no cooldown."""
+    if cooldown_days is None:
+        from notifier.settings import get_settings
+
+        cooldown_days = get_settings().identity.cooldown_days
+    if cooldown_days <= 0:
+        return None
+    return (now or utcnow()) - timedelta(days=cooldown_days)
+
+
+ThreatKey = tuple[str, str]  # (event kind, case-folded threat name; "" when the feed named none)
+
+
+def _threat_key(kind: str | None, threat: str | None) -> ThreatKey:
+    """Threats compare by kind and case-folded name in Python (SQLite's lower() is ASCII-only, and
+    both backends must decide alike)."""
+    return kind or "", (threat or "").strip().casefold()
+
+
+def _recent_warnings(
+    session: Session, account_ids: list[int], feed_id: int, since: datetime
+) -> dict[int, dict[ThreatKey, int]]:
+    """For each account of the batch, the threats it was warned about since `since` on any channel
+    by a campaign on another feed, each with the latest such warning's id. One query per batch."""
+    query = (
+        sa.select(Notification.account_id, Notification.id, FeedItem.kind, FeedItem.threat)
+        .join(NotificationItem, NotificationItem.notification_id == Notification.id)
+        .join(FeedItem, FeedItem.id == NotificationItem.feed_item_id)
+        .join(Campaign, Campaign.id == Notification.campaign_id)
+        .where(Notification.account_id.in_(account_ids), Notification.created_at >= since,
+               Notification.state.not_in(NOT_REACHING_STATES),
+               sa.or_(Campaign.feed_id.is_(None), Campaign.feed_id != feed_id))
+        .distinct()
+        .order_by(Notification.id)
+    )
+    warned: dict[int, dict[ThreatKey, int]] = defaultdict(dict)
+    for account_id, notification_id, kind, threat in session.execute(query):
+        warned[account_id][_threat_key(kind, threat)] = notification_id  # ascending ids: the latest wins
+    return warned
+
+
+def _cooldown_attachments(items: list[FeedItem], warned: dict[ThreatKey, int] | None) -> list[dict[str, int]]:
+    """The (earlier notification, new item) links when every new item's threat was warned about
+    recently; [] when any threat is new (then the account gets a new warning with all its items)."""
+    if not items or not warned:
+        return []
+    links = []
+    for item in items:
+        notification_id = warned.get(_threat_key(item.kind, item.threat))
+        if notification_id is None:
+            return []
+        links.append({"notification_id": notification_id, "feed_item_id": item.id or 0})
+    return links
 
 
 def _matched_items(session: Session, feed_id: int, account_ids: list[int]) -> dict[int, list[FeedItem]]:
@@ -137,11 +314,24 @@ def choose_destination(
         return None, "account terminated"
     if getattr(account, f"{channel}_opt_out", False):
         return None, f"subscriber opted out of {channel}"
+    if channel == "billing":
+        return _postal_destination(account)
     kind = _CHANNEL_CONTACT[channel]
     usable = [c for c in contacts if c.kind == kind and not c.opted_out]
     if not usable:
         return None, f"no {'phone number' if kind == 'msisdn' else 'e-mail address'} on record"
     return usable[0].value, None
+
+
+def _postal_destination(account: Account) -> tuple[str | None, str | None]:
+    """A billing insert travels with the bill: it needs the address the bill goes to and a billing
+    day (the export picks its rows by day); without either it would wait for an export forever."""
+    address = " ".join((account.address or "").split())
+    if not address:
+        return None, "no postal address on record"
+    if not account.billing_day:
+        return None, "no billing day on record"
+    return address[:254], None  # `destination` holds 254; the export prints the account's full address
 
 
 def _main_threat(items: list[FeedItem]) -> str | None:

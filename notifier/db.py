@@ -184,6 +184,17 @@ def session_scope(database_url: str) -> Iterator[Session]:
             lock.release()
 
 
+def plan_each_execution(session: Session) -> None:
+    """On PostgreSQL, plan the transaction's statements for their parameters at every execution.
+
+    psycopg prepares a statement run five times on a connection, and the server may then settle on
+    a generic plan costed while a table was still small: a bulk import's batch lookups become full
+    scans past ~150,000 rows (issue 7). Imports call this first. No-op on SQLite.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
 def alembic_config(database_url: str) -> Config:
     """Alembic configuration pointing at the packaged migrations."""
     config = Config()

@@ -24,6 +24,7 @@ class ImportResult:
     counts: dict[str, int] = field(default_factory=dict)
     warned: int = 0  # exact count of `warnings`, which is capped like `errors`
     warnings: list[dict[str, object]] = field(default_factory=list)
+    already_imported: bool = False  # an Authority request seen before: `id` is the feed it already is
 
     def reject(self, rejection: Rejection) -> None:
         self.rejected += 1
@@ -39,4 +40,5 @@ class ImportResult:
     def as_json(self) -> dict[str, object]:
         return {"id": self.id, "accepted": self.accepted, "rejected": self.rejected,
                 "errors": self.errors, "warnings": self.warnings,
-                **({"counts": self.counts} if self.counts else {})}
+                **({"counts": self.counts} if self.counts else {}),
+                **({"already_imported": True} if self.already_imported else {})}

@@ -8,20 +8,25 @@ returns an `ImportResult` whose `errors` list names each rejected line and why, 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from notifier.batching import chunks
+from notifier.db import plan_each_execution
 from notifier.errors import InputError
-from notifier.identifiers import email_sha256, msisdn_sha256
+from notifier.identifiers import LOCAL_TIMEZONE, email_sha256, msisdn_sha256
 from notifier.identity.assignments import import_assignments
 from notifier.identity.matching import match_feed
-from notifier.import_result import ImportResult
+from notifier.import_result import MAX_REPORTED_ERRORS, ImportResult
 from notifier.ingest import get_feed_parser
+from notifier.ingest.ais import parse_ais_items, read_ais_request
+from notifier.ingest.feeds import report_type_of
 from notifier.ingest.records import FeedEventRecord, Rejection, SubscriberRecord
 from notifier.ingest.subscribers import parse_subscribers
 from notifier.models import Account, ContactPoint, Feed, FeedItem, utcnow
@@ -46,6 +51,7 @@ def import_subscribers(
     opt-out. An account_id seen again in the same file is a data error in the export: the first row
     goes in and each later one is rejected naming the first line, never merged silently.
     """
+    plan_each_execution(session)  # PostgreSQL: no generic plan costed on a small table (issue 7)
     result = ImportResult()
     first_lines: dict[str, int] = {}  # account_ref → first line: ~120 MB per million accounts
     for chunk in chunks(parse_subscribers(path, tz=tz, column_map=column_map), BATCH_ROWS):
@@ -166,6 +172,9 @@ def load_column_map(path: Path) -> dict[str, str]:
 # --- feeds ------------------------------------------------------------------------------------
 
 
+AIS_FORMAT = "ais-json"
+
+
 def import_feed(
     session: Session,
     path: Path,
@@ -179,13 +188,19 @@ def import_feed(
     """Store a feed and every line of it (accepted or rejected), then match it to accounts.
 
     The same file twice is refused unless `again`: a second feed would become a second campaign,
-    and every subscriber in it would be warned twice.
+    and every subscriber in it would be warned twice. An Authority request (`ais-json`) is
+    identified by its `request_id` instead of its bytes: the same request again, whatever its
+    spacing or key order, returns the feed it already is (`already_imported`), never a second one.
+    A Shadowserver report type read from the file name is stored like one given explicitly.
     """
     parser = get_feed_parser(fmt)
+    if fmt == AIS_FORMAT:
+        return _import_ais_request(session, path, tz=tz, source=source, again=again)
     options: dict[str, object] = {}
     if tz:
         options["tz"] = tz
-    if fmt == "shadowserver" and report_type:
+    if fmt == "shadowserver":
+        report_type = report_type_of(path, report_type)
         options["report_type"] = report_type
     records = parser(path, **options)
     digest = file_sha256(path)
@@ -196,14 +211,73 @@ def import_feed(
     feed = Feed(format=fmt, source=source, report_type=report_type, filename=path.name, file_sha256=digest)
     session.add(feed)
     session.flush()
+    kinds, result = _store_and_match(session, feed, records)
+    feed.kind = "data_leak" if kinds == {"data_leak"} else "infected_device"
+    return result
+
+
+def _store_and_match(
+    session: Session, feed: Feed, records: Iterable[FeedEventRecord | Rejection]
+) -> tuple[set[str], ImportResult]:
+    """Store every record of a new feed, match its items, and keep the counts on the feed row."""
     result = ImportResult(id=feed.id)
     kinds = _store_items(session, feed.id, records, result)
-    feed.kind = "data_leak" if kinds == {"data_leak"} else "infected_device"
     feed.accepted, feed.rejected = result.accepted, result.rejected
     counts = match_feed(session, feed.id)
     feed.matched, feed.unmatched, feed.ambiguous = counts.matched, counts.unmatched, counts.ambiguous
     result.counts = {"matched": counts.matched, "unmatched": counts.unmatched,
                      "ambiguous": counts.ambiguous}
+    return kinds, result
+
+
+def _import_ais_request(
+    session: Session, path: Path, *, tz: str | None, source: str | None, again: bool
+) -> ImportResult:
+    """One Authority request → one feed, keyed by its `request_id` (formats.md, "AIS request").
+
+    The envelope is read and checked first (a streaming pass that stores nothing), so a request
+    seen before is recognised before any item is parsed. `kind` and the envelope (reference,
+    deadline, threat, segment) go on the feed; an advisory has no items, only its segment.
+    """
+    request = read_ais_request(path)
+    existing = find_feed_by_request_id(session, request.request_id)
+    if existing is not None:
+        if again:
+            raise InputError(f"{path}: request {request.request_id} is feed {existing.id}; an Authority request "
+                             "is imported once (--again does not apply to ais-json)")
+        return already_imported(session, existing)
+    feed = Feed(format=AIS_FORMAT, source=source or "AIS", filename=path.name, file_sha256=file_sha256(path),
+                request_id=request.request_id, kind=request.kind,
+                details=json.dumps(request.details(), ensure_ascii=False))
+    try:
+        with session.begin_nested():  # a concurrent import of the same request: keep theirs
+            session.add(feed)
+            session.flush()
+    except IntegrityError:
+        existing = find_feed_by_request_id(session, request.request_id)
+        if existing is None:
+            raise
+        return already_imported(session, existing)
+    _, result = _store_and_match(session, feed, parse_ais_items(path, request, tz=tz or LOCAL_TIMEZONE))
+    return result
+
+
+def find_feed_by_request_id(session: Session, request_id: str) -> Feed | None:
+    """The feed an Authority request with this `request_id` was imported as, if any."""
+    return session.exec(select(Feed).where(Feed.request_id == request_id)).first()
+
+
+def already_imported(session: Session, feed: Feed) -> ImportResult:
+    """The result of importing `feed` again: its id, its stored counts and first rejected lines,
+    marked `already_imported` (the same document as the first import, so a retried job can go on)."""
+    result = ImportResult(id=feed.id, accepted=feed.accepted, already_imported=True,
+                          counts={"matched": feed.matched, "unmatched": feed.unmatched, "ambiguous": feed.ambiguous})
+    for line, reason in session.execute(
+        sa.select(FeedItem.line, FeedItem.reason).where(FeedItem.feed_id == feed.id, FeedItem.status == "rejected")
+        .order_by(FeedItem.line, FeedItem.id).limit(MAX_REPORTED_ERRORS)
+    ):
+        result.reject(Rejection(line, reason or "", ""))
+    result.rejected = feed.rejected
     return result
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timezone as dt_timezone
@@ -41,13 +42,17 @@ from notifier.safe_labels import (
     MAX_DATA_CLASS_CHARS, MAX_DESCRIPTION_CHARS, safe_label, source_label, threat_label, threat_labels,
 )
 from notifier.sms import GSM7, sms_encoding
+from notifier.spoken import spoken_address, spoken_code, spoken_digits, spoken_time
 
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
 DEFAULT_LANGUAGE = "vi"
 CHANNEL_FILES: dict[str, tuple[str, ...]] = {
     "sms": ("sms.txt.j2",),
     "email": ("email_subject.txt.j2", "email.txt.j2", "email.html.j2"),
+    "voice": ("voice.txt.j2",),  # the script a call speaks (numbers and addresses written as said)
+    "billing": ("billing.txt.j2",),  # the insert printed with the bill (plain lines)
 }
+PLAIN_TEXT_CHANNELS = ("voice", "billing")
 SMS_MAX_CHARS_GSM7 = 306  # 2 concatenated GSM-7 parts of 153 characters
 SMS_MAX_CHARS_UCS2 = 201  # 3 concatenated UCS-2 parts of 67 characters
 _NAME_RE = re.compile(r"^[a-z0-9_]+$")
@@ -234,6 +239,10 @@ def build_environment(templates_dir: Path, zone: ZoneInfo) -> jinja2.Environment
     def localtime(value: datetime | str | None, language: str = DEFAULT_LANGUAGE, style: str = "full") -> str:
         return format_localtime(value, zone, language, style)
 
+    def said_time(value: datetime | date | str | None, language: str = DEFAULT_LANGUAGE) -> str:
+        """A time as a voice script says it, in the display zone."""
+        return spoken_time(value, zone, language)
+
     @jinja2.pass_context
     def collecting_first_fitting(context: jinja2.runtime.Context, variants: Iterable[str], max_chars: int) -> str:
         """`first_fitting`, also handing every variant to `Renderer.sms_variants` when it asks."""
@@ -259,6 +268,10 @@ def build_environment(templates_dir: Path, zone: ZoneInfo) -> jinja2.Environment
         source_label=source_label,
         first_fitting=collecting_first_fitting,
         plain_url=plain_url,
+        spoken_digits=spoken_digits,
+        spoken_code=spoken_code,
+        spoken_address=spoken_address,
+        spoken_time=said_time,
     )
     env.globals["timezone_name"] = zone.key
     return env
@@ -293,6 +306,7 @@ class Renderer:
         # (template, language) -> (monotonic expiry, folder): the send path renders thousands of
         # messages a second and scanning the templates directory for each one cost more than Jinja.
         self._resolved: dict[tuple[str, str], tuple[float, str]] = {}
+        self._choice_only_cache: weakref.WeakKeyDictionary[jinja2.Template, bool] = weakref.WeakKeyDictionary()
 
     def available_templates(self) -> list[str]:
         """Template names present in the default language, sorted."""
@@ -314,7 +328,8 @@ class Renderer:
         context: Mapping[str, Any],
         strip_sms_diacritics: bool = False,
     ) -> RenderedMessage:
-        """Render `template` for `channel` (`sms` or `email`) in `language` (or the default one).
+        """Render `template` for `channel` (`sms`, `email`, `voice` or `billing`) in `language` (or the
+        default one); a voice script or a billing insert is plain text in `body`.
 
         Raises InputError for an unknown template or channel, or when the context lacks a value
         the template needs.
@@ -325,6 +340,8 @@ class Renderer:
         values = with_context_defaults(context)
         if channel == "sms":
             return RenderedMessage(body=self._render_sms(f"{folder}/sms.txt.j2", values, strip_sms_diacritics))
+        if channel in PLAIN_TEXT_CHANNELS:
+            return RenderedMessage(body=tidy_plain_text(self._render_file(f"{folder}/{channel}.txt.j2", values)))
         subject = collapse_whitespace(self._render_file(f"{folder}/email_subject.txt.j2", values))
         return RenderedMessage(
             body=tidy_plain_text(self._render_file(f"{folder}/email.txt.j2", values)),
@@ -364,13 +381,45 @@ class Renderer:
         return found
 
     def _render_sms(self, name: str, values: dict[str, Any], strip: bool) -> str:
-        """One line of NFC text: the variant for 2 GSM-7 parts, or for 3 UCS-2 parts if not GSM-7."""
+        """One line of NFC text: the variant for 2 GSM-7 parts, or for 3 UCS-2 parts if not GSM-7.
+        A template whose output is nothing but its one `first_fitting(sms_max_chars)` choice is
+        rendered once and the choice made here for each limit (the send path renders thousands of
+        SMS a second: a Vietnamese text with diacritics cost two renders)."""
+        if self._choice_only(name):
+            collected: list[str] = []
+            text = self._render_file(name, values | {"sms_max_chars": SMS_MAX_CHARS_GSM7, VARIANTS_KEY: collected})
+            choice = first_fitting(collected, SMS_MAX_CHARS_GSM7)
+            if choice and collapse_whitespace(text) == choice:  # nothing around the choice
+                body = self._finish_sms(choice, strip)
+                if sms_encoding(body) == GSM7:
+                    return body
+                return self._finish_sms(first_fitting(collected, SMS_MAX_CHARS_UCS2), strip)
         body = ""
         for max_chars in (SMS_MAX_CHARS_GSM7, SMS_MAX_CHARS_UCS2):
             body = self._sms_text(name, values | {"sms_max_chars": max_chars}, strip)
             if sms_encoding(body) == GSM7:
                 break
         return body
+
+    def _choice_only(self, name: str) -> bool:
+        """Whether `sms_max_chars` is read only once, as the argument of one top-level
+        `first_fitting` (so the variants do not depend on it), with nothing included or imported."""
+        try:
+            template = self.env.get_template(name)
+        except jinja2.TemplateNotFound:
+            return False  # `_render_file` says so
+        known = self._choice_only_cache.get(template)
+        if known is None:
+            tree = self.env.parse(self.env.loader.get_source(self.env, name)[0])  # type: ignore[union-attr]
+            uses = [node for node in tree.find_all(jinja2.nodes.Name) if node.name == "sms_max_chars"]
+            calls = [node for node in tree.find_all(jinja2.nodes.Filter) if node.name == "first_fitting"]
+            top = [node for output in tree.body if isinstance(output, jinja2.nodes.Output)
+                   for node in output.nodes if node in calls]
+            known = (len(uses) == 1 and len(calls) == 1 and len(top) == 1 and top[0].args == uses
+                     and not top[0].kwargs and not any(tree.find_all(
+                         (jinja2.nodes.Include, jinja2.nodes.Import, jinja2.nodes.FromImport, jinja2.nodes.Extends))))
+            self._choice_only_cache[template] = known
+        return known
 
     def _sms_text(self, name: str, values: dict[str, Any], strip: bool) -> str:
         """Render, then make it the one line that is sent."""

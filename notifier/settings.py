@@ -13,7 +13,7 @@ import unicodedata
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -160,6 +160,7 @@ class DispatchSettings(BaseModel):
     # Redis restart, skipped, expired) is handed to the broker again by maintenance.
     requeue_after_seconds: PositiveFloat = 60.0
     max_retries: NonNegativeInt = 5
+    voice_per_second: PositiveFloat = 1.0  # calls started per second (Twilio's default CPS is 1)
 
 
 class IdentitySettings(BaseModel):
@@ -177,6 +178,58 @@ class IdentitySettings(BaseModel):
     # A new sighting of a threat an account was already warned about this recently is attached to
     # that warning instead of sending another.
     cooldown_days: NonNegativeFloat = 7.0
+
+
+class TwilioSettings(BaseModel):
+    """Twilio's REST API (SMS when `sms_provider = "twilio"`, and voice calls), or the loopback
+    peer (`python -m notifier.peers.twilio`) when `api_base_url` points at it.
+
+    `public_base_url` is where Twilio reaches `notifier web` (behind the operator's proxy): status
+    callbacks and TwiML URLs are built from it, and callback signatures are checked against it,
+    because Twilio signs the URL it called, not the one the proxy hands us."""
+
+    account_sid: str = ""
+    auth_token: SecretStr = SecretStr("")  # NOTIFIER_TWILIO__AUTH_TOKEN; never in a file
+    from_number: str = ""  # E.164 sender and caller id; SMS may use messaging_service_sid instead
+    messaging_service_sid: str = ""
+    api_base_url: str = ""  # empty: Twilio's own API; the loopback peer: http://127.0.0.1:PORT
+    # Twilio's region / edge (e.g. "ie1" / "dublin"); read from here only, never from TWILIO_* variables.
+    region: str = ""
+    edge: str = ""
+    public_base_url: str = "http://127.0.0.1:8080"
+    timeout_seconds: PositiveFloat = 15.0
+    concurrency: PositiveInt = 4  # API requests in flight at once per channel (each takes ~0.1-0.3 s)
+
+
+class VoiceSettings(BaseModel):
+    """How a warning call sounds and what its keys do (TwiML served by `notifier web`)."""
+
+    voice: str = "Google.vi-VN-Wavenet-A"  # Google's vi-VN voices: Standard/Wavenet A-D (Polly has none)
+    language: str = "vi-VN"
+    en_voice: str = "Google.en-US-Wavenet-C"  # accounts whose language is `en`
+    en_language: str = "en-US"
+    care_number: str = ""  # key 9 dials it (E.164); empty: key 9 says the hotline instead
+    ring_timeout_seconds: Annotated[int, Field(ge=5, le=600)] = 30
+    gather_timeout_seconds: Annotated[int, Field(ge=1, le=60)] = 8
+
+
+class SubscriberSettings(BaseModel):
+    """How the operator's customer export is read (formats.md, "Subscribers")."""
+
+    # The export's own header = notifier's column name (`MA_KH = "account_id"`): configured once in
+    # `[subscribers.columns]`, used by every `subscribers import` that gives no `--column-map`.
+    columns: dict[str, str] = Field(default_factory=dict)
+
+
+class BillingSettings(BaseModel):
+    """The hand-over to the bill-print / e-invoice system (`notifier billing export`)."""
+
+    # The TrueType font of the PDF proof. Empty: the DejaVu Sans shipped in the package, else the
+    # usual system places (`channels.billing.FONT_CANDIDATES`). reportlab's built-in fonts have no
+    # Vietnamese glyphs: a font that lacks them is refused, not printed as boxes.
+    font_path: Path | None = None
+    output_dir: Path = Path("var/billing")  # where `billing export` writes, unless --out says
+    page_size: Literal["A4", "A5"] = "A5"  # the proof: one insert per page
 
 
 class Settings(BaseSettings):
@@ -200,6 +253,11 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    subscribers: SubscriberSettings = Field(default_factory=SubscriberSettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
+    twilio: TwilioSettings = Field(default_factory=TwilioSettings)
+    voice: VoiceSettings = Field(default_factory=VoiceSettings)
+    sms_provider: Literal["smpp", "twilio"] = "smpp"  # which adapter channel "sms" uses
     # Leak source slug (as feeds write it) → how notices name it; a slug not listed prints as
     # itself, reduced to a safe label. `[source_names]` in config/default.toml, per operator in theirs.
     source_names: dict[str, str] = Field(default_factory=dict)

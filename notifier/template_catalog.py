@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from notifier.errors import ConfigError, InputError
+from notifier.ingest.ais import ADVISORY
 from notifier.ingest.feeds import DATA_LEAK, INFECTED_DEVICE
 
 CATALOG_FILE_NAME = "catalog.toml"
-FEED_KINDS = (INFECTED_DEVICE, DATA_LEAK)
+FEED_KINDS = (INFECTED_DEVICE, DATA_LEAK, ADVISORY)  # advisory: an Authority request for a segment
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def test_a_leak_feed_refuses_the_infected_device_template(database_url: str, tmp
         with pytest.raises(InputError) as caught:
             create_campaign(session, feed_id=feed_id, template="infected_device", channels=["sms"])
         assert str(caught.value) == (f"feed {feed_id} is a data_leak feed; template infected_device is for "
-                                     "infected_device feeds (use data_leak)")
+                                     "infected_device feeds (use data_leak or general_advisory or leaked_credentials)")
         assert _campaigns(session) == []
         plan = create_campaign(session, feed_id=feed_id, template="data_leak", channels=["sms"])
         assert (plan.accounts, plan.planned) == (1, 1)
@@ -85,7 +85,7 @@ def test_an_infected_device_feed_refuses_the_data_leak_template(database_url: st
         with pytest.raises(InputError) as caught:
             create_campaign(session, feed_id=feed_id, template="data_leak", channels=["sms", "email"])
         assert str(caught.value) == (f"feed {feed_id} is an infected_device feed; template data_leak is for "
-                                     "data_leak feeds (use infected_device)")
+                                     "data_leak feeds (use general_advisory or infected_device or malware)")
         assert _campaigns(session) == []
         create_campaign(session, feed_id=feed_id, template="infected_device", channels=["sms", "email"])
         assert [c.template for c in _campaigns(session)] == ["infected_device"]
@@ -108,14 +108,15 @@ def test_a_mixed_feed_refuses_both_single_kind_templates(database_url: str) -> N
                 create_campaign(session, feed_id=feed_id, template=template, channels=["sms"])
             assert str(caught.value) == (
                 f"feed {feed_id} mixes data_leak and infected_device events; template {template} is only for "
-                f"{template} feeds (no template in the catalog covers all of them; import each kind as its own feed)")
+                f"{template} feeds (use general_advisory)")
         assert _campaigns(session) == []
 
 
 def test_a_template_made_for_several_kinds_fits_a_mixed_feed(database_url: str, tmp_path: Path) -> None:
     (tmp_path / CATALOG_FILE_NAME).write_text(
         (TEMPLATES_DIR / CATALOG_FILE_NAME).read_text(encoding="utf-8")
-        + '\n[general_advisory]\nkinds = ["infected_device", "data_leak"]\n', encoding="utf-8")
+        .replace('kinds = ["advisory", "infected_device", "data_leak"]', 'kinds = ["infected_device", "data_leak"]'),
+        encoding="utf-8")
     catalog = load_catalog(tmp_path)
     assert catalog.kinds["general_advisory"] == BOTH_KINDS
     with session_scope(database_url) as session:
@@ -146,7 +147,7 @@ def test_a_template_missing_from_the_catalog_is_refused(database_url: str, tmp_p
     ('[data_leak]\nkind = ["data_leak"]\n', "[data_leak] needs kinds"),
     ("[data_leak]\nkinds = []\n", "[data_leak] needs kinds"),
     ('data_leak = "data_leak"\n', "[data_leak] needs kinds"),
-    ('[data_leak]\nkinds = ["data-leak"]\n', "unknown feed kind(s) data-leak (known: infected_device, data_leak)"),
+    ('[data_leak]\nkinds = ["data-leak"]\n', "unknown feed kind(s) data-leak (known: infected_device, data_leak, advisory)"),
 ])
 def test_a_broken_catalog_is_a_config_error(tmp_path: Path, text: str | None, message: str) -> None:
     if text is not None:
@@ -158,7 +159,7 @@ def test_a_broken_catalog_is_a_config_error(tmp_path: Path, text: str | None, me
 
 def test_the_shipped_catalog_lists_exactly_the_shipped_templates() -> None:
     catalog = load_catalog()  # the configured templates directory
-    assert catalog.kinds == {"infected_device": frozenset({"infected_device"}), "data_leak": frozenset({"data_leak"})}
+    assert catalog.kinds["infected_device"] == {"infected_device"} and catalog.kinds["data_leak"] == {"data_leak"}
     for language in (entry for entry in TEMPLATES_DIR.iterdir() if entry.is_dir()):
         folders = {entry.name for entry in language.iterdir() if entry.is_dir()}
         assert folders == set(catalog.kinds), language.name
@@ -176,7 +177,8 @@ def test_cli_refuses_a_template_for_another_kind_in_one_line(cli_db: str, tmp_pa
     refused = runner.invoke(app, ["campaign", "create", "--feed", str(feed_id), "--template", "infected_device"])
     assert refused.exit_code == 2
     assert refused.stderr.splitlines() == [f"error: feed {feed_id} is a data_leak feed; template infected_device "
-                                           "is for infected_device feeds (use data_leak)"]
+                                           "is for infected_device feeds (use data_leak or general_advisory or "
+                                           "leaked_credentials)"]
     assert "0912345678" not in refused.output and "+84912345678" not in refused.output
 
     created = runner.invoke(app, ["campaign", "create", "--feed", str(feed_id), "--template", "data_leak", "--json"])

@@ -22,17 +22,21 @@ def _assign(session, account_id: int, network: str, hours: tuple[int, int | None
 
 
 def test_an_address_belongs_to_whoever_held_it_at_that_time(database_url: str) -> None:
+    """Without clock skew the interval is exactly [start, end); the skew rules are in test_matching_rules."""
     with session_scope(database_url) as session:
         first, second = add_account(session, "HN1").id, add_account(session, "HN2", msisdn=None).id
         _assign(session, first, "14.160.1.2", (0, 5))      # 12:00–17:00
         _assign(session, second, "14.160.1.2", (5, None))  # 17:00– (the address moved on)
         session.flush()
         at = lambda h: UTC_NOON + timedelta(hours=h)  # noqa: E731
-        assert accounts_for_ip(session, "14.160.1.2", at(-1)) == []
-        assert accounts_for_ip(session, "14.160.1.2", at(0)) == [first]       # start is inclusive
-        assert accounts_for_ip(session, "14.160.1.2", at(4.99)) == [first]
-        assert accounts_for_ip(session, "14.160.1.2", at(5)) == [second]      # end is exclusive
-        assert accounts_for_ip(session, "14.160.1.3", at(1)) == []
+        exact = lambda ip, when: accounts_for_ip(session, ip, when, skew_seconds=0)  # noqa: E731
+        assert exact("14.160.1.2", at(-1)) == []
+        assert exact("14.160.1.2", at(0)) == [first]       # start is inclusive
+        assert exact("14.160.1.2", at(4.99)) == [first]
+        assert exact("14.160.1.2", at(5)) == [second]      # end is exclusive
+        assert exact("14.160.1.3", at(1)) == []
+        # With the configured skew (60 s) 36 s before the hand-over both held it.
+        assert accounts_for_ip(session, "14.160.1.2", at(4.99)) == [first, second]
 
 
 def test_static_prefixes_and_ipv6_delegations_match_every_address_inside(database_url: str) -> None:

@@ -169,9 +169,9 @@ def test_the_installed_command_migrates_plans_and_renders_from_elsewhere(
         assert plan["planned"] == 2, (template, plan)
 
     shown = json.loads(_run([str(venv / "bin" / "python"), "-c", RENDER_EVERYTHING], cwd=work, env=env).stdout)
-    assert shown["templates"] == sorted(["data_leak", "infected_device"])
+    assert {"data_leak", "infected_device"} <= set(shown["templates"])
     assert shown["languages"] == sorted(p.name for p in (CHECKOUT / "templates").iterdir()
                                         if p.is_dir() and not p.name.startswith("_"))
-    expected = {(t, c, lang) for t in shown["templates"] for c in CHANNEL_FILES for lang in shown["languages"]}
+    expected = {(t, c, lang) for t in ("data_leak", "infected_device") for c in CHANNEL_FILES for lang in shown["languages"]}
     assert {tuple(row[:3]) for row in shown["rendered"]} == expected
     assert all(length > 0 for *_, length in shown["rendered"])

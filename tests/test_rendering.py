@@ -260,7 +260,7 @@ def test_sms_output_is_nfc_even_for_decomposed_input(renderer):
 
 
 def test_unknown_template_is_an_input_error(renderer):
-    with pytest.raises(InputError, match=r"unknown template 'nope' \(known: data_leak, infected_device\)"):
+    with pytest.raises(InputError, match=r"unknown template 'nope' \(known: data_leak, general_advisory, infected_device, "):
         renderer.render("nope", "sms", language="vi", context=full_context("data_leak"))
     with pytest.raises(InputError, match="unknown template"):
         renderer.render("../vi/data_leak", "sms", language="vi", context=full_context("data_leak"))
@@ -302,7 +302,8 @@ def test_default_language_is_configurable():
 
 
 def test_available_templates(renderer, tmp_path):
-    assert renderer.available_templates() == ["data_leak", "infected_device"]
+    assert renderer.available_templates() == ["data_leak", "general_advisory", "infected_device",
+                                              "leaked_credentials", "malware", "scam_advisory"]
     assert Renderer(tmp_path).available_templates() == []
 
 

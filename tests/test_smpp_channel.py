@@ -99,6 +99,7 @@ def test_long_vietnamese_warning_goes_out_as_three_ucs2_parts(start_peer, open_c
     result = channel.send(message(WARNING_TEXT))
 
     assert (result.parts, result.encoding, result.provider_status) == (3, "UCS-2", "ESME_ROK")
+    wait_until(lambda: len(peer.submits()) == 3, "3 submits logged")  # the peer logs after it answers
     submits = peer.submits()
     assert len(submits) == 3
     assert {(s["data_coding"], s["esm_class"], s["registered_delivery"]) for s in submits} == {(8, 0x40, 1)}
@@ -200,6 +201,7 @@ def test_concurrent_senders_share_one_session(start_peer, open_channel) -> None:
 
     ids = [part_id for result in results for part_id in result.provider_message_ids]
     assert len(ids) == len(set(ids)) == 200
+    wait_until(lambda: len(peer.submits()) == 200, "200 submits logged")  # the peer logs after it answers
     assert sorted(normalise_message_id(s["message_id"]) for s in peer.submits()) == sorted(ids)
     wait_until(lambda: set(receipts.by_id()) == set(ids), "200 receipts")
 

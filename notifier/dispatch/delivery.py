@@ -157,31 +157,49 @@ def _fail_queued(runtime: Runtime, broken: Sequence[tuple[int, BaseException]], 
 
 # -- claim, send paced, record -----------------------------------------------------------------
 
-# Seconds of the route's rate one sending thread claims at a time (at least one message). A
-# claimed row waits in `sending` for its turn on the route's clock, and a message written but not
-# yet recorded when the process dies becomes `unknown` — an e-mail has no receipt to settle it and
-# is sent again. So at agreed rates a thread claims, paces, sends and records about one message
-# at a time (a kill -9 exposes what the old chunk-wide pacing exposed: the messages on the wire);
-# with limits off (huge rates) a whole batch is one chunk, one claim, one record.
+# How a route is paced. An SMSC counts our rate in a sliding second on its own clock, so parts
+# paid for together and written together show it a burst: a chunk of k parts granted at once can
+# put k more than the agreed rate into one second at the SMSC. So a route is paced message by
+# message — each message's parts acquired just before its write (`Paced`) — whenever a message's
+# turn on its clock is long enough for this host to keep (`PACE_RESOLUTION_SECONDS`: rates up to
+# 500 parts/s, every agreed rate we know of). Faster routes ("limits off") cannot show any
+# provider a different rate that way and would pay a Redis round trip per message: they pay for
+# a chunk at once, before its rows are claimed.
+#
+# Pacing after the claim means a claimed row waits in `sending` for its turn, and a message
+# written but not yet recorded when the process dies becomes `unknown` — an e-mail has no receipt
+# to settle it and is sent again. So what is claimed at once is tiny: CLAIM_SECONDS of the rate
+# per sending thread (at least one message), recorded as soon as it is written. A kill -9 then
+# exposes one message's write-and-record per thread, less than the old chunk written in a burst.
+# The batch's other rows wait `queued` (not claimed) in chunks of about HAND_SECONDS of the
+# thread's share, between which the batch is looked at again (`_still_in_hand`).
+PACE_RESOLUTION_SECONDS = 0.002
 CLAIM_SECONDS = 0.02
-# Routes paced message by message after the claim (`Paced`): none for now. An SMSC counts our rate
-# in a sliding second, so a chunk written at once shows it a burst — but a claimed row waiting
-# for its turn is exposed to a crash: written and not recorded, it becomes `unknown`, and an
-# e-mail (no receipts) is then sent again. With "sms" here, tests/test_dispatch_faults.py
-# kill -9 saw duplicate e-mails in 2 runs of 4 (HEAD: 0 of 3), so every route keeps the
-# chunk-wide pacing before the claim (rows wait `queued`) until that exposure is closed.
-PACED_PER_MESSAGE: frozenset[str] = frozenset()
+HAND_SECONDS = 1.0
+
+
+def _paced_per_message(runtime: Runtime, channel: str) -> bool:
+    """True when the route's messages are paced one by one after the claim (see above)."""
+    return _per_second(runtime, channel) * PACE_RESOLUTION_SECONDS <= 1.0
 
 
 def _paced_chunks(runtime: Runtime, channel: str, sends: list[Send]) -> Iterable[list[Send]]:
-    """Chunks of CLAIM_SECONDS of the route's rate shared by this process's sending threads, so a
-    claimed row waits little in `sending`, a pause stops new submits at once, and a slow route
-    does not hold a long batch claimed. With limits off (huge rates) the whole batch is one chunk."""
-    if channel not in PACED_PER_MESSAGE:  # paced before the claim: about one second of the rate
-        budget = max(1, int(_per_second(runtime, channel)))
-    else:
-        threads = max(1, runtime.settings.dispatch.worker_threads)
-        budget = max(1, int(_per_second(runtime, channel) * CLAIM_SECONDS / threads))
+    """The batch in chunks, each claimed and sent by `_send_chunk`: paced message by message,
+    about HAND_SECONDS of this thread's share of the route (the thread's sends are claimed a few
+    at a time inside it); paced before the claim, about one second of the rate. With limits off
+    (huge rates) the whole batch is one chunk."""
+    return _split(sends, _chunk_budget(runtime, channel, HAND_SECONDS) if _paced_per_message(runtime, channel)
+                  else max(1, int(_per_second(runtime, channel))))
+
+
+def _chunk_budget(runtime: Runtime, channel: str, seconds: float) -> int:
+    """Parts one sending thread of this process handles in `seconds` of the route's rate (≥ 1)."""
+    threads = max(1, runtime.settings.dispatch.worker_threads)
+    return max(1, int(_per_second(runtime, channel) * seconds / threads))
+
+
+def _split(sends: Sequence[Send], budget: int) -> Iterable[list[Send]]:
+    """Consecutive groups of at most `budget` parts (a message larger than that goes alone)."""
     chunk: list[Send] = []
     parts = 0
     for send in sends:
@@ -195,58 +213,59 @@ def _paced_chunks(runtime: Runtime, channel: str, sends: list[Send]) -> Iterable
 
 
 def _send_chunk(runtime: Runtime, channel: str, sends: list[Send], report: BatchReport) -> None:
-    """Route check (rows still `queued`), claim, send paced message by message, record."""
+    """Route check (rows still `queued`), then claim, send and record: paced before the claim in
+    one grant, or — paced message by message — a few messages claimed, paced and recorded at a
+    time (`CLAIM_SECONDS`), the route checked before each claim."""
     delay_ms = max(1000, int(runtime.settings.dispatch.route_down_seconds * 1000))
-    try:
-        adapter = runtime.channel(channel)
-        adapter.check()  # cheap while the route works
-        limiter = runtime.limiter(channel)
-        if channel not in PACED_PER_MESSAGE:
-            limiter.acquire(sum(send.parts for send in sends))  # before the claim: rows wait `queued`
-    except RouteUnreachableError as exc:
-        # The rows stay `queued`, untouched; the broker keeps them until the route is back. Logged
-        # at debug: `campaign run` / the worker report the outage once.
-        log.debug("[channel:%s] route unreachable (%s); %d message(s) back to the broker for %d ms",
-                  channel, exc.reason, len(sends), delay_ms)
-        report.retry_later([send.notification_id for send in sends], delay_ms, "waiting")
-        with session_scope(runtime.settings.database_url) as session:
-            let_go(session, [send.notification_id for send in sends])
-        return
-    except Exception as exc:  # noqa: BLE001 - a rate of 0, an unknown channel, a bug: fail, never hang
-        _fail_queued(runtime, [(send.notification_id, exc) for send in sends], report, stage="pacing")
-        return
+    per_message = _paced_per_message(runtime, channel)
+    groups = list(_split(sends, _chunk_budget(runtime, channel, CLAIM_SECONDS))) if per_message else [sends]
+    for index, group in enumerate(groups):
+        try:
+            adapter = runtime.channel(channel)
+            adapter.check()  # cheap while the route works
+            limiter = runtime.limiter(channel)
+            if not per_message:
+                limiter.acquire(sum(send.parts for send in group))  # before the claim: rows wait `queued`
+        except RouteUnreachableError as exc:
+            # The rows stay `queued`, untouched; the broker keeps them until the route is back. Logged
+            # at debug: `campaign run` / the worker report the outage once.
+            rest = [send for later in groups[index:] for send in later]
+            log.debug("[channel:%s] route unreachable (%s); %d message(s) back to the broker for %d ms",
+                      channel, exc.reason, len(rest), delay_ms)
+            report.retry_later([send.notification_id for send in rest], delay_ms, "waiting")
+            with session_scope(runtime.settings.database_url) as session:
+                let_go(session, [send.notification_id for send in rest])
+            return
+        except Exception as exc:  # noqa: BLE001 - a rate of 0, an unknown channel, a bug: fail, never hang
+            rest = [send for later in groups[index:] for send in later]
+            _fail_queued(runtime, [(send.notification_id, exc) for send in rest], report, stage="pacing")
+            return
+        _claim_send_record(runtime, channel, adapter, limiter if per_message else None, group, report,
+                           route_down_ms=delay_ms)
+
+
+def _claim_send_record(runtime: Runtime, channel: str, adapter: Any, limiter: Any, sends: list[Send],
+                       report: BatchReport, *, route_down_ms: int) -> None:
+    """Claim the sends, write them (each paced on its turn when `limiter` is given), record the answers."""
     claimed = claim_batch(runtime, sends)
     owned = {send.notification_id for send in claimed}
     report.note([send.notification_id for send in sends if send.notification_id not in owned], "skipped")
     if not claimed:
         return
-    if channel in PACED_PER_MESSAGE:
-        outcomes = _send_all(adapter, lambda: _paced(runtime, channel, limiter, claimed), len(claimed))
+    if limiter is not None:
+        outcomes = _send_all(adapter, lambda: _paced(limiter, claimed), len(claimed))
     else:
         outcomes = _send_all(adapter, lambda: [send.message for send in claimed], len(claimed))
     if any(is_throttling(getattr(outcome, "provider_status", None)) for outcome in outcomes):
         runtime.limiter(channel).throttled()  # every worker on the route slows down (ratelimit.py)
-    _record(runtime, claimed, outcomes, report, route_down_ms=delay_ms)
+    _record(runtime, claimed, outcomes, report, route_down_ms=route_down_ms)
     log_sent(claimed, report)
 
 
-# A chunk the route pays for in less than this is granted at once: pacing it message by message
-# could not show any provider a different rate, and on the shared (Redis) limiter each grant is a
-# round trip. With limits off (huge rates) a chunk costs one grant, as before.
-PACE_RESOLUTION_SECONDS = 0.002
-
-
-def _paced(runtime: Runtime, channel: str, limiter: Any, sends: list[Send]) -> Sequence[OutgoingMessage]:
-    """The claimed messages as the channel should iterate them: each one on its turn at the
-    route's pace (`Paced`: its parts acquired just before it is written), so a chunk claimed at
-    once still reaches the provider smoothly; the rows wait in `sending` at most about a second
-    (a chunk is one second of the rate, `_paced_chunks`)."""
-    messages = [send.message for send in sends]
-    parts = [send.parts for send in sends]
-    if sum(parts) / _per_second(runtime, channel) < PACE_RESOLUTION_SECONDS:
-        limiter.acquire(sum(parts))
-        return messages
-    return Paced(limiter, messages, parts)
+def _paced(limiter: Any, sends: list[Send]) -> Sequence[OutgoingMessage]:
+    """The claimed messages as the channel iterates them: each one's parts acquired just before
+    it is written (`Paced`), so two workers' messages interleave on the route's clock."""
+    return Paced(limiter, [send.message for send in sends], [send.parts for send in sends])
 
 
 def _per_second(runtime: Runtime, channel: str) -> float:

@@ -25,13 +25,14 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 import dramatiq
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from notifier.dispatch.actors import declare_actors, enqueue_all, make_broker
-from notifier.campaigns import campaign_status, get_campaign
+from notifier.campaigns import HANDED_OVER_CHANNELS, campaign_status, get_campaign
 from notifier.db import session_scope
 from notifier.dispatch.delivery import HELD_CAMPAIGN_STATES
 from notifier.errors import ConfigError, NotifierError, RouteUnreachableError
@@ -50,6 +51,12 @@ MAINTENANCE_SECONDS = 1.0
 EMBEDDED_WORKER_TIMEOUT_MS = 100
 FINAL_POLL_SECONDS = 0.1  # `campaign run` polls this often once at most FINAL_ROWS rows are left
 FINAL_ROWS = 2000
+# Rows queued (and handed to the broker) per transaction when a run starts: the workers start on
+# the first chunk while the rest is queued, instead of after one transaction over every row.
+QUEUE_CHUNK = 2000
+T = TypeVar("T")
+# Rows this loop queues and waits for: not those an export hands over (billing waits in `planned`).
+_SENT_BY_WORKERS = Notification.channel.notin_(sorted(HANDED_OVER_CHANNELS))
 ProgressCallback = Callable[[dict[str, object]], None]
 
 
@@ -58,13 +65,15 @@ class CampaignHalted(NotifierError):
     not send stay `planned` / `queued`, and a later `campaign run` sends them."""
 
 
-def queue_campaign(session: Session, campaign_id: int, *, include_queued: bool) -> list[int]:
-    """planned → queued for the campaign, recorded as handed to the broker now; with
-    `include_queued`, also rows already queued (their broker messages may have died with an
-    earlier process). The caller hands the ids to the broker only AFTER this session committed
-    (`hand_over(..., marked=True)`): a worker reading the row earlier would find it `planned`."""
+def queue_campaign(session: Session, campaign_id: int, *, include_queued: bool, limit: int | None = None) -> list[int]:
+    """planned → queued for the campaign (the first `limit` planned rows by id, if given),
+    recorded as handed to the broker now; with `include_queued`, also rows already queued (their
+    broker messages may have died with an earlier process). The caller hands the ids to the
+    broker only AFTER this session committed (`hand_over(..., marked=True)`): a worker reading the
+    row earlier would find it `planned`."""
     planned = session.exec(select(Notification.id).where(
-        Notification.campaign_id == campaign_id, Notification.state == PLANNED)).all()
+        Notification.campaign_id == campaign_id, Notification.state == PLANNED, _SENT_BY_WORKERS)
+        .order_by(Notification.id).limit(limit)).all()
     now = utcnow()
     ids = transition_many(session, planned, expected=PLANNED, to_state=QUEUED, source="dispatcher",
                           values={"queued_at": now, "enqueued_at": now})
@@ -93,7 +102,8 @@ def run_campaign(settings: Settings, campaign_id: int, on_progress: ProgressCall
         campaign = get_campaign(session, campaign_id)
         if campaign.state == "cancelled":
             return campaign_status(session, campaign_id)
-        channels, ends_at = campaign.channel_list, campaign.ends_at
+        channels = [name for name in campaign.channel_list if name not in HANDED_OVER_CHANNELS]
+        ends_at = campaign.ends_at
         needed = channels_with_work(session, campaign_id, channels)
     broker = make_broker(settings)
     actor = declare_actors(broker, settings)
@@ -211,7 +221,7 @@ def _halt(settings: Settings, campaign_id: int, lost: list[tuple[RouteUnreachabl
         if campaign.state == "running":
             campaign.state = "paused"
         waiting = session.exec(select(sa.func.count()).select_from(Notification).where(
-            Notification.campaign_id == campaign_id, Notification.state.in_(PENDING_STATES))).one()
+            Notification.campaign_id == campaign_id, Notification.state.in_(PENDING_STATES), _SENT_BY_WORKERS)).one()
     outcome = (f"campaign {campaign_id} paused with {waiting} notification(s) not sent yet "
                f"(`notifier campaign run {campaign_id}` sends them)")
     return CampaignHalted(unreachable_message([error for error, _ in lost], outcome,
@@ -226,8 +236,12 @@ def _follow(settings: Settings, campaign_id: int, actor: dramatiq.Actor,
     A database or broker outage is waited out (logged once each way), never the end of the run."""
     outages = _Outages(settings.database_url)
     enqueue = lambda ids: enqueue_all(actor, ids)  # noqa: E731
-    queued = _until_database_answers(settings, outages, lambda: _queue(settings, campaign_id))
-    hand_over(settings.database_url, enqueue, queued, marked=True, broker=outages.broker)
+    first, more = True, True
+    while more:  # the workers start on the first chunk while the rest is queued
+        queued, more = _until_database_answers(settings, outages,
+                                               lambda first=first: _queue(settings, campaign_id, first=first))
+        hand_over(settings.database_url, enqueue, queued, marked=True, broker=outages.broker)
+        first = False
     settled_since: float | None = None
     while True:
         status = _pass(settings, campaign_id, enqueue, watch, outages)
@@ -239,6 +253,7 @@ def _follow(settings: Settings, campaign_id: int, actor: dramatiq.Actor,
         if status["state"] in HELD_CAMPAIGN_STATES:
             log.warning("[campaign:%s] %s by an operator: stopping here", campaign_id, status["state"])
             return status
+        status = without_handed_over(status)
         if watch is not None:
             try:
                 _watch_routes(settings, campaign_id, actor, watch, status, outages, ends_at)
@@ -257,6 +272,18 @@ def _follow(settings: Settings, campaign_id: int, actor: dramatiq.Actor,
         time.sleep(_poll_seconds(states, watch))
 
 
+def without_handed_over(status: dict[str, object]) -> dict[str, object]:
+    """The campaign's status as this loop follows it: rows of channels an export hands over
+    (billing) wait in `planned` for `notifier billing export`, so they are neither sent nor waited for."""
+    by_channel = {name: counts for name, counts in status["by_channel"].items()  # type: ignore[attr-defined]
+                  if name not in HANDED_OVER_CHANNELS}
+    states: dict[str, int] = {}
+    for counts in by_channel.values():
+        for state, count in counts.items():
+            states[state] = states.get(state, 0) + count
+    return {**status, "by_channel": by_channel, "states": states}
+
+
 def _poll_seconds(states: dict[str, int], watch: RouteWatch | None) -> float:
     """Once a second while much is left or a route is down; ten times a second for the last rows
     and receipts, so the run ends within ~0.1 s of its last receipt, not up to a second later."""
@@ -265,12 +292,18 @@ def _poll_seconds(states: dict[str, int], watch: RouteWatch | None) -> float:
     return FINAL_POLL_SECONDS if left <= FINAL_ROWS and not route_down else POLL_SECONDS
 
 
-def _queue(settings: Settings, campaign_id: int) -> list[int]:
+def _queue(settings: Settings, campaign_id: int, *, first: bool) -> tuple[list[int], bool]:
+    """One transaction: the next QUEUE_CHUNK planned rows queued (on the `first` call, with the
+    rows an earlier run left queued); the ids, and whether planned rows remain."""
     with session_scope(settings.database_url) as session:
-        return queue_campaign(session, campaign_id, include_queued=True)
+        ids = queue_campaign(session, campaign_id, include_queued=first, limit=QUEUE_CHUNK)
+        more = session.exec(select(Notification.id).where(
+            Notification.campaign_id == campaign_id, Notification.state == PLANNED,
+            _SENT_BY_WORKERS).limit(1)).first() is not None
+    return ids, more
 
 
-def _until_database_answers(settings: Settings, outages: _Outages, step: Callable[[], list[int]]) -> list[int]:
+def _until_database_answers(settings: Settings, outages: _Outages, step: Callable[[], T]) -> T:
     """Run `step` until the database lets it: an outage at the start of a run is waited out too."""
     while True:
         try:

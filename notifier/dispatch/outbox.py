@@ -10,6 +10,8 @@ that it did: a receipt resolves it (`notifier.dispatch.receipts`) or, failing th
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -215,7 +217,7 @@ def _move_chunk(session: Session, ids: list[int], *, expected: str, to_state: st
     parameters: dict[str, Any] = {}
     if own is not None:  # each row's own values joined in (PostgreSQL): one statement, one row version
         keys, by_id = own
-        given = _unnest(table, {"row_id": "id", **{f"v_{key}": key for key in keys}})
+        given = _unnest(table, (("row_id", "id"), *((f"v_{key}", key) for key in keys)))
         statement = statement.where(table.c.id == given.c.row_id).values({key: given.c[f"v_{key}"] for key in keys})
         parameters = {"a_row_id": ids, **{f"a_v_{key}": [by_id[nid].values[key] for nid in ids] for key in keys}}
     result = session.execute(statement.returning(table.c.id), parameters)
@@ -254,29 +256,38 @@ def bulk_update(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]
         connection.execute(statement, list(rows))
         return
     columns = {**{key: column for column, key in match.items()}, **{key: column for column, key in assign.items()}}
-    statement = _unnest_update(table, match, assign, columns)
+    statement = _unnest_update(table, tuple(match.items()), tuple(assign.items()))
     for start in range(0, len(rows), BULK_UPDATE_ROWS):
         chunk = rows[start:start + BULK_UPDATE_ROWS]
         connection.execute(statement, {f"a_{key}": [row[key] for row in chunk] for key in columns})
 
 
-def _unnest_update(table: sa.Table, match: dict[str, str], assign: dict[str, str],
-                   columns: dict[str, str]) -> sa.Update:
+@functools.lru_cache(maxsize=256)
+def _unnest_update(table: sa.Table, match: tuple[tuple[str, str], ...], assign: tuple[tuple[str, str], ...]) -> sa.Update:
     """UPDATE table … FROM (SELECT unnest(:a_key) AS key, …) AS given WHERE …: one array parameter
     per column, so the statement's text is the same whatever the row count (SQLAlchemy compiles
-    it once; a VALUES list would be compiled again for every batch)."""
-    given = _unnest(table, columns)
-    return (sa.update(table).where(*[table.c[column] == given.c[key] for column, key in match.items()])
-            .values({column: given.c[key] for column, key in assign.items()}))
+    it once; a VALUES list would be compiled again for every batch). Built once per shape: the
+    same statement object keeps its cache key, which SQLAlchemy otherwise computes per execution."""
+    columns = {**{key: column for column, key in match}, **{key: column for column, key in assign}}
+    given = _unnest(table, tuple(columns.items()))
+    return (sa.update(table).where(*[table.c[column] == given.c[key] for column, key in match])
+            .values({column: given.c[key] for column, key in assign}))
 
 
-def _unnest(table: sa.Table, columns: dict[str, str]) -> sa.Subquery:
+def _unnest(table: sa.Table, columns: tuple[tuple[str, str], ...]) -> sa.Subquery:
     """(SELECT unnest(:a_key) AS key, …) AS given: rows of values passed as one array per column
     (key → the column whose type it has), zipped by PostgreSQL."""
     from sqlalchemy.dialects.postgresql import ARRAY
 
     return sa.select(*[sa.func.unnest(sa.bindparam(f"a_{key}", type_=ARRAY(table.c[column].type))).label(key)
-                       for key, column in columns.items()]).subquery("given")
+                       for key, column in columns]).subquery("given")
+
+
+@functools.lru_cache(maxsize=256)
+def _unnest_insert(table: sa.Table, keys: tuple[str, ...]) -> sa.Insert:
+    """INSERT INTO table (keys) SELECT unnest(:a_key), …: built once per shape (see `_unnest_update`)."""
+    given = _unnest(table, tuple((key, key) for key in keys))
+    return sa.insert(table).from_select(list(keys), sa.select(*[given.c[key] for key in keys]))
 
 
 def is_postgresql(session: Session) -> bool:
@@ -302,9 +313,8 @@ def bulk_insert(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]
     if not is_postgresql(session):
         session.execute(sa.insert(table), list(rows))
         return
-    keys = list(rows[0])
+    keys = tuple(rows[0])
+    statement = _unnest_insert(table, keys)
     for start in range(0, len(rows), MANY_CHUNK):
         chunk = rows[start:start + MANY_CHUNK]
-        given = _unnest(table, {key: key for key in keys})
-        session.execute(sa.insert(table).from_select(keys, sa.select(*[given.c[key] for key in keys])),
-                        {f"a_{key}": [row[key] for row in chunk] for key in keys})
+        session.execute(statement, {f"a_{key}": [row[key] for row in chunk] for key in keys})

@@ -10,6 +10,15 @@ second's worth (the classic bucket) would show it twice the agreed rate. A grant
 than one second's worth is paid for in full before it returns (it can never deadlock, and the
 next caller waits behind it).
 
+A grant is a slot on that clock, and the provider counts the moment the message arrives, not the
+slot: a caller that wakes up late (this host descheduled the process, another thread held the
+GIL) and writes anyway lands next to the slots after its own, and a few such late writers in one
+second show the provider more than the agreed rate while the schedule itself was exact. So a
+grant is only good for `LATE_SECONDS` after its slot: a caller that wakes up later gives its slot
+up (a gap at the provider, never a burst) and takes the next free one, at most `LATE_RETRIES`
+times. The only jitter left is between the return and the write (microseconds of encoding) and
+on the way to the provider; `dispatch.rate_margin` covers that.
+
 - `TokenBucket` paces one process (embedded mode: no broker URL).
 - `RedisRateLimiter` (notifier/dispatch/ratelimit_redis.py) paces every process and machine that
   shares the broker's Redis through one Lua script run on Redis's clock, so N workers together keep
@@ -36,6 +45,9 @@ DECREASE_FACTOR = 0.5  # a throttling answer halves the rate
 INCREASE_PER_SECOND = 0.05  # then it climbs back by 5% of the agreed rate a second (50% → 100% in 10 s)
 MIN_FACTOR = 1 / 32  # never below ~3% of the agreed rate: the route keeps probing
 HOLD_SECONDS = 1.0  # one cut per second at most: a window of submits answers "throttled" together
+# A slot is good this long: a caller waking up later takes a new slot rather than write late (above).
+LATE_SECONDS = 0.01
+LATE_RETRIES = 1  # then it writes anyway: on an overloaded host every slot given up is a slot lost
 
 # submit_sm_resp statuses (as channels/smpp.py writes provider_status) that mean "slow down".
 THROTTLING_STATUSES = frozenset({"0x00000058", "0x00000014"})  # ESME_RTHROTTLED, ESME_RMSGQFUL
@@ -90,6 +102,19 @@ class _Aimd:
         self.since = self.cut_at = now
 
 
+def sleep_until(slot: float) -> None:
+    """Sleep until the monotonic moment `slot` (at once if it has passed)."""
+    wait = slot - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
+
+
+def woke_late(slot: float) -> bool:
+    """True when the caller woke up more than `LATE_SECONDS` after its slot: writing now would
+    put its message next to the following slots' (see the module docstring)."""
+    return time.monotonic() - slot > LATE_SECONDS
+
+
 class TokenBucket:
     """Pacing for one process: `rate` parts a second, `burst` parts lent to an idle route.
 
@@ -109,20 +134,29 @@ class TokenBucket:
         self._on_grant = on_grant
 
     def acquire(self, tokens: float = 1.0) -> float:
-        """Reserve `tokens` parts on the route's clock and sleep until they are paid for."""
+        """Reserve `tokens` parts on the route's clock and sleep until they are paid for; a slot
+        woken up to too late is given up for the next free one (`LATE_SECONDS`)."""
         if tokens <= 0:
             return 0.0
+        started = time.monotonic()
+        for _ in range(LATE_RETRIES + 1):
+            slot = self._reserve(tokens)
+            if tokens > self.rate or not woke_late(slot):  # a grant over a second's worth is a chunk: kept
+                break
+        return time.monotonic() - started
+
+    def _reserve(self, tokens: float) -> float:
+        """Book `tokens` parts; sleep until their slot (monotonic seconds), which is returned."""
         with self._lock:
             now = time.monotonic()
             rate = self.rate * self._aimd.factor(now)
             start = max(self._free, now - self.burst / rate)
             self._free = start + tokens / rate
-            wait = max(0.0, self._free - now)
+            slot = max(self._free, now)
         if self._on_grant is not None:
-            self._on_grant(time.time() + wait, tokens)
-        if wait:
-            time.sleep(wait)
-        return wait
+            self._on_grant(time.time() + slot - now, tokens)
+        sleep_until(slot)
+        return slot
 
     def throttled(self) -> None:
         with self._lock:

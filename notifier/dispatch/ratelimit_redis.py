@@ -7,6 +7,9 @@ queueing it (../shared/spec/libraries.md). Here one Lua script (EVALSHA; redis-p
 after a Redis restart) reads Redis's own clock (`TIME`, so machines with skewed clocks agree),
 moves the route's virtual clock by n / rate and answers how long to sleep: one round trip per grant,
 callers of every process queue in arrival order, and the same hash holds the throttling factor.
+The slot is placed on this host's monotonic clock as "answer received + wait" (never earlier than
+Redis meant it, so skewed clocks do not matter), and a caller that wakes up more than
+`LATE_SECONDS` after it takes a new slot, as the embedded bucket does (ratelimit.py).
 
 A Redis that does not answer never means "send unlimited": `acquire` waits and tries again (one
 log line when it goes, one when it is back).
@@ -20,7 +23,9 @@ import time
 
 import redis
 
-from notifier.dispatch.ratelimit import DEFAULT_BURST_PARTS, Backoff, GrantLog
+from notifier.dispatch.ratelimit import (
+    DEFAULT_BURST_PARTS, LATE_RETRIES, Backoff, GrantLog, sleep_until, woke_late,
+)
 from notifier.redaction import hide_url_passwords
 
 log = logging.getLogger(__name__)
@@ -90,16 +95,25 @@ class RedisRateLimiter:
         self._down_lock = threading.Lock()
 
     def acquire(self, tokens: float = 1.0) -> float:
-        """Reserve `tokens` parts on the shared clock and sleep until they are paid for."""
+        """Reserve `tokens` parts on the shared clock and sleep until they are paid for; a slot
+        woken up to too late is given up for the next free one (ratelimit.LATE_SECONDS)."""
         if tokens <= 0:
             return 0.0
+        started = time.monotonic()
+        for _ in range(LATE_RETRIES + 1):
+            slot = self._reserve(tokens)
+            if tokens > self.rate or not woke_late(slot):  # a grant over a second's worth is a chunk: kept
+                break
+        return time.monotonic() - started
+
+    def _reserve(self, tokens: float) -> float:
+        """Book `tokens` parts on the shared clock; sleep until their slot (monotonic seconds here)."""
         wait_us, granted_at, _ = self._call("acquire", tokens)
-        wait = int(wait_us) / 1_000_000
+        slot = time.monotonic() + int(wait_us) / 1_000_000
         if self._on_grant is not None:
             self._on_grant(float(granted_at), tokens)
-        if wait:
-            time.sleep(wait)
-        return wait
+        sleep_until(slot)
+        return slot
 
     def throttled(self) -> None:
         """Cut the route's rate for every worker (once per hold period, whoever reports it)."""

@@ -97,9 +97,11 @@ def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: b
         .order_by(InboundReceipt.id)).mappings()]
     placed = _find_parts(session, receipts)
     if destination_match:
-        for receipt in receipts:
-            old_enough = now - receipt["received_at"] > timedelta(seconds=grace_seconds)
-            if receipt["id"] not in placed and receipt["destination"] and old_enough:
+        waiting = [receipt for receipt in receipts if receipt["id"] not in placed and receipt["destination"]
+                   and now - receipt["received_at"] > timedelta(seconds=grace_seconds)]
+        open_to = _destinations_with_open_rows(session, waiting)
+        for receipt in waiting:
+            if (receipt["channel"], receipt["destination"]) in open_to:
                 part_id = _resolve_unknown_by_destination(session, receipt)
                 if part_id is not None:
                     placed[receipt["id"]] = part_id
@@ -141,6 +143,30 @@ def _find_parts(session: Session, receipts: list[dict[str, Any]]) -> dict[int, i
     return placed
 
 
+def _open_by_destination() -> sa.ColumnElement[bool]:
+    """A row a receipt naming an unrecorded message id may belong to: `unknown`, or `sent` with
+    parts still unaccounted for (an earlier such receipt resolved it)."""
+    part_count = (sa.select(sa.func.count()).select_from(MessagePart)
+                  .where(MessagePart.notification_id == Notification.id).scalar_subquery())
+    return sa.or_(Notification.state == UNKNOWN,
+                  sa.and_(Notification.state == SENT, part_count < sa.func.coalesce(Notification.parts, 1)))
+
+
+def _destinations_with_open_rows(session: Session, receipts: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(channel, destination) of the receipts that have such a row, one query per chunk: a receipt
+    that merely beat its send's recording (a loaded host: seconds) costs no query of its own on
+    every pass. Resolving one receipt only changes rows of its own destination, so the set holds."""
+    found: set[tuple[str, str]] = set()
+    wanted = sorted({(r["channel"], r["destination"]) for r in receipts})
+    for start in range(0, len(wanted), _LOOKUP_CHUNK):
+        chunk = set(wanted[start:start + _LOOKUP_CHUNK])
+        rows = session.execute(
+            sa.select(Notification.channel, Notification.destination).distinct()
+            .where(among(session, Notification.destination, sorted({d for _, d in chunk})), _open_by_destination()))
+        found.update(key for key in rows.tuples() if key in chunk)
+    return found
+
+
 def _resolve_unknown_by_destination(session: Session, receipt: dict[str, Any]) -> int | None:
     """A receipt for a message we never recorded: it belongs to the row sent to that address whose
     send was not recorded (`unknown`), or that such a receipt already resolved but whose other
@@ -152,8 +178,7 @@ def _resolve_unknown_by_destination(session: Session, receipt: dict[str, Any]) -
     candidate = session.execute(
         sa.select(Notification.id, Notification.claimed_at, part_count)
         .where(Notification.channel == receipt["channel"], Notification.destination == receipt["destination"],
-               sa.or_(Notification.state == UNKNOWN,
-                      sa.and_(Notification.state == SENT, part_count < sa.func.coalesce(Notification.parts, 1))))
+               _open_by_destination())
         .order_by(Notification.claimed_at.desc(), Notification.id.desc()).limit(1)
         .with_for_update(key_share=True, skip_locked=True)).first()
     if candidate is None:

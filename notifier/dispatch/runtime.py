@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
+
 from channels.base import Channel, Receipt
 from notifier.db import session_scope
 from notifier.errors import ConfigError, InputError
@@ -21,6 +23,10 @@ from notifier.rendering import Renderer
 from notifier.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Channels whose provider reports later (receipts stored in the database): a sending process
+# applies them as they come (SMPP through its own bind; Twilio's through `notifier web`).
+RECEIPT_CHANNELS = frozenset({"sms", "voice"})
 
 
 def process_owner() -> str:
@@ -43,7 +49,7 @@ class Runtime:
         with self._lock:
             if name not in self._channels:
                 self._channels[name] = build_channel(name, self.settings)
-                if name == "sms" and self._applier is None:
+                if name in RECEIPT_CHANNELS and self._applier is None:
                     self._applier = ReceiptApplier(self.settings.database_url)
                     self._applier.start()
             return self._channels[name]
@@ -73,8 +79,7 @@ def make_runtime(settings: Settings) -> Runtime:
 def build_limiter(name: str, settings: Settings, *, on_grant: GrantLog | None = None) -> RateLimiter:
     """The route's agreed rate (SMS in parts/s) less the margin: on the broker's Redis, the total of
     all workers; embedded, this process's."""
-    agreed = {"sms": settings.dispatch.sms_per_second, "email": settings.dispatch.email_per_second}[name]
-    rate = agreed * (1.0 - settings.dispatch.rate_margin)
+    rate = route_rate(name, settings) * (1.0 - settings.dispatch.rate_margin)
     if settings.broker_url:
         from notifier.dispatch.ratelimit_redis import RedisRateLimiter
 
@@ -83,8 +88,26 @@ def build_limiter(name: str, settings: Settings, *, on_grant: GrantLog | None = 
     return TokenBucket(rate, on_grant=on_grant)
 
 
+def route_rate(name: str, settings: Settings) -> float:
+    """The route's agreed rate: SMS parts (Twilio: segments), e-mails or calls started per second."""
+    rates = {"sms": settings.dispatch.sms_per_second, "email": settings.dispatch.email_per_second,
+             "voice": settings.dispatch.voice_per_second}
+    if name not in rates:
+        raise InputError(f"unknown channel '{name}'")
+    return rates[name]
+
+
 def build_channel(name: str, settings: Settings) -> Channel:
-    """Open the adapter for one channel; receipts it hears go to the database."""
+    """Open the adapter for one channel; receipts it hears go to the database (Twilio's arrive
+    at `notifier web`, which stores them the same way)."""
+    if name == "sms" and settings.sms_provider == "twilio":
+        from channels.twilio_sms import TwilioSmsChannel
+
+        return TwilioSmsChannel(settings.twilio, on_opted_out=opt_out_sink(settings.database_url))
+    if name == "voice":
+        from channels.twilio_voice import TwilioVoiceChannel
+
+        return TwilioVoiceChannel(settings.twilio, settings.voice)
     if name == "sms":
         from channels.smpp import SmppChannel
 
@@ -96,6 +119,20 @@ def build_channel(name: str, settings: Settings) -> Channel:
 
         return EmailChannel(settings.smtp)
     raise InputError(f"unknown channel '{name}'")
+
+
+def opt_out_sink(database_url: str) -> Callable[[str], None]:
+    """Marks a phone number's contact points opted out (Twilio refused it with 21610, STOP): the
+    planner then suppresses it in later campaigns, with the reason, instead of trying again."""
+
+    def mark(msisdn: str) -> None:
+        from notifier.models import ContactPoint
+
+        with session_scope(database_url) as session:
+            session.execute(sa.update(ContactPoint).where(ContactPoint.kind == "msisdn", ContactPoint.value == msisdn)
+                            .values(opted_out=True))
+
+    return mark
 
 
 def receipt_sink(database_url: str) -> Callable[[Receipt], None]:
@@ -114,13 +151,19 @@ class ReceiptApplier:
     def __init__(self, database_url: str) -> None:
         self._database_url = database_url
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="receipt-applier", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def wake(self) -> None:
+        """Apply now rather than after the idle pause (a receipt was just stored)."""
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
@@ -134,7 +177,8 @@ class ReceiptApplier:
                 log.exception("applying receipts failed; retrying")
                 applied = 0
             if not applied:
-                self._stop.wait(self.IDLE_SECONDS)
+                self._wake.wait(self.IDLE_SECONDS)
+                self._wake.clear()
 
 
 _current: Runtime | None = None

@@ -211,7 +211,19 @@ def parse_leak_csv(path: Path | str, *, tz: str = LOCAL_TIMEZONE) -> Iterator[Fe
     yield from parse_rows(path, build, one_of=LEAK_IDENTIFIERS)  # type: ignore[misc]
 
 
-FEED_FORMATS: dict[str, Parser] = {"shadowserver": parse_shadowserver, "leak-csv": parse_leak_csv}
+# --- Authority requests --------------------------------------------------------------------------
+
+def parse_ais_json(path: Path | str, *, tz: str = LOCAL_TIMEZONE) -> Iterator[FeedEventRecord | Rejection]:
+    """An Authority request (`ais-request/1`): see `notifier.ingest.ais`, imported here on use
+    because it builds on this module's helpers."""
+    from notifier.ingest.ais import parse_ais_json as parse
+
+    return parse(path, tz=tz)
+
+
+FEED_FORMATS: dict[str, Parser] = {
+    "shadowserver": parse_shadowserver, "leak-csv": parse_leak_csv, "ais-json": parse_ais_json,
+}
 
 
 def get_feed_parser(name: str) -> Parser:

@@ -41,6 +41,7 @@ LIST_SEPARATOR = ";"  # inside one cell: "0912345678;0987654321"
 SNIFF_BYTES = 4096  # enough of the start of a file to tell text from binary
 SURROGATE_ESCAPE_BASE = 0xDC00  # surrogateescape decodes byte b as chr(0xDC00 + b)
 NUL = "\x00"
+LINE_BATCH_BYTES = 1 << 20  # read_text_lines: lines read per call, about this many bytes
 # A text file may carry a stray NUL in a row (a cut-off export, a field copied from a C tool): that
 # row is rejected. A file whose first line has one, or where NULs are more than this share of the
 # first bytes (UTF-16 without BOM, .xls, images), is binary and refused whole.
@@ -166,6 +167,38 @@ def read_rows(
         header, shown = _read_header(reader, path, column_map or {})
         _check_header(path, header, required, one_of)
         yield from _rows(reader, lines, header, shown)
+
+
+def read_text_lines(path: Path | str) -> Iterator[tuple[int, str, str | None]]:
+    """Yield (physical line number from 1, text without the line break, problem or None) for a text
+    file that is not CSV (FreeRADIUS `detail`), opened exactly like a CSV (gzip, BOM, binary refused).
+
+    A line with a NUL or an undecodable byte comes with the same reason a CSV row would get, and its
+    text shows those bytes as \\xNN escapes, so the caller can reject its record and go on. Lines
+    are read about a megabyte at a time: detail files run to tens of millions of short lines.
+    """
+    path = Path(path)
+    number = 0
+    with _open_stream(path) as stream:
+        while batch := _line_batch(stream, path):
+            for data in batch:
+                number += 1
+                if number == 1:
+                    data = data.removeprefix(UTF8_BOM.encode())
+                try:
+                    text = data.decode("utf-8").rstrip("\r\n")
+                    problem = _nul_byte(text) if NUL in text else None
+                except UnicodeDecodeError:
+                    text = data.decode("utf-8", "surrogateescape").rstrip("\r\n")
+                    problem = _nul_byte(text) or _bad_utf8(text)
+                yield number, _printable(text) if problem else text, problem
+
+
+def _line_batch(stream: ByteStream, path: Path) -> list[bytes]:
+    try:
+        return stream.readlines(LINE_BATCH_BYTES)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: damaged gzip file ({exc})") from None
 
 
 def _open_stream(path: Path) -> ByteStream:

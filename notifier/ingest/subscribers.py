@@ -13,6 +13,7 @@ import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from notifier.errors import InputError
 from notifier.identifiers import (
     LOCAL_TIMEZONE,
     PhoneNumberError,
@@ -128,6 +129,20 @@ SUBSCRIBER_COLUMNS: tuple[Column, ...] = (
 )
 
 
+SUBSCRIBER_HEADERS: tuple[str, ...] = tuple(source for column in SUBSCRIBER_COLUMNS for source in column.sources)
+
+
+def checked_column_map(column_map: Mapping[str, str] | None) -> dict[str, str]:
+    """The column map (export header → our column) with our names trimmed and lower-cased, after
+    refusing a name we do not have: a typo (`"msidsn"`) would silently drop every phone number."""
+    mapping = {source: str(ours).strip().lower() for source, ours in (column_map or {}).items()}
+    unknown = sorted({ours for ours in mapping.values() if ours not in SUBSCRIBER_HEADERS})
+    if unknown:
+        raise InputError(f"column map: {', '.join(repr(name) for name in unknown)} is not a subscriber column "
+                         f"(known: {', '.join(SUBSCRIBER_HEADERS)})")
+    return mapping
+
+
 def _build(line: int, row: dict[str, str], raw: str) -> tuple[SubscriberRecord]:
     values = extract(row, SUBSCRIBER_COLUMNS)
     msisdns, warnings = values.pop("msisdns")  # type: ignore[misc]
@@ -142,12 +157,14 @@ def parse_subscribers(
 ) -> Iterator[SubscriberRecord | Rejection]:
     """Yield one SubscriberRecord per good row and a Rejection per bad one.
 
-    `column_map` renames the operator's own headers (from config/) to ours. `tz` is the export's
+    `column_map` renames the operator's own headers (`--column-map` or `[subscribers.columns]` in
+    the settings) to ours; naming a column we do not have is an InputError. `tz` is the export's
     declared zone; the format has no time column today, but the importer signature is uniform and
     an unknown zone is still refused, so a wrong --tz fails here rather than in the next format.
     """
     path = Path(path)
     check_zone(path, tz)
+    mapping = checked_column_map(column_map)
     yield from parse_rows(  # type: ignore[misc]
-        path, _build, required=required_headers(SUBSCRIBER_COLUMNS), column_map=column_map
+        path, _build, required=required_headers(SUBSCRIBER_COLUMNS), column_map=mapping
     )

@@ -217,6 +217,6 @@ def test_a_leak_list_without_any_identifier_column_is_an_input_error(tmp_path: P
 def test_feed_registry() -> None:
     assert get_feed_parser("shadowserver") is parse_shadowserver
     assert get_feed_parser("leak-csv") is parse_leak_csv
-    assert set(FEED_FORMATS) == {"shadowserver", "leak-csv"}
-    with pytest.raises(InputError, match="unknown format 'x' \\(known: leak-csv, shadowserver\\)"):
+    assert set(FEED_FORMATS) == {"shadowserver", "leak-csv", "ais-json"}
+    with pytest.raises(InputError, match="unknown format 'x' \\(known: ais-json, leak-csv, shadowserver\\)"):
         get_feed_parser("x")

@@ -1,0 +1,417 @@
+"""Matching benchmark (issue 7): who held an address at a time, at an operator's volumes.
+
+    .venv/bin/python bench/matching.py [--quick] [--assignments N] [--events M] [--feed-rows K]
+        [--backend sqlite|postgresql] [--database-url URL] [--load import|direct] [--skip-feed]
+
+Generates its data under a temporary directory, then measures, in one run:
+  (a) importing N session records (a generated `sessions-csv` file) through `import_assignments`,
+      records/s (`--load direct` bulk-inserts them instead and skips this figure: for iterations);
+  (b) streaming a K-row Shadowserver `event4_sinkhole` file through `import_feed` (stores every
+      row, then matches it), rows/s and peak RSS;
+  (c) `match_feed` over M pending events (stored beforehand, untimed) against the N intervals,
+      events/s and CPU µs per event (this process; for PostgreSQL also the server backend's);
+  (d) the same events matched "the way an operator would write it": one indexed SQL query per
+      event, on a sample (20,000 events), extrapolated; events/s and the ratio (c)/(d). The
+      baseline only looks up (it writes no outcome), so the ratio is a lower bound.
+It checks that (c) and (d) agree on the sample, and prints peak RSS (`resource.getrusage`).
+
+Data: N/100 public IPv4 addresses, each handed from account to account once a day (100 sessions
+each, 10 % of them ending an hour early, the last one still open), times in Asia/Ho_Chi_Minh like an
+operator's log. Events fall in the last ten days (a feed reports recent sightings while history is
+kept 180 days); 2 % of them land seconds from a hand-over (ambiguous) and 10 % on addresses nobody
+held (unmatched). Defaults are the issue's sizes (N = 10,000,000, M = K = 1,000,000); `--quick` is
+N = 200,000, M = K = 50,000. PostgreSQL: `--backend postgresql` creates a database on
+127.0.0.1:5432 (`--postgres-admin`) and drops it afterwards; `--database-url` uses an empty one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from notifier.db import dispose_engines, get_engine, session_scope, upgrade  # noqa: E402
+from notifier.identifiers import ip_key  # noqa: E402
+from notifier.identity.matching import match_feed  # noqa: E402
+from notifier.importing import import_assignments, import_feed  # noqa: E402
+from notifier.models import OPEN_END, Account, Feed, FeedItem, IpAssignment  # noqa: E402
+
+LOCAL = timedelta(hours=7)  # Asia/Ho_Chi_Minh, no daylight saving
+DAY = 86_400
+SESSIONS_PER_ADDRESS = 100
+ACCOUNTS_PER_ADDRESS = 5  # accounts = addresses × 5: each account holds an address 20 days of 100
+RECENT_DAYS = 10
+SKEW_SECONDS = 60
+BASELINE_SAMPLE = 20_000
+INSERT_CHUNK = 20_000
+FIRST_DAY = datetime(2026, 8, 1, tzinfo=UTC)
+POOL_BASE = int.from_bytes(bytes([14, 160, 0, 0]), "big")
+OUTSIDE_BASE = int.from_bytes(bytes([27, 64, 0, 0]), "big")  # addresses nobody held
+MAX_ASSIGNMENTS = 20_000_000
+MAX_EVENTS = 2_000_000
+QUICK = {"assignments": 200_000, "events": 50_000, "feed_rows": 50_000}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The generated world: addresses, their daily hand-overs, and who held what."""
+
+    addresses: int
+    sessions: int  # per address
+    accounts: int
+    seed: int = 7
+
+    def ip(self, index: int) -> str:
+        value = POOL_BASE + index
+        return f"{value >> 24}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}"
+
+    def phase(self, index: int) -> int:
+        """Seconds after midnight at which this address changes hands (spreads hand-overs)."""
+        return index * 7919 % DAY
+
+    def start(self, index: int, day: int) -> datetime:
+        return FIRST_DAY + timedelta(days=day, seconds=self.phase(index))
+
+    def account(self, index: int, day: int) -> int:
+        """Account number (0-based) holding address `index` on `day`: deterministic, scattered."""
+        return (index * ACCOUNTS_PER_ADDRESS + (day * 2654435761 + index) % ACCOUNTS_PER_ADDRESS) % self.accounts
+
+    def end(self, index: int, day: int) -> datetime | None:
+        if day == self.sessions - 1:
+            return None  # still open
+        early = (index + day * 31) % 10 == 0
+        return self.start(index, day + 1) - timedelta(hours=1 if early else 0)
+
+
+def layout_for(assignments: int) -> Layout:
+    addresses = max(1, assignments // SESSIONS_PER_ADDRESS)
+    return Layout(addresses=addresses, sessions=SESSIONS_PER_ADDRESS, accounts=addresses * ACCOUNTS_PER_ADDRESS)
+
+
+def account_ref(number: int) -> str:
+    return f"B{number:08d}"
+
+
+def local_text(moment: datetime) -> str:
+    return (moment + LOCAL).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# --- generation -------------------------------------------------------------------------------
+
+
+def insert_accounts(url: str, layout: Layout) -> None:
+    """Accounts by direct bulk insert: the subscriber import is measured elsewhere (bench/ingest)."""
+    now = datetime.now(UTC)
+    with session_scope(url) as session:
+        for first in range(0, layout.accounts, INSERT_CHUNK):
+            session.execute(sa.insert(Account), [
+                {"account_ref": account_ref(n), "full_name": f"Khách hàng {n}", "language": "vi", "status": "active",
+                 "sms_opt_out": False, "email_opt_out": False, "voice_opt_out": False, "created_at": now,
+                 "updated_at": now} for n in range(first, min(first + INSERT_CHUNK, layout.accounts))])
+
+
+def sessions_rows(layout: Layout) -> Iterator[tuple[int, int]]:
+    """(address, day) in log order: a day's sessions of every address, then the next day's."""
+    for day in range(layout.sessions):
+        for index in range(layout.addresses):
+            yield index, day
+
+
+def write_sessions_csv(path: Path, layout: Layout) -> int:
+    rows = 0
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write("account_id,ip,start,end\n")
+        for index, day in sessions_rows(layout):
+            end = layout.end(index, day)
+            handle.write(f"{account_ref(layout.account(index, day))},{layout.ip(index)},"
+                         f"{local_text(layout.start(index, day))},{'' if end is None else local_text(end)}\n")
+            rows += 1
+    return rows
+
+
+def insert_sessions_directly(url: str, layout: Layout) -> int:
+    """The same intervals as the CSV, bulk-loaded through the driver's fastest path (SQLite
+    `executemany` of plain tuples, PostgreSQL `COPY`) in address order, so that both indexes (led
+    by the address) grow at their end: generating 10 million rows takes minutes, not the hour that
+    per-row parameter processing and scattered index inserts would. The import itself is (a)."""
+    with session_scope(url) as session:
+        ids = dict(session.execute(sa.select(Account.account_ref, Account.id)).all())
+    engine = get_engine(url)
+    postgres = engine.dialect.name == "postgresql"
+    stamp = (lambda moment: moment) if postgres else (lambda moment: moment.replace(tzinfo=None).isoformat(" ", "microseconds"))
+    open_end = stamp(OPEN_END)
+    names = "account_id, network, range_start, range_end, prefix_len, started_at, ended_at, covers_until, source"
+    rows = 0
+    chunk: list[tuple[object, ...]] = []
+    with engine.begin() as connection:
+        raw = connection.connection.driver_connection
+        for index in range(layout.addresses):  # address-major: the indexes, led by the address, fill in order
+            ip = layout.ip(index)
+            key = ip_key(ip)
+            for day in range(layout.sessions):
+                end = layout.end(index, day)
+                ended = None if end is None else stamp(end)
+                chunk.append((ids[account_ref(layout.account(index, day))], ip, key, key, 128,
+                              stamp(layout.start(index, day)), ended, ended or open_end, "sessions-csv"))
+                if len(chunk) >= INSERT_CHUNK * 5:
+                    rows += _load_rows(raw, postgres, "ip_assignment", names, chunk)
+        rows += _load_rows(raw, postgres, "ip_assignment", names, chunk)
+    return rows
+
+
+def _load_rows(raw: object, postgres: bool, table: str, names: str, chunk: list[tuple[object, ...]]) -> int:
+    if postgres:
+        with raw.cursor() as cursor, cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+            for row in chunk:
+                copy.write_row(row)
+    else:
+        marks = ", ".join("?" for _ in names.split(","))
+        raw.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", chunk)  # type: ignore[attr-defined]
+    count = len(chunk)
+    chunk.clear()
+    return count
+
+
+def events(layout: Layout, count: int, seed: int) -> Iterator[tuple[str, datetime, int]]:
+    """(ip, seen_at UTC, source port): recent sightings, some at hand-overs, some outside the pool."""
+    rng = random.Random(seed)
+    recent = min(RECENT_DAYS, layout.sessions)
+    for _ in range(count):
+        roll = rng.random()
+        if roll < 0.10:
+            ip_value = OUTSIDE_BASE + rng.randrange(1 << 20)
+            ip = f"{ip_value >> 24}.{ip_value >> 16 & 255}.{ip_value >> 8 & 255}.{ip_value & 255}"
+            seen = layout.start(0, layout.sessions - 1 - rng.randrange(recent)) + timedelta(seconds=rng.randrange(DAY))
+        else:
+            index = rng.randrange(layout.addresses)
+            day = layout.sessions - 1 - rng.randrange(recent)
+            offset = rng.randrange(-20, 20) if roll < 0.12 and day > 0 else rng.randrange(DAY)
+            ip, seen = layout.ip(index), layout.start(index, day) + timedelta(seconds=offset)
+        yield ip, seen, rng.randrange(1024, 65536)
+
+
+def write_sinkhole_csv(path: Path, layout: Layout, rows: int) -> None:
+    header = ("timestamp,src_ip,src_port,dst_ip,dst_port,protocol,asn,geo,region,city,hostname,infection,"
+              "family,tag,application\n")
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write(header)
+        for ip, seen, port in events(layout, rows, seed=11):
+            handle.write(f"{seen:%Y-%m-%d %H:%M:%S},{ip},{port},198.51.100.7,80,tcp,45899,VN,HA NOI,HANOI,,"
+                         f"sinkhole,mirai,,http\n")
+
+
+def insert_pending_feed(url: str, layout: Layout, count: int) -> int:
+    """A feed of `count` pending IP events stored directly (driver's bulk path), for the match-only
+    measurement: its rows are what `import_feed` would have stored."""
+    with session_scope(url) as session:
+        feed = Feed(format="shadowserver", report_type="event4_sinkhole", filename="bench-match.csv",
+                    file_sha256=uuid.uuid4().hex * 2)
+        session.add(feed)
+        session.flush()
+        feed_id = feed.id
+    assert feed_id is not None
+    engine = get_engine(url)
+    postgres = engine.dialect.name == "postgresql"
+    names = "feed_id, line, status, kind, identifier_kind, identifier, port, seen_at, threat"
+    chunk: list[tuple[object, ...]] = []
+    with engine.begin() as connection:
+        raw = connection.connection.driver_connection
+        for line, (ip, seen, port) in enumerate(events(layout, count, seed=13), start=2):
+            moment: object = seen if postgres else seen.replace(tzinfo=None).isoformat(" ", "microseconds")
+            chunk.append((feed_id, line, "pending", "infected_device", "ip", ip, port, moment, "mirai"))
+            if len(chunk) >= INSERT_CHUNK * 5:
+                _load_rows(raw, postgres, "feed_item", names, chunk)
+        _load_rows(raw, postgres, "feed_item", names, chunk)
+    return feed_id
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+class Clock:
+    """Wall and CPU time of this process (and, on PostgreSQL, of the server backends) for a step."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> Clock:
+        self.server_before = server_cpu(self.url)
+        self.cpu_before = time.process_time()
+        self.wall_before = time.perf_counter()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.wall = time.perf_counter() - self.wall_before
+        self.cpu = time.process_time() - self.cpu_before
+        after = server_cpu(self.url)
+        self.server = None if after is None or self.server_before is None else after - self.server_before
+
+    def line(self, label: str, units: int, unit: str) -> str:
+        server = "" if self.server is None else f", server CPU {self.server / units * 1e6:6.1f} µs/{unit}"
+        return (f"{label:<34} {units:>10,} {unit}s {self.wall:8.2f} s  {units / self.wall:>10,.0f} {unit}s/s"
+                f"  (our CPU {self.cpu / units * 1e6:6.1f} µs/{unit}{server})")
+
+
+def server_cpu(url: str) -> float | None:
+    """CPU seconds of the PostgreSQL backends serving our database (from /proc), None on SQLite."""
+    if not url.startswith("postgresql"):
+        return None
+    name = sa.make_url(url).database
+    with get_engine(url).connect() as connection:
+        pids = connection.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :name"),
+                                  {"name": name}).scalars().all()
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def baseline(url: str, feed_id: int, sample: int) -> tuple[Clock, dict[int, tuple[str, int | None]]]:
+    """One indexed query per event, as a hand-written lookup would do it (same skew rule)."""
+    query = sa.text(
+        "SELECT DISTINCT account_id FROM ip_assignment WHERE range_start = :key "
+        "AND covers_until > :seen_lo AND started_at <= :seen_hi"
+    ).bindparams(sa.bindparam("seen_lo", type_=IpAssignment.__table__.c.started_at.type),
+                 sa.bindparam("seen_hi", type_=IpAssignment.__table__.c.started_at.type))
+    with session_scope(url) as session:
+        items = session.execute(sa.select(FeedItem.id, FeedItem.identifier, FeedItem.seen_at)
+                                .where(FeedItem.feed_id == feed_id).order_by(FeedItem.id).limit(sample)).all()
+        skew = timedelta(seconds=SKEW_SECONDS)
+        found: dict[int, tuple[str, int | None]] = {}
+        with Clock(url) as clock:
+            for item in items:
+                accounts = session.execute(query, {"key": ip_key(item.identifier), "seen_lo": item.seen_at - skew,
+                                                   "seen_hi": item.seen_at + skew}).scalars().all()
+                status = "matched" if len(accounts) == 1 else "ambiguous" if accounts else "unmatched"
+                found[item.id] = (status, accounts[0] if len(accounts) == 1 else None)
+    return clock, found
+
+
+def set_based_outcomes(url: str, ids: list[int]) -> dict[int, tuple[str, int | None]]:
+    with session_scope(url) as session:
+        rows = session.execute(sa.select(FeedItem.id, FeedItem.status, FeedItem.account_id)
+                               .where(FeedItem.id.in_(ids))).all()
+    return {row.id: (row.status, row.account_id) for row in rows}
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def run(url: str, directory: Path, args: argparse.Namespace) -> None:
+    layout = layout_for(args.assignments)
+    backend = sa.make_url(url).get_backend_name()
+    print(f"backend={backend} assignments={layout.addresses * layout.sessions:,} addresses={layout.addresses:,} "
+          f"accounts={layout.accounts:,} events={args.events:,} feed_rows={args.feed_rows:,} skew={SKEW_SECONDS}s")
+    upgrade(url)
+    insert_accounts(url, layout)
+    if args.load == "import":
+        sessions = directory / "sessions.csv"
+        rows = write_sessions_csv(sessions, layout)
+        with Clock(url) as clock, session_scope(url) as session:
+            result = import_assignments(session, sessions, fmt="sessions-csv", tz="Asia/Ho_Chi_Minh")
+        assert result.rejected == 0, result.errors[:3]
+        print(clock.line("(a) import_assignments", rows, "record"), f"peak RSS {peak_rss_mib():.0f} MiB", flush=True)
+        sessions.unlink()
+    else:
+        started = time.perf_counter()
+        rows = insert_sessions_directly(url, layout)
+        print(f"(a) skipped: {rows:,} intervals bulk-inserted in {time.perf_counter() - started:.1f} s", flush=True)
+    os.environ["NOTIFIER_IDENTITY__CLOCK_SKEW_SECONDS"] = str(SKEW_SECONDS)
+    if not args.skip_feed:
+        feed_file = directory / "2026-11-20-event4_sinkhole-vietnam-geo.csv"
+        write_sinkhole_csv(feed_file, layout, args.feed_rows)
+        with Clock(url) as clock, session_scope(url) as session:
+            result = import_feed(session, feed_file, fmt="shadowserver")
+        counts = result.counts or {}
+        print(clock.line("(b) import_feed (store + match)", args.feed_rows, "row"),
+              f"peak RSS {peak_rss_mib():.0f} MiB; {counts}", flush=True)
+    feed_id = insert_pending_feed(url, layout, args.events)
+    with Clock(url) as clock, session_scope(url) as session:
+        counts = match_feed(session, feed_id, skew_seconds=SKEW_SECONDS)
+    print(clock.line("(c) match_feed (set-based)", args.events, "event"), f"peak RSS {peak_rss_mib():.0f} MiB; "
+          f"matched {counts.matched:,} unmatched {counts.unmatched:,} ambiguous {counts.ambiguous:,}", flush=True)
+    sample = min(BASELINE_SAMPLE, args.events)
+    base_clock, base_outcomes = baseline(url, feed_id, sample)
+    print(base_clock.line("(d) one query per event (sample)", sample, "event"), flush=True)
+    agree = base_outcomes == set_based_outcomes(url, list(base_outcomes))
+    print(f"speed ratio (c)/(d): {(args.events / clock.wall) / (sample / base_clock.wall):.1f}x wall, "
+          f"{(base_clock.cpu / sample) / (clock.cpu / args.events):.1f}x our CPU; "
+          f"outcomes agree on the sample: {'yes' if agree else 'NO'}")
+    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
+
+
+@contextmanager
+def database(args: argparse.Namespace, directory: Path) -> Iterator[str]:
+    """The database to measure: given, a temporary SQLite file, or a PostgreSQL one made and dropped."""
+    if args.database_url:
+        yield args.database_url
+    elif args.backend == "sqlite":
+        yield f"sqlite:///{directory / 'bench.db'}"
+        dispose_engines()
+    else:
+        import psycopg
+
+        name = f"notifier_bench_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(args.postgres_admin, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        base = args.postgres_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+        try:
+            yield f"{base}/{name}"
+        finally:
+            dispose_engines()
+            with psycopg.connect(args.postgres_admin, autocommit=True) as connection:
+                connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--assignments", type=int, default=10_000_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--feed-rows", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="small sizes: " + str(QUICK))
+    parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--postgres-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--database-url", help="an empty database to use instead (it is left as is)")
+    parser.add_argument("--load", choices=["import", "direct"], default="import",
+                        help="import: time import_assignments on a generated file; direct: bulk insert, untimed")
+    parser.add_argument("--skip-feed", action="store_true", help="skip (b), the feed file import")
+    if "--quick" in sys.argv[1:]:
+        parser.set_defaults(**QUICK)  # sizes given explicitly still win
+    args = parser.parse_args()
+    args.assignments = min(args.assignments, MAX_ASSIGNMENTS)
+    args.events, args.feed_rows = min(args.events, MAX_EVENTS), min(args.feed_rows, MAX_EVENTS)
+    return args
+
+
+def main() -> None:
+    args = parse()
+    with tempfile.TemporaryDirectory(prefix="bench-matching-") as tmp, database(args, Path(tmp)) as url:
+        run(url, Path(tmp), args)
+
+
+if __name__ == "__main__":
+    main()

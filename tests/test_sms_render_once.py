@@ -1,0 +1,67 @@
+"""An SMS template is rendered once when its output is only its `first_fitting` choice, and the
+text is exactly what rendering it for each limit (2 GSM-7 parts, then 3 UCS-2 parts) gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from notifier.rendering import (
+    SMS_MAX_CHARS_GSM7, SMS_MAX_CHARS_UCS2, Renderer, with_context_defaults,
+)
+from notifier.sms import GSM7, sms_encoding
+from tests.test_rendering import TEMPLATES, TEMPLATES_DIR, empty_context, full_context
+
+
+def two_renders(renderer: Renderer, name: str, context: dict[str, Any], strip: bool) -> str:
+    """The rule as written: render for 2 GSM-7 parts; if the text is not GSM-7, for 3 UCS-2 parts."""
+    body = ""
+    for max_chars in (SMS_MAX_CHARS_GSM7, SMS_MAX_CHARS_UCS2):
+        body = renderer._sms_text(name, with_context_defaults(context) | {"sms_max_chars": max_chars}, strip)
+        if sms_encoding(body) == GSM7:
+            break
+    return body
+
+
+def _contexts(template: str) -> list[dict[str, Any]]:
+    long_name = full_context(template)
+    long_name["threats"] = ["Mirai", "Mozi", "Gafgyt", "Emotet", "Qakbot", "Dridex"]
+    return [full_context(template), empty_context(), long_name]
+
+
+@pytest.mark.parametrize("strip", [False, True], ids=["diacritics", "stripped"])
+@pytest.mark.parametrize("language", ["vi", "en"])
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_shipped_templates_render_once_with_the_same_text(template: str, language: str, strip: bool) -> None:
+    renderer = Renderer(TEMPLATES_DIR)
+    name = f"{language}/{template}/sms.txt.j2"
+    assert renderer._choice_only(name)  # the one-render path is the one taken
+    for context in _contexts(template):
+        rendered = renderer.render(template, "sms", language=language, context=context, strip_sms_diacritics=strip)
+        assert rendered.body == two_renders(renderer, name, context, strip)
+
+
+CHOICE = '{{ ["Cảnh báo: " ~ name ~ " có mã độc, mã " ~ reference, "Canh bao " ~ reference]|first_fitting(sms_max_chars) }}'
+
+
+@pytest.mark.parametrize(("source", "one_render"), [
+    (CHOICE, True),
+    ("Nhà mạng: " + CHOICE, True),  # text around the choice: seen at render time, rendered twice
+    ("{% if sms_max_chars > 250 %}Dài {% endif %}" + CHOICE, False),  # the limit read elsewhere
+    ("{% for n in [1, 2] %}" + CHOICE + "{% endfor %}", False),  # the choice made twice
+    ('{% include "other.j2" %}' + CHOICE, False),
+])
+def test_other_templates_keep_the_two_render_rule(tmp_path: Path, source: str, one_render: bool) -> None:
+    folder = tmp_path / "vi" / "notice"
+    folder.mkdir(parents=True)
+    (folder / "sms.txt.j2").write_text(source, encoding="utf-8")
+    (tmp_path / "other.j2").write_text("Xin chào. ", encoding="utf-8")
+    renderer = Renderer(tmp_path)
+    name = "vi/notice/sms.txt.j2"
+    assert renderer._choice_only(name) is one_render
+    for context in ({"name": "Nguyễn Văn An " * 12, "reference": "CB-1-2"}, {"name": "An", "reference": "CB-7-9"}):
+        for strip in (False, True):
+            body = renderer.render("notice", "sms", language="vi", context=context, strip_sms_diacritics=strip).body
+            assert body == two_renders(renderer, name, context, strip)
