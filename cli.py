@@ -467,7 +467,9 @@ def feed_list(as_json: JsonOption = False) -> None:
 def campaign_create(
     feed: Annotated[int, id_option("Feed id.")],
     template: Annotated[str, typer.Option(parser=fits("campaign.template"),
-                                          help="infected_device | data_leak (templates/catalog.toml)")],
+                                          help="auto (each account gets the template of its events' threat "
+                                               "category, templates/catalog.toml `categories`) or one template "
+                                               "for all, e.g. infected_device")] = "auto",
     channels: Annotated[str, typer.Option(parser=fits("campaign.channels"),
                                           help="Ordered channel chain, e.g. sms,email.")] = "sms,email",
     name: Annotated[str | None, typer.Option(parser=fits("campaign.name"), help="A name for people.")] = None,
@@ -476,23 +478,37 @@ def campaign_create(
 ) -> None:
     """Plan a campaign: one notification per matched account and channel (an advisory feed: per
     account of its segment). An account already warned of the same threats within the cooldown
-    gets no new one: its new events are attached to the earlier warning."""
+    gets no new one: its new events are attached to the earlier warning. With `--template auto`
+    (the default) each account is told the story of its own events: an infected device before a
+    leak when it has both (the leak is then left out and counted as untold)."""
     from notifier.campaigns import create_campaign, parse_channels
     from notifier.db import session_scope
     from notifier.rendering import Renderer
+    from notifier.template_catalog import load_catalog
+    from notifier.threat_categories import AUTO
 
     settings = _settings()
-    Renderer(settings.templates_dir).check_template(template)
+    renderer, catalog = Renderer(settings.templates_dir), load_catalog(settings.templates_dir)
+    for used in sorted(set(catalog.categories.values())) if template == AUTO else [template]:
+        renderer.check_template(used)
     with session_scope(settings.database_url) as session:
         plan = create_campaign(session, feed_id=feed, template=template, channels=parse_channels(channels),
-                               name=name, again=again)
+                               name=name, again=again, catalog=catalog)
     if as_json:
         _print_json({"id": plan.campaign_id, "accounts": plan.accounts, "planned": plan.planned,
-                     "suppressed": plan.suppressed, "attached": plan.attached})
+                     "suppressed": plan.suppressed, "attached": plan.attached, "templates": plan.templates,
+                     "untold": plan.untold})
         return
     err.print(f"campaign {plan.campaign_id}: {plan.accounts} accounts, {plan.planned} notifications planned, "
               f"{plan.suppressed} suppressed, {plan.attached} attached to an earlier warning "
-              f"(same threat within {_settings().identity.cooldown_days:g} days)")
+              f"(same threat within {settings.identity.cooldown_days:g} days)", markup=False, highlight=False)
+    if plan.templates:
+        err.print("accounts per template: " + ", ".join(f"{name} {count}" for name, count in plan.templates.items()),
+                  markup=False, highlight=False)
+    if plan.untold:
+        err.print(f"{plan.untold} account(s) also have leaked-data events in this feed that their infected-device "
+                  "warning does not tell (left unlinked, so a later leak warning is not held back)",
+                  markup=False, highlight=False)
 
 
 @campaign_app.command("run")
@@ -1009,6 +1025,70 @@ def _preview_account_context(settings: Settings, account: str, feed: int | None,
     err.print(f"account {found.account_ref}, {feed_text}, {found.events} event(s); reference shown as "
               f"{SAMPLE_REFERENCE}; this lookup is audited", markup=False, highlight=False)
     return found.context
+
+
+
+@app.command("web")
+@cli_errors
+def web(
+    host: Annotated[str, typer.Option(help="Address to listen on (a proxy in front gives Twilio https).")]
+        = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve Twilio's status callbacks and the TwiML of warning calls until Ctrl-C / SIGTERM."""
+    from notifier.web import serve
+
+    serve(_settings(), host=host, port=port)
+
+# --- billing-statement inserts ------------------------------------------------------------------
+
+billing_app = typer.Typer(help="Billing-statement inserts: batches for the bill-print system, and its answers.",
+                          no_args_is_help=True)
+app.add_typer(billing_app, name="billing")
+
+
+@billing_app.command("export")
+@cli_errors
+def billing_export(
+    cycle: Annotated[str, typer.Option("--cycle", help="The billing month, YYYY-MM (e.g. 2026-12).")],
+    billing_day: Annotated[int, typer.Option("--billing-day", help="The accounts' billing day, 1-28.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Directory for the batch files "
+                                                           "(default: billing.output_dir).")] = None,
+    again: Annotated[bool, typer.Option("--again", help="Write the files of the cycle's exported batches "
+                                                        "again; nothing is exported or changes state.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the cycle's batch of waiting inserts (CSV, JSON, PDF proof); they become `sent`."""
+    from notifier.billing import BillingCycle, export_cycle, rewrite_cycle
+
+    settings = _settings()
+    chosen = BillingCycle.parse(cycle, billing_day)
+    summary = (rewrite_cycle if again else export_cycle)(settings, chosen, out_dir=out)
+    if as_json:
+        _print_json(summary.as_json())
+    else:
+        err.print(summary.line(), markup=False, highlight=False)
+
+
+@billing_app.command("ack")
+@cli_errors
+def billing_ack(
+    file: Annotated[Path, typer.Argument(help="CSV batch_id,account_id,status,at[,reason]; status printed, "
+                                              "sent or failed.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Apply the bill-print system's answers: printed/sent → delivered, failed → failed."""
+    from notifier.billing import ack_json, apply_acks, summary_line
+
+    result = apply_acks(_settings(), file)
+    if as_json:
+        _print_json(ack_json(result))
+        return
+    err.print(summary_line(result), markup=False, highlight=False)
+    for error in result.errors[:50]:
+        err.print(f"  line {error['line']}: {error['reason']}", markup=False, highlight=False)
+    if result.rejected > 50:
+        err.print(f"  … {result.rejected - 50} more (use --json)")
 
 
 if __name__ == "__main__":

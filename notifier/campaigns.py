@@ -11,7 +11,7 @@ import json
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,14 +30,15 @@ from notifier.dispatch.outbox import (
 )
 from notifier.ingest.ais import ADVISORY
 from notifier.template_catalog import TemplateCatalog, load_catalog
+from notifier.threat_categories import AUTO, TEMPLATE_KEY, account_story, advisory_category, split_stories
 
-KNOWN_CHANNELS = ("sms", "email", "billing")
+KNOWN_CHANNELS = ("sms", "email", "billing", "voice")
 # Channels no worker sends: their rows wait in `planned` until an export hands them over
 # (`notifier billing export`, which marks them `sent`); `campaign run` neither queues nor waits for them.
 HANDED_OVER_CHANNELS = frozenset({"billing"})
 MAX_EVENTS_IN_CONTEXT = 10
 PLAN_BATCH = 500
-_CHANNEL_CONTACT = {"sms": "msisdn", "email": "email"}  # billing: the account's own postal address
+_CHANNEL_CONTACT = {"sms": "msisdn", "email": "email", "voice": "msisdn"}  # billing: the account's own postal address
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class PlanSummary:
     planned: int
     suppressed: int
     attached: int = 0  # accounts not warned again: their new events joined an earlier warning (cooldown)
+    templates: dict[str, int] = field(default_factory=dict)  # accounts warned with each template
+    untold: int = 0  # `auto`: accounts with events of a second story this campaign leaves out
 
 
 # An earlier warning in one of these states never reached the subscriber, so it does not hold back
@@ -86,6 +89,9 @@ def create_campaign(
 
     The template must be written for every kind of event in the feed (`catalog`, default
     `templates/catalog.toml`): a leak warning for infected devices would mislead everyone in it.
+    `template="auto"` picks one per account instead, by its events' threat category (`_auto_story`,
+    `notifier/threat_categories.py`), and stores it in each notification's context, which dispatch
+    renders with (`threat_categories.notification_template`).
     A second campaign for the same feed on a channel an earlier one (not cancelled) already uses
     is refused unless `again`: it would warn the same subscribers twice on that channel.
 
@@ -99,7 +105,11 @@ def create_campaign(
     feed = session.get(Feed, feed_id)
     if feed is None:
         raise NotFoundError("feed", feed_id)
-    (catalog or load_catalog()).check_fits(template, feed_id=feed_id, feed_kinds=feed_kinds(session, feed))
+    catalog = catalog or load_catalog()
+    if template == AUTO:
+        catalog.check_auto(feed_id=feed_id, feed_kinds=feed_kinds(session, feed))
+    else:
+        catalog.check_fits(template, feed_id=feed_id, feed_kinds=feed_kinds(session, feed))
     earlier = next((c for c in session.exec(select(Campaign).where(
         Campaign.feed_id == feed_id, Campaign.state != "cancelled")) if set(c.channel_list) & set(channels)), None)
     if earlier is not None and not again:
@@ -112,6 +122,7 @@ def create_campaign(
     since = _cooldown_start(cooldown_days, now)
     request = _request_details(feed)
     totals: Counter[str] = Counter()
+    templates: Counter[str] = Counter()
     for batch in _account_batches(session, feed):  # memory holds one batch of accounts, not the feed
         items_by_account = {} if feed.kind == ADVISORY else _matched_items(session, feed_id, batch)
         warned = _recent_warnings(session, batch, feed_id, since) if since and items_by_account else {}
@@ -120,14 +131,19 @@ def create_campaign(
         rows, items_per_row, attachments = [], [], []
         for account_id in batch:
             account, items = accounts[account_id], items_by_account.get(account_id, [])
-            joined = _cooldown_attachments(items, warned.get(account_id))
-            if joined:
-                attachments += joined
+            joined, story = _story(template, catalog, items, warned.get(account_id), request)
+            attachments += joined
+            if story is None:
                 totals["attached"] += 1
                 continue
+            items, chosen = story.items, story.template
+            totals["untold"] += bool(story.untold)
+            templates[chosen] += 1
             context = build_context(account, items)
             if request:
                 context = with_request(context, request)
+            if template == AUTO:
+                context[TEMPLATE_KEY] = chosen
             threat = _main_threat(items) or _request_threat(request)
             for step, channel in enumerate(channels):
                 destination, reason = choose_destination(account, channel, contacts.get(account_id, []))
@@ -142,7 +158,49 @@ def create_campaign(
         _insert_plan(session, rows, items_per_row, attachments)
         session.expunge_all()
     return PlanSummary(campaign.id or 0, totals["accounts"], totals["planned"], totals["suppressed"],
-                       totals["attached"])
+                       totals["attached"], dict(sorted(templates.items())), totals["untold"])
+
+
+@dataclass(frozen=True)
+class _Told:
+    """One account's notification: the template it is rendered with, the items it tells (linked
+    to it), and the items of another story it leaves out (not linked: never claimed as told)."""
+
+    template: str
+    items: list[FeedItem]
+    untold: list[FeedItem]
+
+
+def _story(template: str, catalog: TemplateCatalog, items: list[FeedItem], warned: dict[ThreatKey, int] | None,
+           request: dict[str, Any]) -> tuple[list[dict[str, int]], _Told | None]:
+    """The items that join an earlier warning (cooldown), and what the account's new notification
+    tells (None: nothing new). An explicit template tells all the items, as it always did."""
+    if template == AUTO:
+        return _auto_story(catalog, items, warned, request)
+    joined = _cooldown_attachments(items, warned)
+    return joined, None if joined else _Told(template, items, [])
+
+
+def _auto_story(catalog: TemplateCatalog, items: list[FeedItem], warned: dict[ThreatKey, int] | None,
+                request: dict[str, Any]) -> tuple[list[dict[str, int]], _Told | None]:
+    """`auto`: the cooldown links and the story one account is told (None: nothing new to tell).
+
+    The cooldown is decided per story: a device whose threats were all warned about recently joins
+    that warning, and the account's leak, if new, is then the story told. The story told is
+    `account_story`'s (the device before a leak); an advisory's comes from its request.
+    """
+    if not items:  # an advisory: no events, one story per request
+        return [], _Told(catalog.template_for(advisory_category(request)), [], [])
+    joined: list[dict[str, int]] = []
+    new: list[FeedItem] = []
+    for story_items in split_stories(items):
+        links = _cooldown_attachments(story_items, warned)
+        joined += links
+        new += [] if links else story_items
+    if not new:
+        return joined, None
+    story = account_story(new)
+    return joined, _Told(catalog.template_for(story.category), story.items, story.untold)
 
 
 def _insert_plan(session: Session, rows: list[dict[str, object]], items_per_row: list[list[FeedItem]],

@@ -228,6 +228,18 @@ def test_usernames_resolve_and_networks_are_stored_as_ranges(
     ]
 
 
+def test_a_bounded_account_cache_still_knows_every_account_of_a_batch(
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _subscribers(database_url, tmp_path)
+    monkeypatch.setattr(store, "MAX_CACHED_ACCOUNTS", 2)
+    monkeypatch.setattr(store, "BATCH_ROWS", 3)
+    path = write_csv(tmp_path / "s.csv", SESSIONS, [
+        [ref, f"14.160.1.{n}", "2026-11-19 08:00:00", "2026-11-19 09:00:00"]
+        for n, ref in enumerate(["HN1", "HN2", "HN1", "HN3", "HN2", "HN1", "HN3"])])
+    result = _import(database_url, path)
+    assert (result.accepted, result.rejected) == (7, 0)
+
+
 # --- retention --------------------------------------------------------------------------------------
 
 

@@ -327,3 +327,33 @@ def test_the_same_files_give_the_same_outcomes_on_sqlite_and_postgresql(sqlite_u
         (11, "ambiguous", None, "public address shared by 2 subscribers and the feed gave no port"),
         (12, "unmatched", None, "no CGNAT port block of this public address held port 9000 at that time"),
     ]
+
+
+# --- how many holders an ambiguous reason names -------------------------------------------------
+
+
+def test_an_ambiguous_reason_counts_distinct_accounts_not_intervals(database_url: str) -> None:
+    """The reason names accounts: two intervals of one account are one holder, three accounts three."""
+    with session_scope(database_url) as session:
+        first, second = two_accounts(session)
+        third = add_account(session, "HN3", msisdn=None).id
+        assign(session, first, "14.160.1.2", 0, 3600)
+        assign(session, first, "14.160.1.2", 3600, 7200)     # the same account again at the hand-over
+        assert outcome_of(session, "14.160.1.2", 3590) == ("matched", first, None)
+        assign(session, second, "14.160.1.2", 3620, 7200)    # a second holder 30 s later: 3 intervals, 2 accounts
+        assert outcome_of(session, "14.160.1.2", 3600) == (
+            "ambiguous", None, "2 accounts held this address around that time; not guessed")
+        assign(session, third, "14.160.1.2", 3630, 7200)
+        assert outcome_of(session, "14.160.1.2", 3600) == (
+            "ambiguous", None, "3 accounts held this address around that time; not guessed")
+
+
+def test_a_cgnat_private_address_with_three_holders_names_them_all(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        first, second = two_accounts(session)
+        third = add_account(session, "HN3", msisdn=None).id
+        nat_block(session, "100.64.0.1", (1024, 2047), 0)
+        for account, start in ((first, -3600), (second, 590), (third, 600)):
+            assign(session, account, "100.64.0.1", start)
+        assert outcome_of(session, PUBLIC, 595, port=1500) == (
+            "ambiguous", None, "3 accounts held private address 100.64.0.1 (CGNAT) around that time; not guessed")

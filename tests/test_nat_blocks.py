@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from cli import app
 
 from notifier.batching import chunks
 from notifier.db import session_scope
@@ -124,3 +128,16 @@ def test_blocks_of_other_ports_and_addresses_are_independent(database_url: str) 
                          event(3, "alloc", utc(2026, 11, 20, 2), "100.64.0.11", port=2048),
                          NatEventRecord(4, "alloc", utc(2026, 11, 20, 3), "100.64.0.12", "203.113.140.6", 1024, 2047)])
     assert [b[5] for b in blocks(database_url)] == [None, None, None]
+
+
+def test_notifier_assignments_import_cgnat_csv(cli_db: str) -> None:
+    """End to end through the command: the --json document names each bad line, blocks are stored."""
+    first = CliRunner().invoke(app, ["assignments", "import", str(DATA / "cgnat.csv"), "--format", "cgnat-csv", "--json"])
+    assert first.exit_code == 0, first.output
+    document = json.loads(first.stdout)
+    assert (document["accepted"], document["rejected"]) == (7, 6)
+    assert [error["line"] for error in document["errors"]] == [8, 9, 10, 11, 12, 13]
+    assert blocks(cli_db) == EXPECTED
+    again = CliRunner().invoke(app, ["assignments", "import", str(DATA / "cgnat.csv"), "--format", "cgnat-csv", "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["accepted"] == 7
+    assert blocks(cli_db) == EXPECTED

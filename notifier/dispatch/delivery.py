@@ -34,6 +34,7 @@ from notifier.dispatch.recording import (
 from notifier.rendering import RenderedMessage, parse_moment
 from notifier.dispatch.runtime import Runtime
 from notifier.sms import count_parts, sms_encoding
+from notifier.threat_categories import notification_template
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,11 @@ def _prepare(runtime: Runtime, ids: list[int], report: BatchReport) -> list[Send
 
 
 def _render_send(runtime: Runtime, row: Any) -> Send:
+    context = template_context(row, runtime)
     rendered = runtime.renderer.render(
-        row.template, row.channel, language=row.language or runtime.settings.default_language,
-        context=template_context(row, runtime), strip_sms_diacritics=not runtime.settings.dispatch.sms_diacritics,
+        notification_template(context, row.template), row.channel,
+        language=row.language or runtime.settings.default_language,
+        context=context, strip_sms_diacritics=not runtime.settings.dispatch.sms_diacritics,
     )
     message = OutgoingMessage(notification_id=row.id, destination=row.destination or "", body=rendered.body,
                               subject=rendered.subject, html=rendered.html, reference=f"notification-{row.id}")
@@ -326,7 +329,7 @@ def render_notification(
 ) -> RenderedMessage:
     context = template_context(notification, runtime)
     return runtime.renderer.render(
-        campaign.template, notification.channel,
+        notification_template(context, campaign.template), notification.channel,
         language=account.language or runtime.settings.default_language,
         context=context,
         strip_sms_diacritics=not runtime.settings.dispatch.sms_diacritics,

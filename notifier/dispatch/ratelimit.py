@@ -50,7 +50,8 @@ LATE_SECONDS = 0.01
 LATE_RETRIES = 1  # then it writes anyway: on an overloaded host every slot given up is a slot lost
 
 # submit_sm_resp statuses (as channels/smpp.py writes provider_status) that mean "slow down".
-THROTTLING_STATUSES = frozenset({"0x00000058", "0x00000014"})  # ESME_RTHROTTLED, ESME_RMSGQFUL
+THROTTLING_STATUSES = frozenset({"0x00000058", "0x00000014",  # ESME_RTHROTTLED, ESME_RMSGQFUL
+                                 "twilio:20429"})  # Twilio 429 / 20429 (channels/twilio_sms.py)
 
 GrantLog = Callable[[float, float], None]  # (scheduled grant time, epoch seconds; parts)
 

@@ -163,7 +163,7 @@ def _destinations_with_open_rows(session: Session, receipts: list[dict[str, Any]
         rows = session.execute(
             sa.select(Notification.channel, Notification.destination).distinct()
             .where(among(session, Notification.destination, sorted({d for _, d in chunk})), _open_by_destination()))
-        found.update(key for key in rows.tuples() if key in chunk)
+        found.update((channel, destination) for channel, destination in rows if (channel, destination) in chunk)
     return found
 
 

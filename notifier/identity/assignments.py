@@ -167,7 +167,7 @@ def _import_chunk(session: Session, writer: _Writer, accounts: _AccountCache, ch
         if isinstance(item, Rejection):
             result.reject(item)
     if nat_events:
-        from notifier.identity.nat import store_nat_events  # noqa: PLC0415 - CGNAT only
+        from notifier.identity.nat import store_nat_events  # only CGNAT imports need it
 
         store_nat_events(session, nat_events, result)
     if not rows:
@@ -196,12 +196,14 @@ class _AccountCache:
 
     def resolve(self, rows: list[AssignmentRow]) -> tuple[list[tuple[int, AssignmentRow]], list[Rejection]]:
         """(account id, row) for rows whose account is known; a Rejection for each other row."""
+        self._load_refs({row.account_ref for row in rows if row.account_ref is not None})
+        self._load_usernames({row.username for row in rows if row.account_ref is None and row.username is not None})
         by_ref = self._by_ref
-        self._load_refs({row.account_ref for row in rows if row.account_ref is not None} - by_ref.keys())
-        self._load_usernames({row.username for row in rows if row.account_ref is None and row.username is not None}
-                             - self._by_username.keys())
-        owned: list[tuple[int, AssignmentRow]] = []
-        unknown: list[Rejection] = []
+        owned = [(account_id, row) for row, account_id in zip(rows, map(by_ref.get, [row[1] for row in rows]))
+                 if account_id is not None]
+        if len(owned) == len(rows):
+            return owned, []
+        owned, unknown = [], []
         for row in rows:
             found = by_ref.get(row.account_ref) if row.account_ref is not None else None
             if found is None:
@@ -219,9 +221,12 @@ class _AccountCache:
             return "no account_id and no username"
         return self._by_username[row.username]
 
-    def _load_refs(self, refs: set[str]) -> None:
+    def _load_refs(self, wanted: set[str]) -> None:
+        """Make sure the batch's refs are in the cache (unknown ones simply stay absent)."""
+        refs = wanted - self._by_ref.keys()
         if len(self._by_ref) + len(refs) > MAX_CACHED_ACCOUNTS:
             self._by_ref.clear()
+            refs = wanted
         for part in chunks(sorted(refs), LOOKUP_CHUNK):
             self._by_ref.update((ref, account_id) for account_id, ref in _lookup(
                 self._session, "SELECT id, account_ref FROM account WHERE account_ref {in_values}", part))
@@ -229,8 +234,10 @@ class _AccountCache:
     def _load_usernames(self, usernames: set[str]) -> None:
         """A username on no account, or on several, names no account: its lines are rejected with
         a reason that does not repeat it (usernames often hold a phone number or a name)."""
+        wanted, usernames = usernames, usernames - self._by_username.keys()
         if len(self._by_username) + len(usernames) > MAX_CACHED_ACCOUNTS:
             self._by_username.clear()
+            usernames = wanted
         holders: dict[str, set[int]] = {name: set() for name in usernames}
         for part in chunks(sorted(usernames), LOOKUP_CHUNK):
             for account_id, value in _lookup(self._session, "SELECT account_id, value FROM contact_point "

@@ -27,7 +27,8 @@ on SQLite and PostgreSQL, so an item's outcome never depends on the backend.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -72,7 +73,11 @@ _PROBE = sa.Table(
     sa.Column("seen_lo", UtcDateTime(), nullable=False),  # seen_at − skew
     sa.Column("seen_hi", UtcDateTime(), nullable=False),  # seen_at + skew
     sa.Column("via", sa.String(64), nullable=True),  # the private address a CGNAT block led to
+    # Keyed by (ref, prefix_len) and stored in that order (SQLite: WITHOUT ROWID): the outcome
+    # statement groups by ref as it scans, without sorting, and finds a ref's probes again.
+    sa.PrimaryKeyConstraint("ref", "prefix_len"),
     prefixes=["TEMPORARY"],
+    sqlite_with_rowid=False,
 )
 _NAT_PROBE = sa.Table(
     "match_nat_probe", _SCRATCH,
@@ -112,55 +117,44 @@ class Sighting:
     port: int | None = None
 
 
-_EPOCH = datetime(1970, 1, 1)
-
-
 class _TextClock:
-    """seen_at ± skew on SQLite's stored text (`YYYY-MM-DD HH:MM:SS.ffffff`, naive UTC), without datetimes.
+    """seen_at ± skew on SQLite's stored text (`YYYY-MM-DD HH:MM:SS.ffffff`, naive UTC).
 
-    Parsing one datetime and formatting two per event cost 1.7 µs, a third of the whole budget.
-    A whole-second skew moves only the minute prefix (parsed and formatted once per distinct
-    minute, then remembered) and the two seconds digits; the fraction is untouched. Text in any
-    other form (no fraction, an offset) takes the datetime path, so the bounds are always exact.
+    Parsing one datetime and formatting two per event costs about 1 µs, a fifth of the budget.
+    A skew of whole minutes (the default is 60 s) moves only the `YYYY-MM-DD HH:MM` prefix: that
+    shift is computed once per distinct minute and remembered, and the rest of the text is kept.
+    Any other skew or text form (no fraction, an offset) takes the datetime path: exact either way.
     """
 
     def __init__(self, skew: timedelta) -> None:
         self.skew = skew
-        self.whole = int(skew.total_seconds()) if skew.microseconds == 0 else None
-        self._minute_number: dict[str, int] = {}
-        self._minute_text: dict[int, str] = {}
+        self.by_minute = skew % timedelta(minutes=1) == timedelta(0)
+        self._shifted: dict[str, tuple[str, str]] = {}
 
     def bounds(self, text: str) -> tuple[str, str]:
-        whole = self.whole
-        if whole is not None and len(text) == 26 and text[19] == "." and text[16] == ":" and text[10] == " ":
-            number = self._minute_number.get(text[:16])
-            if number is None:
-                number = self._learn(text[:16])
-            digits = text[17:19]
-            if number is not None and digits.isdigit() and digits < "60":
-                second = number * 60 + int(digits)
-                low, high, fraction = second - whole, second + whole, text[19:]
-                return (f"{self._text(low // 60)}:{low % 60:02d}{fraction}",
-                        f"{self._text(high // 60)}:{high % 60:02d}{fraction}")
-        return self._slow(text)
+        if self.by_minute and len(text) == 26 and text[19] == ".":
+            shifted = self._shifted.get(text[:16])
+            if shifted is None:
+                shifted = self._shift(text)
+            if shifted is not None:
+                rest = text[16:]
+                return shifted[0] + rest, shifted[1] + rest
+        return self._exact(text)
 
-    def _learn(self, minute: str) -> int | None:
+    def _shift(self, text: str) -> tuple[str, str] | None:
+        """(minute − skew, minute + skew) prefixes for canonical text, else None (no shortcut)."""
         try:
-            moment = datetime.fromisoformat(minute)
+            moment = datetime.fromisoformat(text)
         except ValueError:
             return None
-        if moment.tzinfo is not None:
+        if moment.tzinfo is not None or moment.isoformat(" ", "microseconds") != text:
             return None
-        number = self._minute_number[minute] = int((moment - _EPOCH).total_seconds()) // 60
-        return number
+        minute = moment.replace(second=0, microsecond=0)
+        shifted = self._shifted[text[:16]] = ((minute - self.skew).isoformat(" ", "minutes"),
+                                              (minute + self.skew).isoformat(" ", "minutes"))
+        return shifted
 
-    def _text(self, number: int) -> str:
-        text = self._minute_text.get(number)
-        if text is None:
-            text = self._minute_text[number] = (_EPOCH + timedelta(minutes=number)).isoformat(" ", "minutes")
-        return text
-
-    def _slow(self, text: str) -> tuple[str, str]:
+    def _exact(self, text: str) -> tuple[str, str]:
         moment = datetime.fromisoformat(text)
         if moment.tzinfo is not None:
             moment = moment.astimezone(UTC).replace(tzinfo=None)
@@ -314,70 +308,69 @@ def accounts_for_ips(session: Session, sightings: Sequence[tuple[str, datetime]]
                      lengths: list[int] | None = None, skew_seconds: float | None = None) -> list[list[int]]:
     """`accounts_for_ip` for many sightings, through the same probe table and join as `match_feed`."""
     lengths = prefix_lengths(session) if lengths is None else lengths
-    transport = _Transport(session)
-    _create_scratch(session)
-    try:
-        _insert_probes(transport, {ref: (stored_ip_key(ip), transport.own_time(seen_at))
-                                   for ref, (ip, seen_at) in enumerate(sightings)}, lengths, clock_skew(skew_seconds))
+    transport = _Transport(session, clock_skew(skew_seconds))
+    with transport.scratch():
+        _load_probes(transport, [(ref, transport.key(ip), transport.own_time(seen_at), None)
+                                 for ref, (ip, seen_at) in enumerate(sightings)], lengths)
         found: list[set[int]] = [set() for _ in sightings]
-        for ref, account_id in session.execute(_holder_pairs()):
+        for ref, account_id in transport.execute(_holder_pairs()):
             found[ref].add(account_id)
         return [sorted(accounts) for accounts in found]
-    finally:
-        _drop_scratch(session)
 
 
 def resolve_ips(session: Session, sightings: Sequence[Sighting], *, lengths: list[int] | None = None,
                 skew_seconds: float | None = None, nat: bool | None = None) -> dict[int, Outcome]:
-    """Outcome (status, account, reason) of every sighting under all the rules, CGNAT included."""
+    """Outcome (status, account, reason) of every sighting under all the rules, CGNAT included.
+
+    The outcomes come from the same statement `match_feed` writes into the feed's items."""
     lengths = prefix_lengths(session) if lengths is None else lengths
     nat = nat_in_use(session) if nat is None else nat
-    transport = _Transport(session)
-    _create_scratch(session)
-    try:
+    transport = _Transport(session, clock_skew(skew_seconds))
+    with transport.scratch():
         rows = [(s.ref, s.ip, transport.own_time(s.seen_at), s.port) for s in sightings]
-        return _resolve_sightings(transport, rows, lengths, clock_skew(skew_seconds), nat)
-    finally:
-        _drop_scratch(session)
+        outcomes = _probe_addresses(transport, rows, lengths, nat)
+        outcomes.update((ref, (status, account_id, reason))
+                        for ref, status, account_id, reason in transport.execute(_address_outcomes()))
+        return outcomes
 
 
-# (ref, normalised ip, seen_at in the backend's form, source port): a tuple, not an object, because
-# a feed makes a million of them.
-_SightingRow = tuple[int, str, datetime, int | None]
-# (key to look up, seen_at, private address text for a CGNAT-resolved sighting or None)
-_TargetRow = tuple[str, datetime, str | None]
+# (ref, normalised ip, seen_at in the backend's raw form, source port): a tuple, not an object,
+# because a feed makes a million of them.
+_SightingRow = tuple[int, str, object, int | None]
+# (ref, key to look up, seen_at raw, private address text for a CGNAT-resolved sighting or None)
+_TargetRow = tuple[int, str, object, str | None]
 
 
-def _resolve_sightings(transport: _Transport, sightings: Sequence[_SightingRow], lengths: list[int],
-                       skew: timedelta, nat: bool) -> dict[int, Outcome]:
-    """CGNAT decisions first, then one assignment join for every address still to look up."""
-    outcomes: dict[int, Outcome] = {}
-    targets: dict[int, _TargetRow] = {ref: (stored_ip_key(ip), seen, None) for ref, ip, seen, _ in sightings}
+def _probe_addresses(transport: _Transport, sightings: Sequence[_SightingRow], lengths: list[int],
+                     nat: bool) -> dict[int, Outcome]:
+    """Load the probe table for every sighting still to look up in `ip_assignment`; returns the
+    outcomes CGNAT decided on its own (no block held the port, a shared address without a port)."""
+    key = transport.key
+    targets: list[_TargetRow] = [(ref, key(ip), seen, None) for ref, ip, seen, _ in sightings]
+    decided: dict[int, Outcome] = {}
     if nat:
-        hits = _nat_holders(transport, sightings, targets, skew)
-        for ref, ip, seen, port in sightings:
-            if ref in hits:
-                decided, private = _nat_outcome(port, *hits[ref])
-                if decided is not None:
-                    outcomes[ref] = decided
-                    del targets[ref]
-                elif private is not None:
-                    targets[ref] = (private, seen, key_ip(private))
-    holders = _assignment_holders(transport, targets, lengths, skew)
-    nobody: tuple[int, int | None] = (0, None)
-    for ref, (_, _, private) in targets.items():
-        count, first = holders.get(ref, nobody)
-        if count == 1:
-            outcomes[ref] = ("matched", first, None)
-        elif private is None:
-            outcomes[ref] = ("unmatched", None, _NO_IP_HOLDER) if count == 0 else (
-                "ambiguous", None, f"{count} accounts held this address around that time; not guessed")
-        else:
-            outcomes[ref] = ("unmatched", None, f"no account held private address {private} (CGNAT) at that time") \
-                if count == 0 else ("ambiguous", None,
-                                    f"{count} accounts held private address {private} (CGNAT) around that time; "
-                                    "not guessed")
-    return outcomes
+        targets, decided = _through_nat(transport, sightings, targets)
+    _load_probes(transport, targets, lengths or [SINGLE_ADDRESS])
+    return decided
+
+
+def _through_nat(transport: _Transport, sightings: Sequence[_SightingRow],
+                 targets: list[_TargetRow]) -> tuple[list[_TargetRow], dict[int, Outcome]]:
+    """CGNAT first: a public address of a block around that time is decided here or replaced by
+    the private address behind it (looked up next, at the same time)."""
+    hits = _nat_holders(transport, sightings, targets)
+    decided: dict[int, Outcome] = {}
+    remaining: list[_TargetRow] = []
+    for (ref, key, seen, _), (_, _, _, port) in zip(targets, sightings):
+        if ref not in hits:
+            remaining.append((ref, key, seen, None))
+            continue
+        outcome, private_key = _nat_outcome(port, *hits[ref])
+        if outcome is not None:
+            decided[ref] = outcome
+        elif private_key is not None:
+            remaining.append((ref, private_key, seen, key_ip(private_key)))
+    return remaining, decided
 
 
 def _nat_outcome(port: int | None, holders: int, private_key: str | None) -> tuple[Outcome | None, str | None]:
@@ -394,13 +387,13 @@ def _nat_outcome(port: int | None, holders: int, private_key: str | None) -> tup
     return None, private_key  # exactly one private address held it
 
 
-def _nat_holders(transport: _Transport, sightings: Sequence[_SightingRow], targets: dict[int, _TargetRow],
-                 skew: timedelta) -> dict[int, tuple[int, str | None]]:
+def _nat_holders(transport: _Transport, sightings: Sequence[_SightingRow],
+                 targets: list[_TargetRow]) -> dict[int, tuple[int, str | None]]:
     """ref → (distinct private addresses that fit, lowest of them) for every sighting whose address
     is the public side of a NAT block around that time; the others are absent."""
-    bind = transport.bind_time
-    transport.load(_NAT_PROBE, [(ref, targets[ref][0], port, bind(seen - skew), bind(seen + skew))
-                                for ref, _, seen, port in sightings])
+    bounds = transport.bounds
+    transport.load(_NAT_PROBE, [(ref, key, port, *bounds(seen))
+                                for (ref, key, seen, _), (_, _, _, port) in zip(targets, sightings)])
     probe, block = _NAT_PROBE, NatBlock.__table__
     fits = sa.or_(probe.c.port.is_(None), sa.and_(block.c.port_start <= probe.c.port, probe.c.port <= block.c.port_end))
     holder = sa.case((fits, block.c.private_key))
@@ -409,55 +402,85 @@ def _nat_holders(transport: _Transport, sightings: Sequence[_SightingRow], targe
                                                     block.c.covers_until > probe.c.seen_lo,
                                                     block.c.allocated_at <= probe.c.seen_hi)))
              .group_by(probe.c.ref))
-    return {ref: (count, first) for ref, count, first in transport.connection.execute(query)}
+    return {ref: (count, first) for ref, count, first in transport.execute(query)}
 
 
-def _assignment_holders(transport: _Transport, targets: dict[int, _TargetRow], lengths: list[int],
-                        skew: timedelta) -> dict[int, tuple[int, int | None]]:
-    """ref → (distinct accounts whose widened interval holds the time, lowest of them); refs
-    nobody held are absent. One statement for the whole batch."""
-    if not targets or not lengths:
-        return {}
-    _insert_probes(transport, {ref: (key, seen) for ref, (key, seen, _) in targets.items()}, lengths, skew)
-    account = IpAssignment.__table__.c.account_id
-    query = (sa.select(_PROBE.c.ref, sa.func.count(sa.distinct(account)), sa.func.min(account))
-             .select_from(_holder_join()).group_by(_PROBE.c.ref))
-    return {ref: (count, first) for ref, count, first in transport.connection.execute(query)}
-
-
-def _insert_probes(transport: _Transport, wanted: dict[int, tuple[str, datetime]], lengths: list[int],
-                   skew: timedelta) -> None:
+def _load_probes(transport: _Transport, targets: Iterable[_TargetRow], lengths: list[int]) -> None:
     """One probe row per (sighting, prefix length in use): the network that would hold the address."""
-    bind = transport.bind_time
+    bounds = transport.bounds
     rows: list[tuple[object, ...]] = []
-    for ref, (key, seen) in wanted.items():
-        seen_lo, seen_hi = bind(seen - skew), bind(seen + skew)
-        for length in lengths:
-            rows.append((ref, length, key if length == SINGLE_ADDRESS else key_network_start(key, length),
-                         seen_lo, seen_hi))
+    if lengths == [SINGLE_ADDRESS]:  # the usual case (no static prefixes): no arithmetic on keys
+        rows = [(ref, SINGLE_ADDRESS, key, *bounds(seen), via) for ref, key, seen, via in targets]
+    else:
+        for ref, key, seen, via in targets:
+            seen_lo, seen_hi = bounds(seen)
+            for length in lengths:
+                rows.append((ref, length, key if length == SINGLE_ADDRESS else key_network_start(key, length),
+                             seen_lo, seen_hi, via))
     transport.load(_PROBE, rows)
 
 
 def _holder_pairs() -> sa.Select:  # type: ignore[type-arg]
     """(ref, account) for every assignment whose widened interval holds a probe's time."""
-    return sa.select(_PROBE.c.ref, IpAssignment.__table__.c.account_id).select_from(_holder_join()).distinct()
+    assignment = IpAssignment.__table__
+    return sa.select(_PROBE.c.ref, assignment.c.account_id).select_from(
+        _PROBE.join(assignment, _holds(_PROBE, assignment))).distinct()
 
 
-def _holder_join() -> sa.Join:
-    """Probes joined to the assignments whose widened interval holds the probe's time.
+def _holds(probe: sa.FromClause, assignment: sa.FromClause) -> sa.ColumnElement[bool]:
+    """An assignment whose widened interval holds the probe's time, on the probe's network.
 
     [started_at − skew, covers_until + skew) holds t  ⇔  covers_until > t − skew AND
     started_at <= t + skew: the first half is the range of the index (range_start, covers_until).
     `prefix_len` keeps a probe for a /120 from finding a single address that starts that network.
     """
+    return sa.and_(assignment.c.range_start == probe.c.net_start, assignment.c.covers_until > probe.c.seen_lo,
+                   assignment.c.started_at <= probe.c.seen_hi, assignment.c.prefix_len == probe.c.prefix_len)
+
+
+def _text(value: str) -> sa.ColumnElement[str]:
+    """A constant of the outcome statement, inline: the statement is the same text every batch."""
+    assert "'" not in value
+    return sa.literal_column(f"'{value}'", sa.String())
+
+
+def _address_outcomes() -> sa.Select:  # type: ignore[type-arg]
+    """(ref, status, account, reason) of every probed sighting, decided in the database.
+
+    The probe table is the outer side of a LEFT JOIN: both planners then walk the batch and probe
+    `ix_ip_assignment_cover` once per row, whatever statistics they have (an ANALYZEd SQLite
+    database otherwise scanned the whole index for every batch), and a sighting nobody held still
+    yields its row. `min` and `max` of the account tell one holder from several. The number of
+    distinct holders only goes into an ambiguous sighting's reason: two matching intervals with
+    different accounts are two holders, and only with more rows is it counted, by a subquery on
+    that sighting alone (`count(DISTINCT)` over every row cost a sort, a fifth of the statement).
+    """
     probe, assignment = _PROBE, IpAssignment.__table__
-    return probe.join(assignment, sa.and_(assignment.c.range_start == probe.c.net_start,
-                                          assignment.c.covers_until > probe.c.seen_lo,
-                                          assignment.c.started_at <= probe.c.seen_hi,
-                                          assignment.c.prefix_len == probe.c.prefix_len))
+    account = assignment.c.account_id
+    lowest, highest, via = sa.func.min(account), sa.func.max(account), sa.func.min(probe.c.via)
+    again, other = probe.alias("again"), assignment.alias("other")
+    counted = (sa.select(sa.func.count(sa.distinct(other.c.account_id)))
+               .select_from(again.join(other, _holds(again, other))).where(again.c.ref == probe.c.ref)
+               .scalar_subquery())
+    held = sa.case((sa.func.count(account) == 2, _text("2")), else_=sa.cast(counted, sa.String()))
+    status = sa.case((lowest.is_(None), _text("unmatched")), (lowest == highest, _text("matched")),
+                     else_=_text("ambiguous"))
+    reason = sa.case(
+        (sa.and_(lowest.is_(None), via.is_(None)), _text(_NO_IP_HOLDER)),
+        (lowest.is_(None), _text("no account held private address ") + via + _text(" (CGNAT) at that time")),
+        (sa.and_(lowest != highest, via.is_(None)), held + _text(" accounts held this address around that time; not guessed")),
+        (lowest != highest, held + _text(" accounts held private address ") + via
+         + _text(" (CGNAT) around that time; not guessed")),
+    )
+    return (sa.select(probe.c.ref, status.label("status"), sa.case((lowest == highest, lowest)).label("account_id"),
+                      reason.label("reason"))
+            .select_from(probe.outerjoin(assignment, _holds(probe, assignment))).group_by(probe.c.ref))
 
 
 # --- feeds ------------------------------------------------------------------------------------
+
+_PENDING_ITEMS = ("SELECT id, identifier_kind, identifier, port, seen_at FROM feed_item "
+                  "WHERE feed_id = ? AND id > ? AND status = 'pending' ORDER BY id LIMIT ?")
 
 
 def match_feed(session: Session, feed_id: int | None, *, skew_seconds: float | None = None,
@@ -465,46 +488,39 @@ def match_feed(session: Session, feed_id: int | None, *, skew_seconds: float | N
     """Resolve every pending item of a feed, a batch at a time; returns the totals over the feed.
 
     Each batch is read by `(feed_id, id)` from where the previous one ended (index
-    `ix_feed_item_feed_id`), so the feed is read once whatever its size; contacts cost one query per
-    batch and kind, addresses one NAT join (when blocks exist) and one assignment join per batch,
-    and the outcomes one `UPDATE … FROM`.
+    `ix_feed_item_feed_id`), so the feed is read once whatever its size. Per batch: one query per
+    contact kind, one NAT join (when blocks exist), one load of the probe table, and one
+    `UPDATE feed_item … FROM` the outcome statement, which decides every address in the database;
+    only the outcomes Python decided (contacts, CGNAT, items without an identifier or a time) go
+    through the outcome table.
     """
-    items = FeedItem.__table__
     lengths = prefix_lengths(session)
     nat = nat_in_use(session)
-    skew = clock_skew(skew_seconds)
-    transport = _Transport(session)
-    raw_seen_at = sa.literal_column(f"{items.name}.seen_at")  # untyped: the driver's value, see _Transport
-    _create_scratch(session)
-    try:
+    transport = _Transport(session, clock_skew(skew_seconds))
+    with transport.scratch():
         last_id = 0
         while True:
-            batch = transport.connection.execute(
-                sa.select(items.c.id, items.c.identifier_kind, items.c.identifier, items.c.port, raw_seen_at)
-                .where(items.c.feed_id == feed_id, items.c.id > last_id, items.c.status == "pending")
-                .order_by(items.c.id).limit(batch_size)
-            ).all()
+            batch = transport.fetch(_PENDING_ITEMS, (feed_id, last_id, batch_size))
             if not batch:
                 break
-            outcomes = _batch_outcomes(session, transport, batch, lengths, skew, nat)
-            _write_outcomes(transport, outcomes, first_id=batch[0][0], last_id=batch[-1][0])
-            _clear_scratch(session)
-            last_id = batch[-1][0]
-    finally:
-        _drop_scratch(session)
+            first_id, last_id = batch[0][0], batch[-1][0]
+            decided = _batch_outcomes(session, transport, batch, lengths, nat)
+            _write_address_outcomes(transport, first_id=first_id, last_id=last_id)
+            _write_outcomes(transport, decided, first_id=first_id, last_id=last_id)
+            transport.clear()
     return feed_match_counts(session, feed_id)
 
 
-def _batch_outcomes(session: Session, transport: _Transport, batch: Sequence[sa.Row], lengths: list[int],  # type: ignore[type-arg]
-                    skew: timedelta, nat: bool) -> dict[int, Outcome]:
-    """item id → outcome for one batch: contacts by kind, addresses set-based, the rest by rule."""
+def _batch_outcomes(session: Session, transport: _Transport, batch: Sequence[tuple], lengths: list[int],  # type: ignore[type-arg]
+                    nat: bool) -> dict[int, Outcome]:
+    """Loads the batch's address probes; returns the outcomes decided without them (contacts by
+    kind, CGNAT decisions, items without an identifier or a time)."""
     outcomes: dict[int, Outcome] = {}
     sightings: list[_SightingRow] = []
     contacts = []
-    raw_time = transport.raw_time
     for item_id, identifier_kind, identifier, port, seen_at in batch:
         if identifier_kind == "ip" and identifier and seen_at is not None:
-            sightings.append((item_id, identifier, raw_time(seen_at), port))
+            sightings.append((item_id, identifier, seen_at, port))
         elif identifier_kind in _CONTACT_COLUMNS and identifier:
             contacts.append((item_id, identifier_kind, identifier))
         elif not identifier or identifier_kind is None:
@@ -513,10 +529,12 @@ def _batch_outcomes(session: Session, transport: _Transport, batch: Sequence[sa.
             outcomes[item_id] = ("unmatched", None, _NO_TIME)
         else:
             outcomes[item_id] = ("unmatched", None, f"cannot match identifier kind '{identifier_kind}'")
-    found = _contact_accounts(session, [(kind, identifier) for _, kind, identifier in contacts])
-    for item_id, kind, identifier in contacts:
-        outcomes[item_id] = _contact_outcome(sorted(found.get((kind, identifier), ())), kind)
-    outcomes.update(_resolve_sightings(transport, sightings, lengths, skew, nat))
+    if contacts:
+        found = _contact_accounts(session, [(kind, identifier) for _, kind, identifier in contacts])
+        for item_id, kind, identifier in contacts:
+            outcomes[item_id] = _contact_outcome(sorted(found.get((kind, identifier), ())), kind)
+    if sightings:
+        outcomes.update(_probe_addresses(transport, sightings, lengths, nat))
     return outcomes
 
 
@@ -528,36 +546,26 @@ def _contact_outcome(accounts: list[int], identifier_kind: str) -> Outcome:
     return "matched", accounts[0], None
 
 
-def _write_outcomes(transport: _Transport, outcomes: dict[int, Outcome], *, first_id: int, last_id: int) -> None:
-    """All of a batch's outcomes in one `UPDATE feed_item … FROM match_outcome`.
+def _write_address_outcomes(transport: _Transport, *, first_id: int, last_id: int) -> None:
+    """Every probed item's outcome in one `UPDATE feed_item … FROM (outcome statement)`: no
+    address outcome travels through Python. The id range keeps SQLite from walking the whole feed
+    to join it (the outcome rows have no statistics)."""
+    decided = _address_outcomes().subquery("address_outcome")
+    items = FeedItem.__table__
+    transport.execute(
+        sa.update(items).values(status=decided.c.status, account_id=decided.c.account_id, reason=decided.c.reason)
+        .where(items.c.id == decided.c.ref, items.c.id.between(first_id, last_id)))
 
-    The id range is not redundant: without statistics on the scratch table SQLite would drive the
-    join from feed_item and walk the whole feed for every batch; bounded, it reads the batch only.
-    """
+
+def _write_outcomes(transport: _Transport, outcomes: dict[int, Outcome], *, first_id: int, last_id: int) -> None:
+    """The outcomes decided in Python in one `UPDATE feed_item … FROM match_outcome` (see above for the range)."""
+    if not outcomes:
+        return
     transport.load(_OUTCOME, [(item_id, *outcome) for item_id, outcome in outcomes.items()])
     items, outcome = FeedItem.__table__, _OUTCOME
-    transport.connection.execute(
+    transport.execute(
         sa.update(items).values(status=outcome.c.status, account_id=outcome.c.account_id, reason=outcome.c.reason)
         .where(items.c.id == outcome.c.item_id, items.c.id.between(first_id, last_id)))
-
-
-# --- scratch tables ---------------------------------------------------------------------------
-
-
-def _create_scratch(session: Session) -> None:
-    for table in _SCRATCH.sorted_tables:
-        session.execute(sa.schema.CreateTable(table, if_not_exists=True))
-
-
-def _clear_scratch(session: Session) -> None:
-    for table in _SCRATCH.sorted_tables:
-        session.execute(sa.delete(table))
-
-
-def _drop_scratch(session: Session) -> None:
-    """Leave the pooled connection as it was: the next user need not know these tables existed."""
-    for table in _SCRATCH.sorted_tables:
-        session.execute(sa.schema.DropTable(table, if_exists=True))
 
 
 def feed_match_counts(session: Session, feed_id: int | None) -> MatchCounts:

@@ -8,12 +8,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from notifier.db import session_scope
 from notifier.errors import InputError
+from notifier.importing import import_assignments, import_subscribers
 from notifier.ingest import radius
 from notifier.ingest.assignments import get_assignment_parser
 from notifier.ingest.radius import parse_radius_detail
 from notifier.ingest.records import Rejection, SessionRecord
+from notifier.models import IpAssignment
 
 DATA = Path(__file__).parent.parent / "data" / "identity"
 DAY_1, DAY_2 = DATA / "detail-20261120", DATA / "detail-20261121"
@@ -272,3 +276,25 @@ def test_unusable_files_and_zones_fail_whole(tmp_path: Path) -> None:
         parse(write(tmp_path, ""))
     with pytest.raises(InputError, match="unknown time zone"):
         parse(DAY_1, tz="Asia/Hanoi_Typo")
+
+
+def test_two_days_of_detail_files_end_to_end(database_url: str, tmp_path: Path) -> None:
+    """Through import_assignments (usernames → accounts): yesterday's open session is closed in place
+    by today's Stop, both its IPv4 address and its delegated IPv6 prefix, on SQLite and PostgreSQL."""
+    subscribers = tmp_path / "subscribers.csv"
+    subscribers.write_text("account_id,full_name,usernames\nHN-1,Nguyễn Văn Ánh,hn_100089\n"
+                           "HN-2,Trần Thị Bích,hn_100090;hn_100091;hn_100092;hn_100093;hn_100094\n", encoding="utf-8")
+    with session_scope(database_url) as db:
+        import_subscribers(db, subscribers, tz="Asia/Ho_Chi_Minh")
+        day_1 = import_assignments(db, DAY_1, fmt="radius-detail", tz="Asia/Ho_Chi_Minh")
+        day_2 = import_assignments(db, DAY_2, fmt="radius-detail", tz="Asia/Ho_Chi_Minh")
+    assert (day_1.accepted, [e["line"] for e in day_1.errors]) == (7, [40, 44, 106])
+    assert (day_2.accepted, day_2.rejected) == (2, 0)
+    table = IpAssignment.__table__
+    with session_scope(database_url) as db:
+        rows = db.execute(sa.select(table.c.network, table.c.started_at, table.c.ended_at, table.c.covers_until)
+                          .where(table.c.session_ref == "9c1f7e0a2b3d4c5e").order_by(table.c.network)).all()
+    assert [tuple(row) for row in rows] == [
+        ("14.160.1.2", utc(2026, 11, 20, 1), utc(2026, 11, 21), utc(2026, 11, 21)),
+        (PREFIX, utc(2026, 11, 20, 1), utc(2026, 11, 21), utc(2026, 11, 21)),
+    ]
