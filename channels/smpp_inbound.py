@@ -33,7 +33,6 @@ log = logging.getLogger("channels.smpp")
 
 RECEIPT_QUEUE_CAPACITY = 2000
 RECEIPT_BATCH = 500
-RECEIPT_LINGER_SECONDS = 0.02  # the SMSC waits this much longer for deliver_sm_resp, at most
 HEARTBEAT_SECONDS = 1.0
 _RETRY_LATER = int(consts.SMPP_ESME_RX_T_APPN)
 _BACKOFF_INITIAL_SECONDS, _BACKOFF_MAX_SECONDS = 0.2, 5.0
@@ -93,25 +92,17 @@ class ReceiptWriter:
             self._heartbeat()
 
     def _take(self) -> list[Inbound]:
-        """Wait briefly for a first receipt, then take whatever else is queued (up to a batch);
-        a short batch lingers RECEIPT_LINGER_SECONDS for more: receipts come in a stream, and each
-        store is a transaction (a commit on PostgreSQL, the write lock on SQLite)."""
+        """Wait briefly for a first receipt, then take whatever else is queued (up to a batch)."""
         try:
             batch = [self._queue.get(timeout=0.1 if self._stop.is_set() else 0.5)]
         except queue.Empty:
             return []
-        self._drain(batch)
-        if len(batch) < RECEIPT_BATCH and not self._stop.is_set():
-            self._stop.wait(RECEIPT_LINGER_SECONDS)
-            self._drain(batch)
-        return batch
-
-    def _drain(self, batch: list[Inbound]) -> None:
         while len(batch) < RECEIPT_BATCH:
             try:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
-                return
+                break
+        return batch
 
     def _write(self, batch: list[Inbound]) -> None:
         statuses = self._store(batch)

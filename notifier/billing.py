@@ -47,6 +47,7 @@ from notifier.ingest.records import Rejection
 from notifier.ingest.subscribers import MAX_BILLING_DAY, MIN_BILLING_DAY
 from notifier.models import Account, Campaign, MessagePart, Notification, utcnow
 from notifier.rendering import Renderer
+from notifier.threat_categories import notification_template
 from notifier.settings import Settings
 
 BILLING = "billing"
@@ -237,8 +238,9 @@ def _insert(settings: Settings, renderer: Renderer, row: Any, batch_id: str) -> 
     """One row's insert as the bill-print system gets it: the account's current name and full
     address (the bill goes where the account's bills go now), the rendered text, the reference."""
     runtime = _SettingsOnly(settings)
-    text = renderer.render(row.template, BILLING, language=row.language or settings.default_language,
-                           context=template_context(row, runtime)).body  # type: ignore[arg-type]
+    context = template_context(row, runtime)  # type: ignore[arg-type]
+    text = renderer.render(notification_template(context, row.template), BILLING,  # auto: the account's own
+                           language=row.language or settings.default_language, context=context).body
     return InsertRecord(batch_id=batch_id, account_id=row.account_ref, full_name=row.full_name,
                         address=row.address or "", province=row.province or "", insert_text=text,
                         reference=reference_code(row.campaign_id, row.id))

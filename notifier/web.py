@@ -217,7 +217,10 @@ class TwilioWeb:
 
     def call_script(self, notification_id: int) -> CallScript | None:
         """The script stored when the call was claimed (rendered again if it is missing)."""
+        import json
+
         from notifier.dispatch.delivery import render_notification, template_context
+        from notifier.threat_categories import notification_template
 
         with session_scope(self.settings.database_url) as session:
             notification = session.get(Notification, notification_id)
@@ -228,7 +231,8 @@ class TwilioWeb:
         assert campaign is not None and account is not None
         language = "en" if (account.language or "").lower().startswith("en") else "vi"
         script = notification.text or render_notification(self.runtime, notification, campaign, account).body
-        steps = self._steps(campaign.template, account.language or self.settings.default_language,
+        steps = self._steps(notification_template(json.loads(notification.context), campaign.template),
+                            account.language or self.settings.default_language,
                             lambda: template_context(notification, self.runtime))
         return CallScript(script=script, steps=steps, language=language)
 

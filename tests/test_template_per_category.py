@@ -399,3 +399,37 @@ def test_campaign_create_defaults_to_auto_and_counts_accounts_per_template(cli_d
         assert [c.template for c in session.exec(select(Campaign).order_by(Campaign.id))] == \
             ["auto", "general_advisory", "auto"]
         assert session.get(Feed, feed_id) is not None
+
+
+# --- every channel renders the account's own template ---------------------------------------------------
+
+
+def test_a_billing_insert_of_an_auto_campaign_tells_the_accounts_own_story(database_url: str, tmp_path: Path) -> None:
+    """The bill-print export renders each row with its notification's template, not `auto`."""
+    from notifier.billing import BillingCycle, export_cycle
+    from notifier.dispatch.loops import run_campaign
+    from notifier.importing import import_subscribers
+    from notifier.settings import BillingSettings
+
+    settings = make_settings(database_url, billing=BillingSettings(output_dir=tmp_path / "billing"))
+    subscribers = write_csv(tmp_path / "subscribers.csv",
+                            ["account_id", "full_name", "msisdn", "address", "province", "billing_day"],
+                            [["MIRAI", "Nguyễn Văn Ánh", "0912345671", "12 phố Huế", "Hà Nội", "5"],
+                             ["FLUBOT", "Trần Thị Bích", "0912345672", "45 Lê Lợi", "Hồ Chí Minh", "5"]])
+    sessions = write_csv(tmp_path / "sessions.csv", ["account_id", "ip", "start", "end"],
+                         [["MIRAI", IPS["MIRAI"], "2026-11-19 08:00:00", ""],
+                          ["FLUBOT", IPS["FLUBOT"], "2026-11-19 08:00:00", ""]])
+    with session_scope(database_url) as session:
+        import_subscribers(session, subscribers, tz="UTC")
+        import_assignments(session, sessions, fmt="sessions-csv", tz="UTC")
+        feed_id = _sinkhole(session, tmp_path)
+        plan = create_campaign(session, feed_id=feed_id, template="auto", channels=["billing"])
+        assert plan.templates == {"infected_device": 1, "malware": 1}
+    assert run_campaign(settings, plan.campaign_id)["state"] == "done"
+    summary = export_cycle(settings, BillingCycle.parse("2026-12", 5))
+    batch = json.loads(next((tmp_path / "billing").rglob("*.json")).read_text(encoding="utf-8"))
+    inserts = {insert["account_id"]: " ".join(insert["insert_text"].split()) for insert in batch["inserts"]}
+    assert getattr(summary, "failed", 0) == 0 and set(inserts) == {"MIRAI", "FLUBOT"}
+    assert "thiết bị dùng đường truyền Internet của Quý khách có dấu hiệu nhiễm mã độc Mirai" in inserts["MIRAI"]
+    assert "máy tính hoặc điện thoại dùng đường truyền của Quý khách có dấu hiệu nhiễm mã độc FluBot" \
+        in inserts["FLUBOT"]

@@ -370,6 +370,7 @@ def run_worker(settings: Settings, stop: threading.Event, *, channels: list[str]
                           "(in embedded mode `campaign run` sends by itself)")
     broker = make_broker(settings)
     actor = declare_actors(broker, settings)
+    channels = [name for name in channels if name not in HANDED_OVER_CHANNELS]  # billing: exported, not sent
     runtime = make_runtime(settings)
     activate(runtime)
     for name in channels:

@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -67,15 +68,18 @@ _CONTACT_COLUMNS = {
 _SCRATCH = sa.MetaData()
 _PROBE = sa.Table(
     "match_probe", _SCRATCH,
-    sa.Column("ref", sa.Integer, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),  # the sighting's rank in address order
     sa.Column("prefix_len", sa.Integer, nullable=False),
+    sa.Column("ref", sa.Integer, nullable=False),
     sa.Column("net_start", sa.String(32), nullable=False),
     sa.Column("seen_lo", UtcDateTime(), nullable=False),  # seen_at − skew
     sa.Column("seen_hi", UtcDateTime(), nullable=False),  # seen_at + skew
     sa.Column("via", sa.String(64), nullable=True),  # the private address a CGNAT block led to
-    # Keyed by (ref, prefix_len) and stored in that order (SQLite: WITHOUT ROWID): the outcome
-    # statement groups by ref as it scans, without sorting, and finds a ref's probes again.
-    sa.PrimaryKeyConstraint("ref", "prefix_len"),
+    # Stored in address order (SQLite: WITHOUT ROWID on this key): the join then walks the lookup
+    # index in its own order, so each index page is read once per batch, not once per sighting
+    # (at 10 million intervals the index is four times the page cache: 5.6 → 2.9 µs per probe),
+    # and the outcome statement groups the sightings as it scans, without a sort.
+    sa.PrimaryKeyConstraint("seq", "prefix_len"),
     prefixes=["TEMPORARY"],
     sqlite_with_rowid=False,
 )
@@ -213,9 +217,7 @@ class _Transport:
             key = self._keys[ip] = stored_ip_key(ip)
         return key
 
-    def load(self, table: sa.Table, rows: list[tuple[object, ...]]) -> None:
-        if not rows:
-            return
+    def load(self, table: sa.Table, rows: Iterable[tuple[object, ...]]) -> None:
         names = ", ".join(column.name for column in table.columns)
         if self.postgres:
             with self.driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:  # type: ignore[union-attr]
@@ -406,17 +408,16 @@ def _nat_holders(transport: _Transport, sightings: Sequence[_SightingRow],
 
 
 def _load_probes(transport: _Transport, targets: Iterable[_TargetRow], lengths: list[int]) -> None:
-    """One probe row per (sighting, prefix length in use): the network that would hold the address."""
+    """One probe row per (sighting, prefix length in use): the network that would hold the address,
+    the sightings ranked by address (see `_PROBE`). Rows are generated as they are loaded."""
     bounds = transport.bounds
-    rows: list[tuple[object, ...]] = []
+    ranked = sorted(targets, key=itemgetter(1))
     if lengths == [SINGLE_ADDRESS]:  # the usual case (no static prefixes): no arithmetic on keys
-        rows = [(ref, SINGLE_ADDRESS, key, *bounds(seen), via) for ref, key, seen, via in targets]
+        rows: Iterable[tuple[object, ...]] = ((seq, SINGLE_ADDRESS, ref, key, *bounds(seen), via)
+                                              for seq, (ref, key, seen, via) in enumerate(ranked))
     else:
-        for ref, key, seen, via in targets:
-            seen_lo, seen_hi = bounds(seen)
-            for length in lengths:
-                rows.append((ref, length, key if length == SINGLE_ADDRESS else key_network_start(key, length),
-                             seen_lo, seen_hi, via))
+        rows = ((seq, length, ref, key if length == SINGLE_ADDRESS else key_network_start(key, length), *bounds(seen), via)
+                for seq, (ref, key, seen, via) in enumerate(ranked) for length in lengths)
     transport.load(_PROBE, rows)
 
 
@@ -460,7 +461,7 @@ def _address_outcomes() -> sa.Select:  # type: ignore[type-arg]
     lowest, highest, via = sa.func.min(account), sa.func.max(account), sa.func.min(probe.c.via)
     again, other = probe.alias("again"), assignment.alias("other")
     counted = (sa.select(sa.func.count(sa.distinct(other.c.account_id)))
-               .select_from(again.join(other, _holds(again, other))).where(again.c.ref == probe.c.ref)
+               .select_from(again.join(other, _holds(again, other))).where(again.c.seq == probe.c.seq)
                .scalar_subquery())
     held = sa.case((sa.func.count(account) == 2, _text("2")), else_=sa.cast(counted, sa.String()))
     status = sa.case((lowest.is_(None), _text("unmatched")), (lowest == highest, _text("matched")),
@@ -472,9 +473,9 @@ def _address_outcomes() -> sa.Select:  # type: ignore[type-arg]
         (lowest != highest, held + _text(" accounts held private address ") + via
          + _text(" (CGNAT) around that time; not guessed")),
     )
-    return (sa.select(probe.c.ref, status.label("status"), sa.case((lowest == highest, lowest)).label("account_id"),
-                      reason.label("reason"))
-            .select_from(probe.outerjoin(assignment, _holds(probe, assignment))).group_by(probe.c.ref))
+    return (sa.select(sa.func.min(probe.c.ref).label("ref"), status.label("status"),
+                      sa.case((lowest == highest, lowest)).label("account_id"), reason.label("reason"))
+            .select_from(probe.outerjoin(assignment, _holds(probe, assignment))).group_by(probe.c.seq))
 
 
 # --- feeds ------------------------------------------------------------------------------------
