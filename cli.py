@@ -1091,5 +1091,37 @@ def billing_ack(
         err.print(f"  … {result.rejected - 50} more (use --json)")
 
 
+# --- bounces: DSNs and non-delivery messages for e-mails we sent -----------------------------------
+
+bounces_app = typer.Typer(help="Returned e-mails (DSNs): mark the warnings they name undelivered.",
+                          no_args_is_help=True)
+app.add_typer(bounces_app, name="bounces")
+
+
+@bounces_app.command("import")
+@cli_errors
+def bounces_import(
+    path: Annotated[Path, typer.Argument(help="A maildir (its new/ and cur/), a folder of .eml files, or one "
+                                              "message file.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Read returned messages and apply them: a failure makes the e-mail `undelivered`, a delay is an event.
+
+    Safe to run again on the same mailbox: reports already imported are counted, not stored twice.
+    """
+    from notifier.bounce_intake import import_mailbox
+
+    settings = _settings()
+    summary = import_mailbox(settings.database_url, path, sender=settings.smtp.sender)
+    if as_json:
+        _print_json(summary.as_json())
+        return
+    err.print(summary.line(), markup=False, highlight=False)
+    for problem in summary.problems[:50]:
+        err.print(f"  {problem['message']}: {problem['reason']}", markup=False, highlight=False)
+    if len(summary.problems) > 50:
+        err.print(f"  … {len(summary.problems) - 50} more (use --json)")
+
+
 if __name__ == "__main__":
     app()

@@ -5,7 +5,8 @@
 
 Generates its data under a temporary directory, then measures, in one run:
   (a) importing N session records (a generated `sessions-csv` file) through `import_assignments`,
-      records/s (`--load direct` bulk-inserts them instead and skips this figure: for iterations);
+      records/s (`--load direct` bulk-loads them instead, in address order through the driver's
+      COPY / executemany, and skips this figure: 10 million intervals in minutes, for iterations);
   (b) streaming a K-row Shadowserver `event4_sinkhole` file through `import_feed` (stores every
       row, then matches it), rows/s and peak RSS;
   (c) `match_feed` over M pending events (stored beforehand, untimed) against the N intervals,
@@ -153,7 +154,8 @@ def insert_sessions_directly(url: str, layout: Layout) -> int:
         ids = dict(session.execute(sa.select(Account.account_ref, Account.id)).all())
     engine = get_engine(url)
     postgres = engine.dialect.name == "postgresql"
-    stamp = (lambda moment: moment) if postgres else (lambda moment: moment.replace(tzinfo=None).isoformat(" ", "microseconds"))
+    stamp = (lambda moment: moment) if postgres else (
+        lambda moment: moment.replace(tzinfo=None).isoformat(" ", "microseconds"))
     open_end = stamp(OPEN_END)
     names = "account_id, network, range_start, range_end, prefix_len, started_at, ended_at, covers_until, source"
     rows = 0

@@ -21,6 +21,11 @@ What each answer means for a message (the dispatcher acts on it, `notifier.dispa
 - the relay cannot be reached at all: `RouteUnreachableError` for this and the batch's remaining
   messages (nothing of them was written), so the route pauses instead of failing rows.
 
+Security (`SmtpSettings.security`): "none", "starttls" (refused, never sent in clear, when the
+relay does not offer it) or "tls" (implicit TLS, port 465); certificates verified against the
+system's CAs or `smtp.ca_file`; AUTH (PLAIN/LOGIN, whichever the relay offers) only inside TLS
+outside development. All of it happens once per connection in `_open`: the send path is unchanged.
+
 The Message-ID is derived from `OutgoingMessage.reference`: when a worker crashes after the relay
 accepted a message but before we recorded it, the resend carries the same Message-ID and mail
 stores can drop the duplicate.
@@ -41,11 +46,11 @@ from dataclasses import dataclass, field
 from channels.base import OutgoingMessage, SendOutcome, SendResult, describe_connection_error
 from channels.email_mime import ComposedEmail, MessageComposer, message_id_for
 from notifier.errors import (
-    ChannelError, OutcomeUnknownError, PermanentChannelError, RouteUnreachableError, TransientChannelError,
+    ChannelError, ConfigError, OutcomeUnknownError, PermanentChannelError, RouteUnreachableError, TransientChannelError,
 )
 from notifier.settings import SmtpSettings
 
-__all__ = ["EmailChannel", "classify_smtp_error", "mask_address", "message_id_for"]
+__all__ = ["EmailChannel", "classify_smtp_error", "mask_address", "message_id_for", "tls_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +109,16 @@ class EmailChannel:
 
     name = "email"
 
-    def __init__(self, settings: SmtpSettings) -> None:
+    def __init__(self, settings: SmtpSettings, *, plain_credentials_allowed: bool = False) -> None:
+        """Refuses (ConfigError, at start-up) a set-up that would expose the relay password: a
+        username with `security = "none"` or with unverified TLS. Development may allow it
+        (`plain_credentials_allowed`), for a lab relay. The TLS context is built once, here, so a
+        missing `ca_file` is a start-up error too."""
+        problems = [] if plain_credentials_allowed else settings.plain_credential_problems()
+        if problems:
+            raise ConfigError("refusing to log in to the mail relay: " + "; ".join(problems))
         self._settings = settings
+        self._tls = tls_context(settings) if settings.security != "none" else None
         self._composer = MessageComposer(settings.sender, settings.sender_name)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -288,37 +301,64 @@ class EmailChannel:
         session.smtp.close()
 
     def _open(self) -> smtplib.SMTP:
-        """Connect, EHLO, STARTTLS and log in as configured.
+        """Connect (over TLS from the first byte with `security = "tls"`), EHLO, STARTTLS and EHLO
+        again with "starttls", then log in when a username is set.
 
-        A refusal while setting up the session (bad credentials, no STARTTLS, 554 banner) is about
-        the relay, not the message, so it is a RouteUnreachableError (transient) even when the reply
-        is 5xx: marking every queued warning permanently failed because of a configuration slip
-        would lose them. So is a relay that cannot be connected to at all.
+        A refusal while setting up the session (bad credentials, no STARTTLS, 554 banner, an
+        untrusted certificate) is about the relay, not the message, so it is a
+        RouteUnreachableError (transient) even when the reply is 5xx: marking every queued warning
+        permanently failed because of a configuration slip would lose them. So is a relay that
+        cannot be connected to at all. With "starttls", a relay that does not offer it is never
+        used in clear (it may be an attacker stripping the offer): the route stays down and says why.
         """
         settings = self._settings
-        connection = smtplib.SMTP(timeout=settings.timeout_seconds)
+        connection: smtplib.SMTP | None = None
         try:
-            connection.connect(settings.host, settings.port)
+            # The host is given to the constructor (which connects): smtplib checks the
+            # certificate against the host name it was constructed with, not the one given to connect().
+            if settings.security == "tls":
+                connection = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout_seconds,
+                                              context=self._tls)
+            else:
+                connection = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout_seconds)
             connection.ehlo()
-            if settings.starttls:
-                connection.starttls(context=ssl.create_default_context())
+            if settings.security == "starttls":
+                if not connection.has_extn("starttls"):
+                    raise _SetupRefused('the relay does not offer STARTTLS, which smtp.security = "starttls" '
+                                        "requires: nothing is sent in clear", "no STARTTLS")
+                connection.starttls(context=self._tls)
                 connection.ehlo()
             if settings.username:
-                connection.login(settings.username, settings.password.get_secret_value())
+                self._log_in(connection)
+        except _SetupRefused as exc:
+            _close(connection)
+            raise self._route_down(exc.reason, exc.provider_status) from None
         except smtplib.SMTPResponseException as exc:
-            connection.close()
+            _close(connection)
             status = _status_text(exc.smtp_code, exc.smtp_error)
-            raise self._route_down(f"session set-up refused: {status}", status) from exc
+            what = ("login refused (check smtp.username and NOTIFIER_SMTP__PASSWORD)"
+                    if isinstance(exc, smtplib.SMTPAuthenticationError) else "session set-up refused")
+            raise self._route_down(f"{what}: {status}", status) from exc
+        except ssl.SSLError as exc:  # before OSError, which it is
+            _close(connection)
+            raise self._route_down(_describe_tls_error(exc), type(exc).__name__) from exc
         except OSError as exc:  # refused, timed out, closed before the banner, unknown host
-            connection.close()
+            _close(connection)
             reason = describe_connection_error(exc, timeout_seconds=settings.timeout_seconds)
             raise self._route_down(reason, type(exc).__name__) from exc
         except BaseException:
-            connection.close()
+            _close(connection)
             raise
         with self._lock:
             self._route_ok, self._route_failure = True, None
         return connection
+
+    def _log_in(self, connection: smtplib.SMTP) -> None:
+        """AUTH with the configured credentials; only over TLS unless development allowed otherwise
+        (checked at construction). The password never appears in an error or a log line."""
+        if not connection.has_extn("auth"):
+            raise _SetupRefused("the relay does not offer AUTH, and smtp.username is set", "no AUTH")
+        connection.login(self._settings.username, self._settings.password.get_secret_value())
 
     def _route_down(self, reason: str, provider_status: str) -> RouteUnreachableError:
         """Remember that the relay could not be used (for `check()`) and return the error to raise."""
@@ -416,6 +456,36 @@ def _copy(error: RouteUnreachableError) -> RouteUnreachableError:
                                  provider_status=error.provider_status)
 
 
+class _SetupRefused(Exception):
+    """Internal: the session cannot be set up safely; `reason` says why, for people."""
+
+    def __init__(self, reason: str, provider_status: str) -> None:
+        super().__init__(reason)
+        self.reason, self.provider_status = reason, provider_status
+
+
+def tls_context(settings: SmtpSettings) -> ssl.SSLContext:
+    """The client TLS context for the relay: the system's CAs (or `ca_file`), host name checked,
+    TLS 1.2 or later; with `tls_verify = false`, encryption without any check (a lab relay)."""
+    try:
+        context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"smtp.ca_file {settings.ca_file} cannot be used as a CA bundle: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not settings.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _describe_tls_error(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS certificate of the relay not trusted: {exc.verify_message} "
+                "(trust its CA with smtp.ca_file)")
+    return f"TLS handshake failed: {exc.reason or exc}"
+
+
 def _log_outcomes(messages: Sequence[OutgoingMessage], outcomes: Sequence[SendOutcome]) -> None:
     """One line per message, the address masked; nothing computed for levels that are off."""
     accepted_logged = logger.isEnabledFor(logging.INFO)
@@ -437,6 +507,11 @@ def _log_failure(destination: str, error: ChannelError) -> None:
         type(error).__name__,
         error.provider_status,
     )
+
+
+def _close(connection: smtplib.SMTP | None) -> None:
+    if connection is not None:
+        connection.close()
 
 
 def _quit_quietly(connection: smtplib.SMTP) -> None:

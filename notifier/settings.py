@@ -13,7 +13,7 @@ import unicodedata
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,8 +23,10 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -120,20 +122,69 @@ class SmppSettings(BaseModel):
 
 
 class SmtpSettings(BaseModel):
-    """The operator's mail relay (or the loopback aiosmtpd peer)."""
+    """The operator's mail relay (or the loopback aiosmtpd peer), how the session is secured, and
+    the shared secret that lets an MTA post bounces to `notifier web`.
+
+    `security`: "none" (plain SMTP), "starttls" (plain connect, then STARTTLS before anything
+    else; a relay that does not offer it is refused, never used in clear) or "tls" (implicit TLS
+    from the first byte, "SMTPS", usually port 465). The old `starttls = true` still reads as
+    `security = "starttls"`. Certificates are verified against the system's CAs, or `ca_file`.
+    """
 
     host: str = "127.0.0.1"
     port: Port = 2525
     sender: str = "canhbao@example.vn"
     sender_name: str = "Nhà mạng - Cảnh báo an toàn thông tin"
+    security: Literal["none", "starttls", "tls"] = "none"
+    ca_file: Path | None = None  # PEM bundle of the CA(s) that signed the relay's certificate
+    # False skips certificate and host-name checks (a lab relay only): outside development,
+    # credentials are then refused, since anyone on the path could pose as the relay.
+    tls_verify: bool = True
     username: str = ""
-    password: SecretStr = SecretStr("")
-    starttls: bool = False
+    password: SecretStr = SecretStr("")  # NOTIFIER_SMTP__PASSWORD; never in a file
     timeout_seconds: PositiveFloat = 15.0
     # True when the server we hand mail to is the recipients' own mail exchanger (or a relay whose
-    # acceptance the operator takes as proof): its "250" then marks the e-mail delivered. False
-    # leaves e-mails `sent` until bounce/DSN tracking (roadmap) says more.
+    # acceptance the operator takes as proof): its "250" then marks the e-mail delivered, and a
+    # bounce arriving later moves it to undelivered. False leaves e-mails `sent` until a DSN says.
     accepted_means_delivered: bool = True
+    # The X-Notifier-Token an MTA sends with each bounce it posts to `notifier web` (POST
+    # /bounces/dsn); empty: that endpoint refuses everything. NOTIFIER_SMTP__BOUNCE_TOKEN.
+    bounce_token: SecretStr = SecretStr("")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_starttls_flag(cls, data: Any) -> Any:
+        """`starttls = true|false` (before `security` existed) means "starttls" | "none"; given
+        together with a `security` that says otherwise it is refused rather than guessed."""
+        if not isinstance(data, dict) or "starttls" not in data:
+            return data
+        data = dict(data)
+        wanted = "starttls" if TypeAdapter(bool).validate_python(data.pop("starttls")) else "none"
+        given = data.get("security")
+        if given is None:
+            data["security"] = wanted
+        elif given != wanted:
+            raise ValueError(f"the old setting starttls (= {wanted!r}) contradicts security = {given!r}: "
+                             "remove starttls")
+        return data
+
+    @property
+    def starttls(self) -> bool:
+        """The old name, read-only: True when `security` is "starttls"."""
+        return self.security == "starttls"
+
+    def plain_credential_problems(self) -> list[str]:
+        """What would expose the relay password outside development: a username with no TLS, or
+        with TLS whose certificate is not checked (an impostor relay would read it just the same)."""
+        if not self.username:
+            return []
+        if self.security == "none":
+            return [f'smtp.username is set but smtp.security is "none": credentials would cross the network '
+                    f'in clear; set smtp.security = "starttls" or "tls" ({env_variable("smtp.security")})']
+        if not self.tls_verify:
+            return ["smtp.username is set but smtp.tls_verify is false: an impostor relay could read the "
+                    f"password; trust the relay's CA with smtp.ca_file ({env_variable('smtp.ca_file')}) instead"]
+        return []
 
 
 class DispatchSettings(BaseModel):
@@ -297,6 +348,7 @@ class Settings(BaseSettings):
         password = self.smpp.password.get_secret_value()
         if not password or password.lower() in WEAK_SECRETS:
             problems.append(f"set smpp.password ({env_variable('smpp.password')})")
+        problems += self.smtp.plain_credential_problems()
         placeholders = self.placeholder_settings()
         if placeholders:
             problems.append("replace the shipped placeholders of "

@@ -32,10 +32,16 @@ care, `<Dial>`). Call statuses:
 
 Key presses are stored as pending receipts too (`key 9`), so history shows what the subscriber
 chose. `/healthz` answers 200 while the database does (for the proxy's health check).
+
+`POST /bounces/dsn` takes one returned e-mail (a DSN or a non-delivery text, the raw message as
+the body) from the MTA that receives our bounces, when it carries `X-Notifier-Token` equal to
+`smtp.bounce_token` (403 otherwise, and always while no token is set); its receipts are stored
+and applied like the others (`notifier.bounce_intake`, `channels.bounces`).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -54,6 +60,7 @@ from channels.base import (
     RECEIPT_DELIVERED, RECEIPT_FAILED, RECEIPT_PENDING, RECEIPT_UNDELIVERED, Receipt,
 )
 from channels.twilio_voice import twiml_path
+from notifier.bounce_intake import MAX_MESSAGE_BYTES, BounceSummary, take_bounces
 from notifier.db import session_scope
 from notifier.dispatch.receipts import store_receipts
 from notifier.dispatch.runtime import ReceiptApplier, Runtime, make_runtime
@@ -437,7 +444,34 @@ def create_app(settings: Settings) -> FastAPI:
             await run_in_threadpool(web.call_event, params, f"key {digit or '-'}")
         return _twiml(await run_in_threadpool(web.key, notification_id, digit))
 
+    @app.post("/bounces/dsn")
+    async def bounce(request: Request) -> Response:
+        """One returned message (DSN or non-delivery text), raw, as the MTA holding our bounce
+        mailbox pipes it; `X-Notifier-Token` must equal `smtp.bounce_token`, else 403."""
+        if not _bounce_token_ok(settings, request.headers.get("X-Notifier-Token")):
+            log.warning("[web] POST /bounces/dsn refused: missing or invalid X-Notifier-Token")
+            return JSONResponse({"error": "missing or invalid X-Notifier-Token"}, status_code=403)
+        length = request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > MAX_MESSAGE_BYTES:  # a chunked one is checked once read
+            return JSONResponse({"error": f"larger than {MAX_MESSAGE_BYTES} bytes"}, status_code=413)
+        body = await request.body()
+        summary = await run_in_threadpool(_take_bounce, settings, body)
+        if web.applier is not None:
+            web.applier.wake()
+        return JSONResponse(summary.as_json())
+
     return app
+
+
+def _bounce_token_ok(settings: Settings, given: str | None) -> bool:
+    """Constant-time comparison; an empty configured token accepts nothing."""
+    expected = settings.smtp.bounce_token.get_secret_value()
+    return bool(expected and given) and hmac.compare_digest(expected.encode(), (given or "").encode())
+
+
+def _take_bounce(settings: Settings, body: bytes) -> BounceSummary:
+    with session_scope(settings.database_url) as session:
+        return take_bounces(session, [("posted message", body)], sender=settings.smtp.sender)
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:

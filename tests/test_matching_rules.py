@@ -357,3 +357,18 @@ def test_a_cgnat_private_address_with_three_holders_names_them_all(database_url:
             assign(session, account, "100.64.0.1", start)
         assert outcome_of(session, PUBLIC, 595, port=1500) == (
             "ambiguous", None, "3 accounts held private address 100.64.0.1 (CGNAT) around that time; not guessed")
+
+
+def test_matching_leaves_the_pooled_connection_as_it_found_it(database_url: str) -> None:
+    """The page cache (SQLite) and JIT (PostgreSQL) settings matching uses are its own: the session's
+    later statements, and the next user of the pooled connection, get the usual ones back."""
+    setting = "PRAGMA cache_size" if database_url.startswith("sqlite") else "SELECT current_setting('jit')"
+    with session_scope(database_url) as session:
+        first, _ = two_accounts(session)
+        assign(session, first, "14.160.1.2", 0, 3600)
+        before = session.execute(sa.text(setting)).scalar()
+        assert outcome_of(session, "14.160.1.2", 600) == ("matched", first, None)
+        assert session.execute(sa.text(setting)).scalar() == before
+        temporary = "SELECT name FROM sqlite_temp_master" if database_url.startswith("sqlite") else \
+            "SELECT relname FROM pg_class WHERE relpersistence = 't'"
+        assert session.execute(sa.text(temporary)).all() == []

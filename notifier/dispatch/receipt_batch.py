@@ -43,6 +43,9 @@ PROVIDER_CLOCK_SKEW_SECONDS = 120
 
 _FAILED_STATES = {RECEIPT_UNDELIVERED: UNDELIVERED, RECEIPT_EXPIRED: EXPIRED, RECEIPT_FAILED: UNDELIVERED}
 _OPEN_STATES = (SENT, UNKNOWN)
+# An e-mail is `delivered` as soon as the relay accepted it (`smtp.accepted_means_delivered`); a
+# bounce that comes later knows better and still makes it `undelivered` (channels/bounces.py).
+_RETRACTABLE = frozenset({("email", DELIVERED)})
 _LOOKUP_CHUNK = 500
 # Core tables for executemany (the ORM would try to synchronise a session's objects row by row).
 _PARTS, _NOTIFICATIONS = MessagePart.__table__, Notification.__table__  # type: ignore[attr-defined]
@@ -254,7 +257,8 @@ def _replay(receipt: dict[str, Any], part: _Part, notice: _Notice, parts: dict[i
     label = f"part {part.part_no}/{notice.parts}: {receipt['raw_status']}"
     event = {"notification_id": notice.id, "at": now, "from_state": notice.state, "to_state": notice.state,
              "source": source[:32], "provider_status": (receipt["raw_status"] or "")[:100], "detail": label[:500]}
-    if status in _FAILED_STATES and notice.state in _OPEN_STATES:
+    if status in _FAILED_STATES and (notice.state in _OPEN_STATES
+                                     or (receipt["channel"], notice.state) in _RETRACTABLE):
         reason = f"{label} err:{receipt['error_code']}"
         notice.state = _FAILED_STATES[status]
         notice.values = {"reason": reason}
@@ -285,6 +289,9 @@ def _write(session: Session, parts: dict[int, _Part], notices: dict[int, _Notice
                  for n in notices.values() if n.state != n.original and column in n.values]
         bulk_update(session, _NOTIFICATIONS, moved, match={"id": "b_id", "state": "b_from"},
                     assign={"state": "b_state", "updated_at": "b_at", column: "b_value"})
+    retracted = [{"b_id": n.id, "b_none": None} for n in notices.values()
+                 if n.original == DELIVERED and n.state != DELIVERED]  # a bounce after the relay's 250
+    bulk_update(session, _NOTIFICATIONS, retracted, match={"id": "b_id"}, assign={"delivered_at": "b_none"})
     if events:
         bulk_insert(session, _EVENTS, events)
     bulk_update(session, _RECEIPTS, done, match={"id": "b_id"},

@@ -117,7 +117,7 @@ def build_channel(name: str, settings: Settings) -> Channel:
     if name == "email":
         from channels.email import EmailChannel
 
-        return EmailChannel(settings.smtp)
+        return EmailChannel(settings.smtp, plain_credentials_allowed=settings.environment == "development")
     raise InputError(f"unknown channel '{name}'")
 
 

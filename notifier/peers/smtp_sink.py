@@ -2,6 +2,10 @@
 
 It is a real aiosmtpd SMTP server (SMTPUTF8 enabled), so the channel is exercised over the wire.
 Chosen recipients can be refused with 550 or deferred with 451 to drive the channel's error mapping.
+It can also speak TLS the way production relays do (`security="starttls"`: STARTTLS offered and
+required before MAIL; `"tls"`: implicit TLS from the first byte, as on port 465) with a certificate
+from `make_test_certificate`, and ask for AUTH PLAIN/LOGIN (`credentials`; aiosmtpd offers AUTH only
+inside TLS unless `auth_require_tls=False`).
 Tests use `SmtpSink` in-process; `notifier peers smtp` (or `python -m notifier.peers.smtp_sink
 --port P [--store FILE]`) runs it in the foreground until Ctrl-C / SIGTERM.
 """
@@ -13,7 +17,10 @@ import asyncio
 import functools
 import json
 import signal
+import ssl
+import subprocess
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,10 +29,10 @@ from email.parser import BytesHeaderParser
 from email.message import EmailMessage
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import MISSING, SMTP, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
 
 from notifier.peers import LOOPBACK, ensure_port_free, free_port
 
@@ -78,6 +85,8 @@ class _RecordingHandler:
         self._tempfail = tempfail_recipients
         self._pipelining = pipelining
         self.sessions = 0  # EHLOs seen: how many SMTP sessions clients opened
+        self.logins: list[tuple[str, str]] = []  # (user name, mechanism) of each login, in order
+        self.failed_logins = 0
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -87,6 +96,20 @@ class _RecordingHandler:
         self.sessions += 1
         session.host_name = hostname  # aiosmtpd leaves it to a 5-argument hook
         return [*responses[:-1], "250-PIPELINING", responses[-1]] if self._pipelining else responses
+
+    def authenticator(self, credentials: dict[str, str]) -> Callable[..., AuthResult]:
+        """aiosmtpd's `authenticator` for these user names and passwords (PLAIN and LOGIN)."""
+
+        def check(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+            if isinstance(auth_data, LoginPassword):
+                user = auth_data.login.decode("utf-8", "replace")
+                if credentials.get(user) == auth_data.password.decode("utf-8", "replace"):
+                    self.logins.append((user, mechanism))
+                    return AuthResult(success=True)
+            self.failed_logins += 1
+            return AuthResult(success=False, handled=False)
+
+        return check
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -181,7 +204,9 @@ class _Controller(Controller):
     """aiosmtpd's controller, serving with `_WholeDataSMTP`."""
 
     def factory(self) -> SMTP:
-        return _WholeDataSMTP(self.handler, **self.SMTP_kwargs)
+        with warnings.catch_warnings():  # AUTH over implicit TLS: see SmtpSink._security_options
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS", UserWarning)
+            return _WholeDataSMTP(self.handler, **self.SMTP_kwargs)
 
 
 class SmtpSink:
@@ -200,7 +225,21 @@ class SmtpSink:
         tempfail_recipients: set[str] | None = None,
         keep_messages: bool = True,
         pipelining: bool = True,
+        security: Literal["none", "starttls", "tls"] = "none",
+        certificate: tuple[Path, Path] | None = None,
+        credentials: dict[str, str] | None = None,
+        auth_require_tls: bool = True,
+        auth_mechanisms_excluded: tuple[str, ...] = (),
     ) -> None:
+        """`security` and `certificate` (PEM certificate and key files) make it a TLS relay;
+        `credentials` (user name → password) make AUTH mandatory before MAIL."""
+        if security != "none" and certificate is None:
+            raise ValueError(f"security={security!r} needs a certificate (make_test_certificate)")
+        self._security = security
+        self._certificate = certificate
+        self._credentials = dict(credentials) if credentials is not None else None
+        self._auth_require_tls = auth_require_tls
+        self._auth_excluded = auth_mechanisms_excluded  # ("PLAIN",): a relay that offers LOGIN only
         self.port = port if port is not None else free_port()
         self._pipelining = pipelining  # False: a relay that does not offer PIPELINING
         self._keep = keep_messages  # False for a long-running peer: memory must not grow per message
@@ -222,9 +261,37 @@ class SmtpSink:
         if self._handler is not None:
             self._sessions_before += self._handler.sessions
         handler = self._handler = _RecordingHandler(self._record, self._fail, self._tempfail, self._pipelining)
-        controller = _Controller(handler, hostname=LOOPBACK, port=self.port, enable_SMTPUTF8=True)
+        controller = _Controller(handler, hostname=LOOPBACK, port=self.port, enable_SMTPUTF8=True,
+                                 **self._security_options(handler))
         controller.start()  # blocks until a test connection got the banner
         self._controller = controller
+
+    def _security_options(self, handler: _RecordingHandler) -> dict[str, Any]:
+        """The controller's keyword arguments for TLS and AUTH."""
+        options: dict[str, Any] = {}
+        if self._certificate is not None and self._security != "none":
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*map(str, self._certificate))
+            if self._security == "tls":
+                options["ssl_context"] = context
+            else:
+                options.update(tls_context=context, require_starttls=True)
+        if self._credentials is not None:
+            # aiosmtpd counts only STARTTLS as TLS when it decides whether to offer AUTH; an implicit
+            # TLS session is encrypted from the first byte, so the requirement is met there anyway.
+            require_tls = self._auth_require_tls and self._security != "tls"
+            options.update(authenticator=handler.authenticator(self._credentials), auth_required=True,
+                           auth_require_tls=require_tls, auth_exclude_mechanism=self._auth_excluded)
+        return options
+
+    @property
+    def logins(self) -> list[tuple[str, str]]:
+        """(user name, AUTH mechanism) of the logins since the last start."""
+        return list(self._handler.logins) if self._handler is not None else []
+
+    @property
+    def failed_logins(self) -> int:
+        return self._handler.failed_logins if self._handler is not None else 0
 
     def stop(self) -> None:
         """Stop listening and drop open connections; safe to call twice. Messages are kept."""
@@ -271,6 +338,21 @@ class SmtpSink:
             if self._store_path is not None:
                 _append_json_line(self._store_path, mail)
             self._arrived.notify_all()
+
+
+def make_test_certificate(directory: Path, *, common_name: str = "localhost") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost (the `openssl` command, RSA 2048, one
+    day): (certificate, key) PEM files in `directory`. The certificate is its own CA, so a client
+    trusts it through `smtp.ca_file` = the certificate."""
+    directory.mkdir(parents=True, exist_ok=True)
+    certificate, key = directory / "relay-cert.pem", directory / "relay-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
+         "-out", str(certificate), "-subj", f"/CN={common_name}",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return certificate, key
 
 
 def _append_json_line(path: Path, mail: ReceivedMail) -> None:
