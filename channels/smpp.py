@@ -5,6 +5,11 @@ check, so this adapter adds them: one reader thread owns every socket read (subm
 deliver_sm, enquire_link), senders share one write lock, a locked sequence generator and a window
 semaphore, and each submit waits on a Future that the reader completes. The reader runs even when
 nothing is sent, because an SMSC hands over the receipts for earlier messages after each (re)bind.
+
+One transceiver bind by default; `smpp.bind_mode = "transmitter_receiver"` opens a transmitter bind
+for submits and a receiver bind for receipts and replies, read by the same reader thread and
+dropped and rebound together. Subscribers' replies (MO deliver_sm) go to the same writer thread as
+receipts (`channels.smpp_inbound`). `smpp.tls` runs both over TLS (`channels.smpp_tls`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import random
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +33,9 @@ from smpplib.client import Client, SimpleSequenceGenerator
 
 from channels.base import OutgoingMessage, ReceiptSink, SendOutcome, SendResult, describe_connection_error
 from channels import smpp_wire
-from channels.smpp_inbound import Inbound, ReceiptWriter
+from channels.smpp_inbound import Inbound, ReceiptWriter, ReplySink
+from channels.smpp_replies import reply_part
+from channels.smpp_tls import TlsSocket, client_context
 from channels.smpp_receipts import e164_address, is_delivery_receipt, normalise_message_id, parse_receipt
 from notifier.errors import (
     ChannelError, OutcomeUnknownError, PermanentChannelError, RouteUnreachableError, TransientChannelError,
@@ -89,11 +97,14 @@ class _Client(Client):  # type: ignore[misc]
     """An smpplib session whose writes are serialised and whose reads are timed for the watchdog."""
 
     def __init__(self, settings: SmppSettings, *, write_lock: threading.Lock,
-                 sequence: _LockedSequence) -> None:
+                 sequence: _LockedSequence, tls_context: ssl.SSLContext | None = None) -> None:
         super().__init__(settings.host, settings.port, timeout=settings.connect_timeout_seconds,
                          sequence_generator=sequence, logger_name=_WIRE_LOG.name,
                          allow_unknown_opt_params=True)
         self._write_lock = write_lock
+        self.tls_context = tls_context
+        # transmitter_receiver: the receiver bind that goes with this transmitter (None: transceiver)
+        self.receiver: _Client | None = None
         self.last_received = time.monotonic()
         self.last_enquire = 0.0
         # Which bind this is, for the receipt writer's liveness record (`smpp_session`).
@@ -117,9 +128,17 @@ class _Client(Client):  # type: ignore[misc]
         return self._socket  # type: ignore[no-any-return]
 
     def _create_socket(self) -> socket.socket:
-        sock: socket.socket = super()._create_socket()
+        if self.tls_context is not None:
+            sock: Any = TlsSocket(self.tls_context, self.host, self.timeout)
+        else:
+            sock = super()._create_socket()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one small PDU per write
-        return sock
+        return sock  # type: ignore[no-any-return]
+
+    @property
+    def sessions(self) -> tuple[_Client, ...]:
+        """This bind and its receiver bind, if any: what the reader reads and keeps alive."""
+        return (self,) if self.receiver is None else (self, self.receiver)
 
     def send_pdu(self, p: Any) -> bool:
         with self._write_lock:
@@ -150,6 +169,9 @@ class _Client(Client):  # type: ignore[misc]
             raise exceptions.ConnectionError("socket closed")
         try:
             data = sock.recv(1 << 16)
+            if data and self.tls_context is not None:
+                while sock.pending():  # decrypted already: select would not wake for it
+                    data += sock.recv(1 << 16)
         except OSError as exc:
             raise exceptions.ConnectionError(str(exc)) from exc
         if not data:
@@ -188,7 +210,10 @@ class _Client(Client):  # type: ignore[misc]
         return pdu
 
     def abort(self) -> None:
-        """Drop the connection now; shutdown first so a thread blocked on the socket wakes up."""
+        """Drop the connection (and its receiver bind's) now; shutdown first so a thread blocked
+        on the socket wakes up."""
+        if self.receiver is not None:
+            self.receiver.abort()
         sock = self._socket
         if sock is not None:
             try:
@@ -207,9 +232,13 @@ class SmppChannel:
 
     name = "sms"
 
-    def __init__(self, settings: SmppSettings, on_receipt: ReceiptSink | None = None) -> None:
+    def __init__(self, settings: SmppSettings, on_receipt: ReceiptSink | None = None, *,
+                 on_reply: ReplySink | None = None) -> None:
         self._settings = settings
         self._on_receipt = on_receipt
+        self._on_reply = on_reply
+        self._tls_context = (client_context(ca_file=settings.tls_ca_file, verify=settings.tls_verify)
+                             if settings.tls else None)
         self._sequence = _LockedSequence()
         self._write_lock = threading.Lock()
         self._conn_lock = threading.Lock()
@@ -224,8 +253,9 @@ class SmppChannel:
         self._last_bind_failure = "not connected yet"  # why the last bind failed, for people
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
-        self._writer = (ReceiptWriter(on_receipt, system_id=settings.system_id, current_client=lambda: self._client)
-                        if on_receipt is not None else None)
+        self._writer = (ReceiptWriter(on_receipt, system_id=settings.system_id, current_client=lambda: self._client,
+                                      reply_sink=on_reply, reply_timeout=settings.reply_timeout_seconds)
+                        if on_receipt is not None or on_reply is not None else None)
 
     @property
     def is_bound(self) -> bool:
@@ -300,7 +330,8 @@ class SmppChannel:
         with self._conn_lock:
             client, self._client = self._client, None
         if client is not None:
-            _unbind_quickly(client)
+            for session in client.sessions:
+                _unbind_quickly(session)
             client.abort()
         self._fail_pending(lambda: OutcomeUnknownError("SMPP channel closed before submit_sm_resp"))
         log.info("[channel:sms] closed")
@@ -505,14 +536,14 @@ class SmppChannel:
         if wait > 0:
             raise self._unreachable(f"; next bind attempt in {wait:.1f}s")
         s = self._settings
-        client = _Client(s, write_lock=self._write_lock, sequence=self._sequence)
-        client.set_message_received_handler(self._on_deliver_sm)
-        client.set_message_sent_handler(self._on_submit_resp)
-        client.set_error_pdu_handler(self._on_error_pdu)
+        client = self._new_client()
         try:
-            client.connect()
-            client.bind_transceiver(system_id=s.system_id, password=s.password.get_secret_value(),
-                                    system_type=s.system_type)
+            if s.bind_mode == "transmitter_receiver":
+                self._bind(client, "bind_transmitter")
+                client.receiver = self._new_client()
+                self._bind(client.receiver, "bind_receiver")
+            else:
+                self._bind(client, "bind_transceiver")
         except _CONNECTION_ERRORS as exc:
             client.abort()
             self._next_attempt = time.monotonic() + self._backoff
@@ -525,8 +556,24 @@ class SmppChannel:
             raise self._unreachable() from exc
         self._backoff = _BACKOFF_INITIAL_SECONDS
         self._client = client
-        log.info("[channel:sms] bound to %s:%s as %s", s.host, s.port, s.system_id)
+        log.info("[channel:sms] bound to %s:%s as %s (%s%s)", s.host, s.port, s.system_id, s.bind_mode,
+                 ", TLS" if s.tls else "")
         return client
+
+    def _new_client(self) -> _Client:
+        client = _Client(self._settings, write_lock=self._write_lock, sequence=self._sequence,
+                         tls_context=self._tls_context)
+        client.set_message_received_handler(self._on_deliver_sm)
+        client.set_message_sent_handler(self._on_submit_resp)
+        client.set_error_pdu_handler(self._on_error_pdu)
+        return client
+
+    def _bind(self, client: _Client, command: str) -> None:
+        """Connect and bind one session with the configured credentials and system_type."""
+        s = self._settings
+        client.connect()
+        getattr(client, command)(system_id=s.system_id, password=s.password.get_secret_value(),
+                                 system_type=s.system_type)
 
     def _unreachable(self, note: str = "") -> RouteUnreachableError:
         """The error for "no session and none to be had right now", with the last bind's reason."""
@@ -574,17 +621,41 @@ class SmppChannel:
             self._stop.wait(_POLL_SECONDS)
 
     def _read_step(self, client: _Client) -> None:
+        if client.receiver is not None or client.tls_context is not None:
+            self._read_sessions(client.sessions)
+            return
         sock = client.socket
         if sock is None:
             raise exceptions.ConnectionError("socket closed")
         readable, _, _ = select.select([sock], [], [], _POLL_SECONDS)
         if readable:
-            for raw in client.read_available():
-                try:
-                    self._dispatch(client, raw)
-                except exceptions.UnknownCommandError as exc:  # that PDU only: read on
-                    log.warning("[channel:sms] ignored a PDU smpplib cannot decode: %s", exc)
+            self._read_from(client)
         self._keep_alive(client)
+
+    def _read_sessions(self, sessions: tuple[_Client, ...]) -> None:
+        """`_read_step` for a transmitter + receiver pair, or TLS (decrypted bytes may already
+        wait in the TLS buffer, where select cannot see them)."""
+        sockets = {}
+        for session in sessions:
+            sock = session.socket
+            if sock is None:
+                raise exceptions.ConnectionError("socket closed")
+            sockets[sock.fileno()] = session
+        ready = [session for session in sessions if session.tls_context is not None and session.socket.pending()]
+        if not ready:
+            readable, _, _ = select.select(list(sockets), [], [], _POLL_SECONDS)
+            ready = [sockets[fd] for fd in readable]
+        for session in ready:
+            self._read_from(session)
+        for session in sessions:
+            self._keep_alive(session)
+
+    def _read_from(self, session: _Client) -> None:
+        for raw in session.read_available():
+            try:
+                self._dispatch(session, raw)
+            except exceptions.UnknownCommandError as exc:  # that PDU only: read on
+                log.warning("[channel:sms] ignored a PDU smpplib cannot decode: %s", exc)
 
     def _dispatch(self, client: _Client, raw: bytes) -> None:
         """submit_sm_resp and receipts read here (`smpp_wire`), anything else by smpplib."""
@@ -629,19 +700,29 @@ class SmppChannel:
         if pdu.command != "deliver_sm":
             return None  # alert_notification
         if not is_delivery_receipt(pdu.esm_class or 0):
-            log.info("[channel:sms] ignored a message from %s (not a delivery receipt)",
-                     mask_msisdn(e164_address(pdu.source_addr) or ""))
-            return None
+            return self._on_subscriber_reply(pdu, client)
         receipt = parse_receipt(pdu, zone=self._settings.timezone)
         if receipt is None:
             log.warning("[channel:sms] delivery receipt without a message id ignored")
             return None
-        if self._writer is None or client is None:
+        if self._writer is None or client is None or self._on_receipt is None:
             return None
         if self._writer.offer(Inbound(receipt, client, pdu.sequence)):
             return DEFERRED
         log.info("[channel:sms] receipt queue full: asking the SMSC to deliver id %s again later",
                  receipt.provider_message_id)
+        return int(consts.SMPP_ESME_RX_T_APPN)
+
+    def _on_subscriber_reply(self, pdu: Any, client: Any) -> object:
+        """Queue a part of a subscriber's reply for the writer (DEFERRED: answered once its reply
+        is stored); without a reply sink it is only logged, masked, and answered OK."""
+        source = mask_msisdn(e164_address(pdu.source_addr) or "")
+        if self._writer is None or self._on_reply is None or client is None:
+            log.info("[channel:sms] ignored a message from %s (no reply store configured)", source)
+            return None
+        if self._writer.offer(Inbound(None, client, pdu.sequence, reply=reply_part(pdu, (client, pdu.sequence)))):
+            return DEFERRED
+        log.info("[channel:sms] queue full: asking the SMSC to deliver the reply from %s again later", source)
         return int(consts.SMPP_ESME_RX_T_APPN)
 
 

@@ -11,6 +11,11 @@ delivered again by the SMSC on the next bind (applying a receipt twice changes n
 
 It also tells the sink, once a second, when the session last heard its SMSC (`session_alive`), so
 an `unknown` SMS is resent only once an SMSC could hand over the receipts it kept.
+
+Subscribers' replies (MO deliver_sm) take the same path: the reader queues each part, this thread
+joins long replies (`channels.smpp_replies.Reassembler`), stores whole replies in batches through
+`reply_sink.store` and only then answers their parts; a part waiting for its siblings stays
+unanswered until its reply is stored (or given up on after `reply_timeout` and stored as it is).
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from smpplib import consts, exceptions
 
 from channels.base import Receipt
+from channels.smpp_replies import Reassembler, Reply, ReplyPart
 from channels.smpp_wire import deliver_sm_resp
 
 log = logging.getLogger("channels.smpp")
@@ -40,19 +46,31 @@ _BACKOFF_INITIAL_SECONDS, _BACKOFF_MAX_SECONDS = 0.2, 5.0
 
 @dataclass(frozen=True)
 class Inbound:
-    """A receipt waiting to be stored, and where its deliver_sm_resp must go."""
+    """A receipt (or a part of a subscriber's reply) waiting to be stored, and where its
+    deliver_sm_resp must go."""
 
-    receipt: Receipt
+    receipt: Receipt | None
     client: Any  # the session it came on; the answer goes only to that session
     sequence: int
+    reply: ReplyPart | None = None
+
+
+class ReplySink(Protocol):
+    """Where whole replies go (`notifier.replies.ReplyStore`): raising means none was stored."""
+
+    def store(self, replies: list[Reply]) -> None: ...
 
 
 class ReceiptWriter:
-    """Stores receipts in batches on its own thread, then answers the SMSC."""
+    """Stores receipts (and subscribers' replies) in batches on its own thread, then answers the SMSC."""
 
-    def __init__(self, sink: Callable[[Receipt], None], *, system_id: str, current_client: Callable[[], Any],
-                 capacity: int = RECEIPT_QUEUE_CAPACITY) -> None:
+    def __init__(self, sink: Callable[[Receipt], None] | None, *, system_id: str, current_client: Callable[[], Any],
+                 capacity: int = RECEIPT_QUEUE_CAPACITY, reply_sink: ReplySink | None = None,
+                 reply_timeout: float = 10.0) -> None:
         self._sink = sink
+        self._reply_sink = reply_sink
+        self._reassembler = Reassembler(reply_timeout)
+        self._replies_failing = False
         self._system_id = system_id
         self._current_client = current_client
         self._queue: queue.Queue[Inbound] = queue.Queue(maxsize=capacity)
@@ -88,7 +106,14 @@ class ReceiptWriter:
             if batch:
                 self._write(batch)
             elif self._stop.is_set():
+                dropped = self._reassembler.drop()
+                if dropped:
+                    log.info("[channel:sms] %d incomplete repl(ies) left unanswered: the SMSC hands their "
+                             "parts over again on the next bind", dropped)
                 return
+            expired = self._reassembler.expired()
+            if expired:
+                self._send_answers(self._store_replies(expired))
             self._heartbeat()
 
     def _take(self) -> list[Inbound]:
@@ -105,24 +130,56 @@ class ReceiptWriter:
         return batch
 
     def _write(self, batch: list[Inbound]) -> None:
-        statuses = self._store(batch)
-        by_client: dict[int, tuple[Any, list[bytes]]] = {}
-        for item, status in zip(batch, statuses):
-            by_client.setdefault(id(item.client), (item.client, []))[1].append(deliver_sm_resp(item.sequence, status))
-        for client, answers in by_client.values():
-            try:
-                client.send_raw(b"".join(answers))
-            except (exceptions.ConnectionError, OSError) as exc:
-                log.info("[channel:sms] %d receipt answer(s) not sent (%r): the SMSC delivers them again",
-                         len(answers), exc)
+        receipts = [item for item in batch if item.receipt is not None]
+        answers = [(item.client, item.sequence, status) for item, status in zip(receipts, self._store(receipts))]
+        parts = [item.reply for item in batch if item.reply is not None]
+        if parts:
+            whole = [reply for part in parts for reply in self._reassembler.add(part)]
+            answers += self._store_replies(whole)
+        self._send_answers(answers)
+        statuses = [status for _, _, status in answers]
         if _RETRY_LATER in statuses:
             self._stop.wait(self._backoff)
             self._backoff = min(self._backoff * 2, _BACKOFF_MAX_SECONDS)
         else:
             self._backoff = _BACKOFF_INITIAL_SECONDS
 
+    def _send_answers(self, answers: list[tuple[Any, int, int]]) -> None:
+        """deliver_sm_resp for each (session, sequence, status): one write per session."""
+        by_client: dict[int, tuple[Any, list[bytes]]] = {}
+        for client, sequence, status in answers:
+            by_client.setdefault(id(client), (client, []))[1].append(deliver_sm_resp(sequence, status))
+        for client, encoded in by_client.values():
+            try:
+                client.send_raw(b"".join(encoded))
+            except (exceptions.ConnectionError, OSError) as exc:
+                log.info("[channel:sms] %d deliver_sm answer(s) not sent (%r): the SMSC delivers them again",
+                         len(encoded), exc)
+
+    def _store_replies(self, replies: list[Reply]) -> list[tuple[Any, int, int]]:
+        """Store whole replies in one call; the answers for all their parts (RX_T_APPN when the
+        store failed: the SMSC keeps every part and hands them over again)."""
+        if not replies:
+            return []
+        status = 0
+        try:
+            self._reply_sink.store(replies)  # type: ignore[union-attr]  # replies are queued only with a sink
+        except Exception as exc:  # noqa: BLE001 - the SMSC keeps what we could not store
+            status = _RETRY_LATER
+            if not self._replies_failing:
+                log.warning("[channel:sms] cannot store %d subscriber repl(ies) (%s); the SMSC keeps them and "
+                            "delivers them again", len(replies), type(exc).__name__)
+            self._replies_failing = True
+        else:
+            if self._replies_failing:
+                log.warning("[channel:sms] storing subscriber replies again")
+            self._replies_failing = False
+        return [(client, sequence, status) for reply in replies for client, sequence in reply.answers]
+
     def _store(self, batch: list[Inbound]) -> list[int]:
         """One status per receipt: 0 stored, RX_T_APPN not stored (the SMSC keeps it)."""
+        if not batch:
+            return []
         store_many = getattr(self._sink, "store", None)
         if store_many is not None:
             try:

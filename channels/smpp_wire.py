@@ -77,6 +77,8 @@ class DeliverSm:
     short_message: bytes | None
     receipted_message_id: bytes | None
     message_state: int | None
+    destination_addr: bytes = b""  # a subscriber's reply: the number or short code they wrote to
+    data_coding: int = 0  # a subscriber's reply: how its text is encoded
     command: str = "deliver_sm"
 
 
@@ -90,10 +92,13 @@ def parse_deliver_sm(pdu: bytes) -> DeliverSm | None:
         pos = _skip_cstring(pdu, 16) + 2  # service_type, source ton + npi
         source_end = pdu.index(b"\0", pos)
         source_addr = pdu[pos:source_end]
-        pos = _skip_cstring(pdu, source_end + 1 + 2)  # dest ton + npi, destination_addr
+        destination_start = source_end + 1 + 2  # dest ton + npi
+        pos = _skip_cstring(pdu, destination_start)
+        destination_addr = pdu[destination_start:pos - 1]
         esm_class = pdu[pos]
         pos = _skip_cstring(pdu, _skip_cstring(pdu, pos + 3))  # protocol, priority; two times
-        sm_length = pdu[pos + 4]  # registered_delivery, replace, data_coding, sm_default_msg_id
+        data_coding = pdu[pos + 2]  # after registered_delivery, replace_if_present
+        sm_length = pdu[pos + 4]  # after sm_default_msg_id
         pos += 5
         short_message = pdu[pos:pos + sm_length] if pos < len(pdu) else None  # smpplib: None at the end
         if len(short_message or b"") != sm_length:
@@ -114,7 +119,7 @@ def parse_deliver_sm(pdu: bytes) -> DeliverSm | None:
             pos += 4 + length
     except (ValueError, IndexError, struct.error):
         return None
-    return DeliverSm(sequence, esm_class, source_addr, short_message, receipted, state)
+    return DeliverSm(sequence, esm_class, source_addr, short_message, receipted, state, destination_addr, data_coding)
 
 
 def split_pdus(buffer: bytearray) -> list[bytes]:

@@ -4,7 +4,7 @@ Campaigns keep saying `sms`; only the adapter changes. Twilio answers a create w
 SID, which is the provider id (one per message: Twilio splits and joins the segments itself and
 reports once), and later POSTs the message's status to `notifier web`, which stores it as a
 `Receipt` applied like an SMPP receipt (`notifier.web`). The call and error mapping shared with
-voice calls lives here too (`TwilioApi`, `channel_error`).
+voice calls lives here too (`TwilioApi`, `channel_error`, `TwilioChannel`).
 
 Error mapping (Twilio's `code` first, then the HTTP status):
 - invalid or unreachable number (21211, 21614, 21612, 21408, 21217, 21401, …) → permanent;
@@ -215,10 +215,42 @@ def _first_unreachable(futures: list[Future[SendResult]]) -> RouteUnreachableErr
     return None
 
 
+class TwilioChannel:
+    """What the Twilio channels share: the API client, a pool of senders that keeps several
+    creates in flight (`send_concurrently`), the route check, and the result of a create (its SID
+    is the provider id the status callbacks name). Subclasses set `name` and write `send`."""
+
+    name: str
+
+    def __init__(self, settings: TwilioSettings) -> None:
+        self.settings = settings
+        self.api = TwilioApi(settings, channel=self.name)
+        self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix=f"twilio-{self.name}")
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        """Create the message's resource at Twilio (the subclass's API call)."""
+        raise NotImplementedError
+
+    def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
+        return send_concurrently(self.send, messages, self._pool)
+
+    def check(self) -> None:
+        self.api.check()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def created_result(created: Any) -> SendResult:
+    """A created Message or Call resource as the send path records it: one provider id, one part
+    (Twilio splits and joins an SMS's segments itself and reports once)."""
+    return SendResult(provider_message_ids=[created.sid], provider_status=str(created.status or "queued"), parts=1)
+
+
 OptOutSink = Callable[[str], None]
 
 
-class TwilioSmsChannel:
+class TwilioSmsChannel(TwilioChannel):
     """Channel `sms` through Twilio's Messages API (module docstring)."""
 
     name = "sms"
@@ -227,11 +259,9 @@ class TwilioSmsChannel:
         if not settings.from_number and not settings.messaging_service_sid:
             raise ConfigError("Twilio SMS needs twilio.from_number or twilio.messaging_service_sid "
                               "(NOTIFIER_TWILIO__FROM_NUMBER, NOTIFIER_TWILIO__MESSAGING_SERVICE_SID)")
-        self.settings = settings
-        self.api = TwilioApi(settings, channel=self.name)
+        super().__init__(settings)
         self.status_callback = settings.public_base_url.rstrip("/") + MESSAGE_STATUS_PATH
         self._on_opted_out = on_opted_out
-        self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="twilio-sms")
 
     def send(self, message: OutgoingMessage) -> SendResult:
         """Create the message; its SID is the provider id its status callbacks name."""
@@ -244,17 +274,7 @@ class TwilioSmsChannel:
             if exc.provider_status == f"twilio:{OPTED_OUT_CODE}":
                 self._opted_out(message.destination)
             raise
-        return SendResult(provider_message_ids=[created.sid], provider_status=str(created.status or "queued"),
-                          parts=1)
-
-    def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
-        return send_concurrently(self.send, messages, self._pool)
-
-    def check(self) -> None:
-        self.api.check()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        return created_result(created)
 
     def _opted_out(self, destination: str) -> None:
         """Twilio keeps the STOP; we record it on the contact point so planning suppresses it."""

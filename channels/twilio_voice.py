@@ -14,11 +14,8 @@ no-answer, failed, canceled, and a call completed without that marker, are recei
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-
-from channels.base import OutgoingMessage, SendOutcome, SendResult
-from channels.twilio_sms import TwilioApi, send_concurrently
+from channels.base import OutgoingMessage, SendResult
+from channels.twilio_sms import TwilioChannel, created_result
 from notifier.errors import ConfigError
 from notifier.settings import TwilioSettings, VoiceSettings
 
@@ -32,7 +29,7 @@ def twiml_path(notification_id: int) -> str:
     return f"/twilio/voice/{notification_id}"
 
 
-class TwilioVoiceChannel:
+class TwilioVoiceChannel(TwilioChannel):
     """Channel `voice`: one outbound call per notification (module docstring)."""
 
     name = "voice"
@@ -40,11 +37,9 @@ class TwilioVoiceChannel:
     def __init__(self, settings: TwilioSettings, voice: VoiceSettings) -> None:
         if not settings.from_number:
             raise ConfigError("Twilio calls need twilio.from_number, the caller id (NOTIFIER_TWILIO__FROM_NUMBER)")
-        self.settings = settings
+        super().__init__(settings)
         self.voice = voice
-        self.api = TwilioApi(settings, channel=self.name)
         self.base = settings.public_base_url.rstrip("/")
-        self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="twilio-voice")
 
     def send(self, message: OutgoingMessage) -> SendResult:
         """Start the call; Twilio fetches its TwiML from us once it is answered."""
@@ -53,13 +48,4 @@ class TwilioVoiceChannel:
             url=self.base + twiml_path(message.notification_id), method="POST",
             status_callback=self.base + CALL_STATUS_PATH, status_callback_method="POST",
             status_callback_event=STATUS_EVENTS, timeout=self.voice.ring_timeout_seconds))
-        return SendResult(provider_message_ids=[created.sid], provider_status=str(created.status or "queued"), parts=1)
-
-    def send_many(self, messages: Sequence[OutgoingMessage]) -> list[SendOutcome]:
-        return send_concurrently(self.send, messages, self._pool)
-
-    def check(self) -> None:
-        self.api.check()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        return created_result(created)

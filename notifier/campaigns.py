@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from notifier.batching import chunks
+from notifier.db import insert_ignoring_duplicates
 from notifier.errors import InputError, NotFoundError
 from notifier.identifiers import LOCAL_TIMEZONE, get_zone, mask_identifier
 from notifier.ingest.records import DATE_PRECISION
@@ -212,8 +213,8 @@ def _insert_plan(session: Session, rows: list[dict[str, object]], items_per_row:
                               rows).scalars().all()
         links += [{"notification_id": nid, "feed_item_id": item.id or 0}
                   for nid, items in zip(ids, items_per_row, strict=True) for item in items]
-    if links:
-        session.execute(sa.insert(NotificationItem), links)
+    if links:  # an item already joined to that warning (a second campaign on the feed) stays once
+        session.execute(insert_ignoring_duplicates(session, NotificationItem.__table__), links)
 
 
 def _account_batches(session: Session, feed: Feed) -> Iterator[list[int]]:

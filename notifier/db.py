@@ -271,3 +271,12 @@ def _connect_failure_reason(text: str) -> str:
     reason = first.rsplit("failed: ", 1)[-1].strip()
     reason = re.sub(r"^(FATAL|ERROR):\s*", "", reason)
     return (reason[:1].lower() + reason[1:]) if reason[:2] != reason[:2].upper() else reason
+
+
+def insert_ignoring_duplicates(session: Session, table: sa.Table) -> sa.Insert:
+    """INSERT … ON CONFLICT DO NOTHING in the session's dialect (SQLite and PostgreSQL spell it
+    alike): for rows that may already be there (a re-import, a second campaign on the same feed)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing()

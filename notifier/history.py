@@ -5,6 +5,11 @@ account id, or the reference code quoted from the message (`CB-<campaign>-<notif
 Every lookup writes an audit row (`notifier.audit.record_access`: who, what was looked up —
 masked —, how many results, and whose accounts they were) in the same transaction as the read,
 so a lookup without its audit record cannot happen.
+
+Subscribers' SMS replies (`InboundMessage`) are shown with the notification they answer (the
+latest SMS sent to that number before the reply): `replies` in each row of `--json`, a "reply"
+line in the text view, the number masked and the time local. A reply linked to no listed
+notification is shown with the newest one (its `notification_id` says so).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from notifier.audit import record_access
 from notifier.dispatch.delivery import parse_reference_code, reference_code
 from notifier.errors import InputError
 from notifier.identifiers import mask_identifier, normalise_email, normalise_msisdn
-from notifier.models import Account, ContactPoint, DeliveryEvent, Notification
+from notifier.models import Account, ContactPoint, DeliveryEvent, InboundMessage, Notification
 from notifier.timefmt import iso_utc, local_display
 
 ACTION_HISTORY_LOOKUP = "history.lookup"
@@ -48,6 +53,7 @@ def find_history(
     record_access(session, actor=actor, action=ACTION_HISTORY_LOOKUP, target_kind=kind, target=target,
                   result_count=len(found), account_refs=[ref for _, ref, _ in found])
     rows = [_as_json(n, ref, name, events.get(n.id or 0, [])) for n, ref, name in found]
+    _attach_replies(rows, _replies(session, kind, value))
     return HistoryLookup(target=target, rows=rows)
 
 
@@ -71,6 +77,7 @@ def history_table_rows(rows: list[dict[str, object]], *,
         "channel": row["channel"], "destination": row["destination"], "state": _state_with_reason(row),
         "created_at": row["created_at"], "sent_at": row["sent_at"], "delivered_at": row["delivered_at"],
         "text": first_line(row.get("text") or row.get("subject"), preview_chars),
+        "replies": row.get("replies") or [],
     } for row in rows]
 
 
@@ -89,8 +96,19 @@ def history_cards(rows: list[dict[str, object]], zone: str) -> list[str]:
                  f"  {row['channel']}{to} · {row['state']}", f"  {times}"]
         if row["text"]:
             lines.append(f"  {row['text']}")
+        lines += [reply_line(reply, zone) for reply in row["replies"]]  # type: ignore[attr-defined]
         blocks.append("\n".join(lines))
     return blocks
+
+
+def reply_line(reply: dict[str, object], zone: str) -> str:
+    """`  reply from +8491****678 · 02/12/2026 09:15 · opted out: Hủy` (masked, local time)."""
+    notes = [f"reply from {reply['from']}", local_display(reply["received_at"], zone)]  # type: ignore[arg-type]
+    if reply["parts"] != reply["parts_expected"]:
+        notes.append(f"{reply['parts']} of {reply['parts_expected']} parts arrived")
+    if reply["opt_out"]:
+        notes.append("opted out")
+    return f"  {' · '.join(notes)}: {first_line(reply['text'], CARD_TEXT_CHARS)}"
 
 
 def first_line(text: object, width: int = TEXT_PREVIEW_CHARS) -> str:
@@ -165,6 +183,41 @@ def account_ref_matches(value: str) -> sa.ColumnElement[bool]:
     `lower(account_ref)` (ILIKE or COLLATE NOCASE could not use a plain index on both).
     """
     return sa.func.lower(Account.account_ref) == sa.func.lower(value.strip())
+
+
+def _replies(session: Session, kind: str, value: str) -> list[InboundMessage]:
+    """The subscriber's replies, oldest first: from the number, or matched to the accounts (or
+    the notification a reference names)."""
+    if kind == "reference":
+        condition = InboundMessage.notification_id == parse_reference_code(value)[1]
+    else:
+        account_ids = _accounts(session, kind, value)
+        conditions = [InboundMessage.account_id.in_(account_ids)] if account_ids else []  # type: ignore[union-attr]
+        if kind == "msisdn":
+            conditions.append(InboundMessage.source == value)
+        if not conditions:
+            return []
+        condition = sa.or_(*conditions)
+    return list(session.exec(select(InboundMessage).where(condition)
+                             .order_by(InboundMessage.received_at, InboundMessage.id)))  # type: ignore[arg-type]
+
+
+def _attach_replies(rows: list[dict[str, object]], replies: list[InboundMessage]) -> None:
+    """Each row's `replies`: those matched to it; the others go with the newest row."""
+    by_id = {row["notification_id"]: row for row in rows}
+    for row in rows:
+        row["replies"] = []
+    for reply in replies:
+        row = by_id.get(reply.notification_id) or (rows[0] if rows else None)
+        if row is not None:
+            row["replies"].append(_reply_json(reply))  # type: ignore[attr-defined]
+
+
+def _reply_json(reply: InboundMessage) -> dict[str, object]:
+    return {"received_at": iso_utc(reply.received_at), "from": mask_identifier("msisdn", reply.source),
+            "to": reply.destination, "text": reply.text, "parts": reply.parts,
+            "parts_expected": reply.parts_expected, "opt_out": reply.opt_out,
+            "notification_id": reply.notification_id}
 
 
 def _events(session: Session, notification_ids: list[int]) -> dict[int, list[DeliveryEvent]]:

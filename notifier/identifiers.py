@@ -282,11 +282,18 @@ def email_sha256(email: str) -> str:
     return _sha256_hex(normalise_email(email))
 
 
+_PHONE_LIKE = re.compile(r"[+\d][\d .()-]{6,}")
+
+
 def normalise_sha256(raw: str) -> str:
     """Return a SHA-256 hex digest in lower case; anything but 64 hex digits is refused."""
     digest = raw.strip().lower()
     if not _SHA256_FORM.fullmatch(digest):
-        raise ValueError(f"not a SHA-256 hex digest: {raw!r} (expected 64 hexadecimal characters)")
+        # Never quoted: a partner who forgot to hash sends the clear number or address here.
+        looks_clear = "@" in digest or _PHONE_LIKE.fullmatch(digest) is not None
+        hint = "it looks like a clear e-mail or phone number, not its hash" if looks_clear else \
+            f"{len(digest)} characters"
+        raise ValueError(f"not a SHA-256 hex digest ({hint}; expected 64 hexadecimal digits)")
     return digest
 
 

@@ -28,6 +28,7 @@ from notifier.ingest import get_feed_parser
 from notifier.ingest.ais import parse_ais_items, read_ais_request
 from notifier.ingest.feeds import report_type_of
 from notifier.ingest.records import FeedEventRecord, Rejection, SubscriberRecord
+from notifier.ingest.reader import check_zone
 from notifier.ingest.subscribers import parse_subscribers
 from notifier.models import Account, ContactPoint, Feed, FeedItem, utcnow
 
@@ -239,6 +240,7 @@ def _import_ais_request(
     seen before is recognised before any item is parsed. `kind` and the envelope (reference,
     deadline, threat, segment) go on the feed; an advisory has no items, only its segment.
     """
+    check_zone(path, tz or LOCAL_TIMEZONE)  # before the request_id is used up by a feed of rejects
     request = read_ais_request(path)
     existing = find_feed_by_request_id(session, request.request_id)
     if existing is not None:

@@ -386,3 +386,29 @@ class SmppSession(SQLModel, table=True):
     system_id: str = Field(max_length=32)
     bound_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
     alive_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False, index=True))
+
+
+class InboundMessage(SQLModel, table=True):
+    """A subscriber's reply by SMS (an MO deliver_sm), whole or as much of it as arrived.
+
+    `account_id` is the account holding the number as a contact point (the one the latest
+    notification to it went to, when several do), `notification_id` the latest SMS notification
+    sent to that number before the reply, if any: care staff see the reply next to it in
+    `notifier history`. `opt_out` is set when the text is a stop word (`notifier.replies`).
+    """
+
+    __tablename__ = "inbound_message"
+    __table_args__ = (sa.Index("ix_inbound_message_source", "source", "received_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(default="sms", max_length=16)
+    source: str = Field(max_length=32)  # E.164, as the SMSC gave it
+    destination: str = Field(max_length=32)  # our number / short code the subscriber wrote to
+    text: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    data_coding: int = 0
+    parts: int = 1  # how many parts arrived
+    parts_expected: int = 1  # fewer arrived: stored after the reassembly timeout
+    opt_out: bool = False
+    received_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
+    account_id: int | None = Field(default=None, foreign_key="account.id", index=True)
+    notification_id: int | None = Field(default=None, foreign_key="notification.id", index=True)

@@ -110,6 +110,14 @@ class SmppSettings(BaseModel):
     enquire_link_seconds: PositiveFloat = 30.0
     # The zone the SMSC writes receipts' `submit date`/`done date` in (YYMMDDhhmm, no zone of their own).
     timezone: str = LOCAL_TIMEZONE
+    # "transceiver": one bind for everything; "transmitter_receiver": a transmitter bind for
+    # submits and a receiver bind for receipts and replies (SMSCs that offer no transceiver).
+    bind_mode: Literal["transceiver", "transmitter_receiver"] = "transceiver"
+    tls: bool = False  # SMPP over TLS to the SMSC (both binds); certificate checked against tls_ca_file
+    tls_ca_file: Path | None = None  # PEM of the CA that signed the SMSC's certificate (default: system CAs)
+    tls_verify: bool = True  # False skips certificate and host-name checks: a lab SMSC only
+    # A long subscriber reply still missing a part this long after its first part is stored as it is.
+    reply_timeout_seconds: PositiveFloat = 10.0
 
     @field_validator("timezone")
     @classmethod
@@ -221,8 +229,9 @@ class IdentitySettings(BaseModel):
     # widened by this much at both ends, so an event seconds after a session's recorded end still
     # finds it, and one seconds from a hand-over finds both holders and is ambiguous, never guessed.
     clock_skew_seconds: NonNegativeInt = 60
-    # A RADIUS session (or NAT block) with no Stop/release counts this long after the last record
-    # that showed it alive, unless a later session on the same address closes it first.
+    # A RADIUS session with no Stop counts this long after the last record that showed it alive,
+    # unless a later session on the same address closes it first. (A NAT block without release
+    # stays open until the next allocation of its public address and first port.)
     max_session_hours: PositiveFloat = 24.0
     # Assignments and NAT blocks that ended this long ago are deleted by `notifier assignments purge`.
     retention_days: PositiveInt = 180

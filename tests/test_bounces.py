@@ -507,6 +507,8 @@ def test_a_positive_dsn_delivers_a_sent_email(database_url: str) -> None:
     """With `accepted_means_delivered = false` e-mails stay `sent`; a success DSN delivers them."""
     with session_scope(database_url) as session:
         nid = sent_email(session, "HN3", state="sent").id or 0
+    (receipt,) = read_bounce(sample(POSTFIX_DELIVERED, f"notification-{nid}"), sender=SENDER).receipts
+    assert (receipt.status, receipt.raw_status) == (RECEIPT_DELIVERED, "delivered 2.0.0")
     assert take(database_url, sample(POSTFIX_DELIVERED, f"notification-{nid}"))["delivered"] == 1
     notification, _ = reload(database_url, nid)
     assert notification.state == "delivered" and notification.delivered_at is not None

@@ -168,3 +168,16 @@ def test_many_events_of_one_account_are_one_warning(database_url: str, tmp_path:
                                                                      "2026-11-19T07:14:05+00:00")
             assert context["threats"] == ["mirai", "qakbot", "gafgyt"]  # the latest first, then by count, recent first
             assert _items_of(session, notification.id or 0) == 5
+
+
+def test_a_second_campaign_on_a_feed_whose_items_joined_an_earlier_warning(database_url: str, tmp_path: Path) -> None:
+    """`--again` on a feed whose every account joined an earlier warning: the items stay joined
+    once (no duplicate link), nothing new is planned, and no error."""
+    with session_scope(database_url) as session:
+        add_account(session, "HN1", msisdn="+84912345678")
+        first = _campaign(session, _leak_feed(session, tmp_path, "a", [("0912345678", "combolist")]))
+        [earlier] = _notifications(session, first.campaign_id)
+        feed_id = _leak_feed(session, tmp_path, "b", [("0912345678", "combolist")])
+        again = [_campaign(session, feed_id, again=True) for _ in range(2)]
+        assert [(plan.planned, plan.attached) for plan in again] == [(0, 1), (0, 1)]
+        assert _items_of(session, earlier.id or 0) == 2

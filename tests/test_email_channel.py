@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import pytest
 
-from channels.base import Channel, OutgoingMessage, SendResult
+from channels.base import Channel, OutgoingMessage, SendOutcome, SendResult
 from channels.email import EmailChannel, mask_address, message_id_for
 from channels.email_mime import MessageComposer, body_base64, dot_stuffed
 from notifier.errors import (
@@ -498,15 +498,21 @@ class _AnswerLosingRelay:
                 connection.sendall(b"250 ok\r\n")
 
 
-def test_data_written_but_not_answered_is_outcome_unknown_never_resent_at_once() -> None:
-    relay = _AnswerLosingRelay(close_after_data=True)
+def _send_two_through(relay: _AnswerLosingRelay) -> list[SendOutcome]:
+    """Two warnings in one batch through `relay`; the adapter and the relay are closed after."""
     adapter = EmailChannel(smtp_settings(relay.port))
     try:
-        outcomes = adapter.send_many([warning("a@example.vn", reference="notification-1"),
-                                      warning("b@example.vn", reference="notification-2")])
+        return adapter.send_many([warning("a@example.vn", reference="notification-1"),
+                                  warning("b@example.vn", reference="notification-2")])
     finally:
         adapter.close()
         relay.close()
+
+
+def test_data_written_but_not_answered_is_outcome_unknown_never_resent_at_once() -> None:
+    relay = _AnswerLosingRelay(close_after_data=True)
+
+    outcomes = _send_two_through(relay)
 
     assert all(isinstance(outcome, OutcomeUnknownError) for outcome in outcomes)
     assert len(relay.received) == 2  # each message's data reached the relay once: no resend
@@ -515,13 +521,8 @@ def test_data_written_but_not_answered_is_outcome_unknown_never_resent_at_once()
 
 def test_421_before_the_data_is_tried_again_on_a_fresh_connection() -> None:
     relay = _AnswerLosingRelay(close_after_data=False)
-    adapter = EmailChannel(smtp_settings(relay.port))
-    try:
-        outcomes = adapter.send_many([warning("a@example.vn", reference="notification-1"),
-                                      warning("b@example.vn", reference="notification-2")])
-    finally:
-        adapter.close()
-        relay.close()
+
+    outcomes = _send_two_through(relay)
 
     assert all(isinstance(outcome, SendResult) for outcome in outcomes)
     assert relay.connections == 2 and len(relay.received) == 2

@@ -290,3 +290,106 @@ def test_invalid_destination_is_permanent(start_peer, open_channel) -> None:
 def test_message_id_normalisation(raw: str | bytes, normalised: str, alternatives: tuple[str, ...]) -> None:
     assert normalise_message_id(raw) == normalised
     assert message_id_alternatives(raw) == alternatives
+
+
+# --- bind modes, sender address, TLS, error PDUs (issue 8, item 1) -----------------------------
+
+
+def test_transmitter_and_receiver_binds_send_and_hear_receipts(start_peer, open_channel) -> None:
+    peer = start_peer(relay=True)
+    receipts = Receipts()
+    channel = open_channel(peer, receipts, bind_mode="transmitter_receiver", system_type="VMA")
+
+    result = channel.send(message(WARNING_TEXT))
+
+    wait_until(lambda: set(receipts.by_id()) == set(result.provider_message_ids), "3 receipts on the receiver")
+    binds = [(bind["command"], bind["system_id"], bind["system_type"]) for bind in peer.binds()]
+    assert binds == [("bind_transmitter", "notifier", "VMA"), ("bind_receiver", "notifier", "VMA")]
+
+
+def test_transceiver_bind_sends_the_configured_system_type(start_peer, open_channel) -> None:
+    peer = start_peer(relay=True)
+    open_channel(peer, system_type="OTA")
+    assert [(b["command"], b["system_type"]) for b in peer.binds()] == [("bind_transceiver", "OTA")]
+
+
+@pytest.mark.parametrize(("source", "ton", "npi"), [("NHAMANG", 5, 0), ("84912000000", 1, 1), ("8088", 3, 0)])
+def test_the_smsc_receives_the_configured_sender_type(start_peer, open_channel, source, ton, npi) -> None:
+    peer = start_peer()
+    channel = open_channel(peer, source_addr=source, source_addr_ton=ton, source_addr_npi=npi)
+
+    channel.send(message())
+
+    wait_until(lambda: len(peer.submits()) == 1, "the submit")
+    [submit] = peer.submits()
+    assert (submit["source_addr"], submit["source_addr_ton"], submit["source_addr_npi"]) == (source, ton, npi)
+    assert (submit["dest_addr_ton"], submit["dest_addr_npi"]) == (1, 1)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    import subprocess
+
+    cert, key = tmp_path / "smsc-cert.pem", tmp_path / "smsc-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_to_the_smsc_sends_and_hears_receipts(start_peer, open_channel, certificate) -> None:
+    cert, key = certificate
+    peer = start_peer(tls_cert=cert, tls_key=key)
+    receipts = Receipts()
+    channel = open_channel(peer, receipts, tls=True, tls_ca_file=cert, bind_mode="transmitter_receiver")
+
+    results = [channel.send(message(WARNING_TEXT, n=1)), channel.send(message(n=2))]
+
+    ids = {part for result in results for part in result.provider_message_ids}
+    wait_until(lambda: set(receipts.by_id()) == ids, "4 receipts over TLS")
+    assert [received["text"] for received in peer.messages()] == [WARNING_TEXT, "Canh bao an toan thong tin"]
+    assert {bind["tls"] for bind in peer.binds()} == {True}
+
+
+def test_tls_refuses_an_smsc_whose_certificate_is_not_trusted(start_peer, open_channel, certificate) -> None:
+    cert, key = certificate
+    peer = start_peer(tls_cert=cert, tls_key=key)
+    channel = open_channel(peer, tls=True)  # the system CAs: the self-signed certificate is not among them
+
+    with pytest.raises(TransientChannelError, match="(?i)certificate"):
+        channel.send(message())
+    assert not channel.is_bound
+    assert peer.submits() == [] and peer.binds() == []
+
+
+def test_error_pdus_do_not_stop_the_reader(start_peer, open_channel, caplog) -> None:
+    import struct
+
+    peer = start_peer(relay=True)
+    receipts = Receipts()
+    channel = open_channel(peer, receipts)
+    channel.send(message(n=1))
+
+    generic_nack = struct.pack(">LLLL", 16, 0x80000000, 0x00000003, 0x7FFF0001)  # for no submit of ours
+    unknown_command = struct.pack(">LLLL", 20, 0x00000099, 0, 0x7FFF0002) + b"\0\0\0\0"
+    assert peer.inject(generic_nack + unknown_command) == 1
+
+    second = channel.send(message(n=2))
+    wait_until(lambda: second.provider_message_ids[0] in receipts.by_id(), "the second receipt")
+    assert channel.is_bound and "connection lost" not in caplog.text
+
+
+def test_a_dropped_connection_loses_nothing_and_sending_resumes_after_rebind(start_peer, open_channel) -> None:
+    peer = start_peer(receipt_delay=1.0)
+    receipts = Receipts()
+    channel = open_channel(peer, receipts)
+    before = channel.send(message(WARNING_TEXT, n=1))  # receipts due in 1 s
+
+    peer.kill()  # the SMSC drops every connection; its journal keeps the receipts not yet sent
+    peer.start()
+
+    wait_until(lambda: channel.is_bound, "the rebind")
+    after = channel.send(message(n=2))
+    expected = set(before.provider_message_ids) | set(after.provider_message_ids)
+    wait_until(lambda: set(receipts.by_id()) == expected, "every receipt, before and after the drop")

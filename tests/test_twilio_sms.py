@@ -9,19 +9,18 @@ a throttled one, fail nothing when Twilio is unreachable); an opted-out number i
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
+from twilio.request_validator import RequestValidator
 
 from channels.base import OutgoingMessage
 from channels.twilio_sms import TwilioSmsChannel
 from notifier.campaigns import choose_destination
-from notifier.db import get_engine, session_scope
-from notifier.dispatch.delivery import deliver_batch
+from notifier.db import get_engine
 from notifier.dispatch.ratelimit import is_throttling
-from notifier.dispatch.runtime import build_channel, make_runtime
+from notifier.dispatch.runtime import build_channel
 from notifier.errors import (
     ConfigError, OutcomeUnknownError, PermanentChannelError, RouteUnreachableError, TransientChannelError,
 )
@@ -29,23 +28,15 @@ from notifier.models import Account, ContactPoint, DeliveryEvent, InboundReceipt
 from notifier.peers import free_port
 from notifier.peers.twilio import TwilioPeer
 from notifier.settings import Settings, TwilioSettings
-from tests.factories import add_account, add_notification
+from tests import twilio_support
 from tests.twilio_support import (
-    ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, WebProcess, signed_post, twilio_settings, wait_for_state, wait_until,
+    ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, WebProcess, deliver, queued_notification, signed_post, twilio_settings,
+    wait_for_state, wait_until,
 )
 
+peer, web_port, web = twilio_support.peer, twilio_support.web_port, twilio_support.web  # fixtures, found by name
+
 SUBSCRIBER = "+84912345678"
-
-
-@pytest.fixture
-def peer(tmp_path: Path) -> Iterator[TwilioPeer]:
-    with TwilioPeer(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, log_path=tmp_path / "twilio.jsonl") as running:
-        yield running
-
-
-@pytest.fixture
-def web_port() -> int:
-    return free_port()
 
 
 @pytest.fixture
@@ -53,27 +44,8 @@ def settings(database_url: str, peer: TwilioPeer, web_port: int) -> Settings:
     return twilio_settings(database_url, api_base_url=peer.base_url, web_port=web_port)
 
 
-@pytest.fixture
-def web(settings: Settings, web_port: int, tmp_path: Path) -> Iterator[WebProcess]:
-    process = WebProcess(web_port).start(settings, tmp_path / "web.log")
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
 def queued_sms(database_url: str, destination: str = SUBSCRIBER) -> int:
-    with session_scope(database_url) as session:
-        account = add_account(session, f"HN-{destination[-6:]}", msisdn=destination)
-        return add_notification(session, account, channel="sms", destination=destination).id or 0
-
-
-def send(settings: Settings, *ids: int) -> dict[int, str]:
-    runtime = make_runtime(settings)
-    try:
-        return deliver_batch(runtime, list(ids)).outcomes
-    finally:
-        runtime.close()
+    return queued_notification(database_url, "sms", destination)
 
 
 def message(destination: str = SUBSCRIBER) -> OutgoingMessage:
@@ -99,7 +71,7 @@ def test_sms_is_delivered_through_a_signed_status_callback(
         settings: Settings, peer: TwilioPeer, web: WebProcess, database_url: str) -> None:
     nid = queued_sms(database_url)
 
-    assert send(settings, nid) == {nid: "sent"}
+    assert deliver(settings, nid) == {nid: "sent"}
 
     row = wait_for_state(database_url, nid, "delivered")
     assert row.delivered_at is not None and row.sent_at is not None
@@ -123,7 +95,7 @@ def test_undelivered_callback_makes_the_notification_undelivered_with_twilios_co
     nid = queued_sms(database_url)
     peer.set_scenario(SUBSCRIBER, sms="undelivered", error_code=30005)
 
-    send(settings, nid)
+    deliver(settings, nid)
 
     row = wait_for_state(database_url, nid, "undelivered")
     assert "30005" in (row.reason or "")
@@ -175,7 +147,7 @@ def test_opted_out_number_fails_with_reason_and_its_contact_point_is_marked(
     peer.set_scenario(SUBSCRIBER, error={"status": 400, "code": 21610,
                                          "message": "Attempt to send to unsubscribed recipient"})
 
-    assert send(settings, nid) == {nid: "failed"}
+    assert deliver(settings, nid) == {nid: "failed"}
 
     row = wait_for_state(database_url, nid, "failed")
     assert row.reason == "opted out"
@@ -191,7 +163,7 @@ def test_throttled_message_goes_back_to_the_queue(settings: Settings, peer: Twil
     nid = queued_sms(database_url)
     peer.set_scenario(SUBSCRIBER, error={"status": 429, "code": 20429, "message": "Too Many Requests"})
 
-    assert send(settings, nid) == {nid: "retry"}
+    assert deliver(settings, nid) == {nid: "retry"}
 
     row = wait_for_state(database_url, nid, "queued")
     assert row.attempts == 1
@@ -211,7 +183,7 @@ def test_unreachable_twilio_is_a_route_outage_and_fails_nothing(database_url: st
     finally:
         adapter.close()
 
-    assert send(settings, nid) == {nid: "waiting"}
+    assert deliver(settings, nid) == {nid: "waiting"}
     row = wait_for_state(database_url, nid, "queued")
     assert row.attempts == 0  # the outage is not the message's fault
 
@@ -279,7 +251,7 @@ def test_forged_callbacks_are_refused_and_change_nothing(
         settings: Settings, peer: TwilioPeer, web: WebProcess, database_url: str) -> None:
     nid = queued_sms(database_url)
     peer.set_scenario(SUBSCRIBER, sms="sent")  # Twilio never says more: the row stays `sent`
-    send(settings, nid)
+    deliver(settings, nid)
     wait_until("the peer's `sent` callback", lambda: peer.events("callback"))
     sid = peer.events("sms")[0]["sid"]
     url = f"{web.base_url}/twilio/messages/status"
@@ -305,10 +277,7 @@ def test_forged_callbacks_are_refused_and_change_nothing(
 
 def _tampered(url: str, params: dict[str, str]) -> tuple[int, str]:
     """A genuine signature of an `undelivered` callback, sent with `delivered` in the body."""
-    from twilio.request_validator import RequestValidator
-    from tests.twilio_support import AUTH_TOKEN as token
-
-    signature = RequestValidator(token).compute_signature(url, {**params, "MessageStatus": "undelivered",
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(url, {**params, "MessageStatus": "undelivered",
                                                                 "SmsStatus": "undelivered"})
     return signed_post(url, params, signature=signature)
 

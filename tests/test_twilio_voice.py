@@ -9,7 +9,6 @@ busy / no-answer / failed are receipts too. The TwiML parses back and speaks Vie
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,32 +19,21 @@ from channels.base import OutgoingMessage
 from channels.twilio_voice import TwilioVoiceChannel
 from notifier.campaigns import choose_destination, parse_channels
 from notifier.db import get_engine, session_scope
-from notifier.dispatch.delivery import deliver_batch
-from notifier.dispatch.runtime import make_runtime
 from notifier.errors import ConfigError, PermanentChannelError
 from notifier.models import ContactPoint, DeliveryEvent, InboundReceipt
-from notifier.peers import free_port
 from notifier.peers.twilio import TwilioPeer
 from notifier.settings import Settings, TwilioSettings, VoiceSettings
-from tests.factories import add_account, add_notification
+from tests import twilio_support
+from tests.factories import add_account
 from tests.twilio_support import (
-    ACCOUNT_SID, AUTH_TOKEN, CARE_NUMBER, FROM_NUMBER, WebProcess, signed_post, twilio_settings, wait_for_state,
-    wait_until, web_process,
+    ACCOUNT_SID, AUTH_TOKEN, CARE_NUMBER, FROM_NUMBER, WebProcess, deliver, queued_notification, signed_post,
+    twilio_settings, wait_for_state, wait_until, web_process,
 )
+
+peer, web_port, web = twilio_support.peer, twilio_support.web_port, twilio_support.web  # fixtures, found by name
 
 SUBSCRIBER = "+84987654321"
 VOICE = "Google.vi-VN-Wavenet-A"
-
-
-@pytest.fixture
-def peer(tmp_path: Path) -> Iterator[TwilioPeer]:
-    with TwilioPeer(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, log_path=tmp_path / "twilio.jsonl") as running:
-        yield running
-
-
-@pytest.fixture
-def web_port() -> int:
-    return free_port()
 
 
 @pytest.fixture
@@ -53,28 +41,8 @@ def settings(sqlite_url: str, peer: TwilioPeer, web_port: int) -> Settings:
     return twilio_settings(sqlite_url, api_base_url=peer.base_url, web_port=web_port)
 
 
-@pytest.fixture
-def web(settings: Settings, web_port: int, tmp_path: Path) -> Iterator[WebProcess]:
-    process = WebProcess(web_port).start(settings, tmp_path / "web.log")
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
 def queued_call(database_url: str, destination: str = SUBSCRIBER, *, language: str = "vi") -> int:
-    with session_scope(database_url) as session:
-        account = add_account(session, f"HN-{destination[-6:]}", msisdn=destination)
-        account.language = language
-        return add_notification(session, account, channel="voice", destination=destination).id or 0
-
-
-def call(settings: Settings, nid: int) -> dict[int, str]:
-    runtime = make_runtime(settings)
-    try:
-        return deliver_batch(runtime, [nid]).outcomes
-    finally:
-        runtime.close()
+    return queued_notification(database_url, "voice", destination, language=language)
 
 
 def said(peer: TwilioPeer) -> list[str]:
@@ -96,7 +64,7 @@ def test_answered_call_heard_to_the_end_is_delivered(
     settings = twilio_settings(database_url, api_base_url=peer.base_url, web_port=web_port)
     with web_process(settings, web_port, tmp_path / "web.log"):
         nid = queued_call(database_url)
-        assert call(settings, nid) == {nid: "sent"}
+        assert deliver(settings, nid) == {nid: "sent"}
 
         row = wait_for_state(database_url, nid, "delivered")
         wait_until("the completed callback", lambda: any(r[0].startswith("completed") for r in receipts(database_url)))
@@ -127,7 +95,7 @@ def test_unanswered_calls_are_undelivered(settings: Settings, peer: TwilioPeer, 
     nid = queued_call(sqlite_url)
     peer.set_scenario(SUBSCRIBER, call=outcome)
 
-    call(settings, nid)
+    deliver(settings, nid)
 
     row = wait_for_state(sqlite_url, nid, "undelivered")
     assert outcome in (row.reason or "") and error in (row.reason or "")
@@ -140,7 +108,7 @@ def test_a_callee_who_hangs_up_during_the_warning_is_not_delivered(
     nid = queued_call(sqlite_url)
     peer.set_scenario(SUBSCRIBER, call="hangup")
 
-    call(settings, nid)
+    deliver(settings, nid)
 
     row = wait_for_state(sqlite_url, nid, "undelivered")
     assert "not-heard" in (row.reason or "")
@@ -152,7 +120,7 @@ def test_keys_1_2_9_repeat_give_the_steps_and_connect_to_care(
     nid = queued_call(sqlite_url)
     peer.set_scenario(SUBSCRIBER, keys="129")
 
-    call(settings, nid)
+    deliver(settings, nid)
 
     wait_until("the call to end", lambda: any(r[0].startswith("completed") for r in receipts(sqlite_url)))
     row = wait_for_state(sqlite_url, nid, "delivered")
@@ -174,7 +142,7 @@ def test_english_subscribers_hear_an_english_voice(
         settings: Settings, peer: TwilioPeer, web: WebProcess, sqlite_url: str) -> None:
     nid = queued_call(sqlite_url, language="en")
 
-    call(settings, nid)
+    deliver(settings, nid)
 
     wait_for_state(sqlite_url, nid, "delivered")
     assert {event["language"] for event in peer.events("say")} == {"en-US"}
@@ -222,7 +190,7 @@ def test_a_forged_heard_marker_is_refused_and_delivers_nothing(
         settings: Settings, peer: TwilioPeer, web: WebProcess, sqlite_url: str) -> None:
     nid = queued_call(sqlite_url)
     peer.set_scenario(SUBSCRIBER, call="hangup")
-    call(settings, nid)
+    deliver(settings, nid)
     wait_for_state(sqlite_url, nid, "undelivered")
     sid = peer.events("call")[0]["sid"]
     before = receipts(sqlite_url)

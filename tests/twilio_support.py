@@ -1,5 +1,9 @@
 """What the Twilio tests share: the loopback Twilio peer and `notifier web`, each a real process on a
-free 127.0.0.1 port stopped by pid, settings that join them, and waits on database state."""
+free 127.0.0.1 port stopped by pid, settings that join them, and waits on database state.
+
+The fixtures `peer`, `web_port` and `web` are bound in the test modules that use them (pytest finds
+fixtures among a module's names); `web` asks for the requesting module's own `settings` fixture.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +20,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
+import pytest
 from sqlmodel import Session
 from twilio.request_validator import RequestValidator
 
-from notifier.db import get_engine
+from notifier.db import get_engine, session_scope
+from notifier.dispatch.delivery import deliver_batch
+from notifier.dispatch.runtime import make_runtime
 from notifier.models import Notification
 from notifier.peers import LOOPBACK, free_port, wait_for_port
+from notifier.peers.twilio import TwilioPeer
 from notifier.settings import DispatchSettings, Settings, TwilioSettings, VoiceSettings
+from tests.factories import add_account, add_notification
 
 ACCOUNT_SID = "AC" + "1f" * 16
 AUTH_TOKEN = "peer-auth-token-9c41d2"
@@ -153,3 +162,47 @@ def notification_state(database_url: str, notification_id: int) -> Notification:
 def wait_for_state(database_url: str, notification_id: int, *states: str) -> Notification:
     return wait_until(f"notification {notification_id} in {states}", lambda: (
         row if (row := notification_state(database_url, notification_id)).state in states else None))
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[TwilioPeer]:
+    """The loopback Twilio peer, its events also written to tmp_path/twilio.jsonl."""
+    with TwilioPeer(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, log_path=tmp_path / "twilio.jsonl") as running:
+        yield running
+
+
+@pytest.fixture
+def web_port() -> int:
+    """The port `notifier web` will listen on: settings name it before the process starts."""
+    return free_port()
+
+
+@pytest.fixture
+def web(settings: Settings, web_port: int, tmp_path: Path) -> Iterator[WebProcess]:
+    """`notifier web` with the requesting module's `settings`, receiving the peer's callbacks."""
+    with web_process(settings, web_port, tmp_path / "web.log") as process:
+        yield process
+
+
+# -- notifications -------------------------------------------------------------------------------
+
+
+def queued_notification(database_url: str, channel: str, destination: str, *, language: str | None = None) -> int:
+    """A queued notification on `channel` to `destination`, for an account of its own; its id."""
+    with session_scope(database_url) as session:
+        account = add_account(session, f"HN-{destination[-6:]}", msisdn=destination)
+        if language is not None:
+            account.language = language
+        return add_notification(session, account, channel=channel, destination=destination).id or 0
+
+
+def deliver(settings: Settings, *ids: int) -> dict[int, str]:
+    """Send these notifications as a worker would (one batch); each one's outcome."""
+    runtime = make_runtime(settings)
+    try:
+        return deliver_batch(runtime, list(ids)).outcomes
+    finally:
+        runtime.close()

@@ -1,7 +1,8 @@
 """Pacing per route, counting SMS parts: one agreed rate, smooth, slowed down by throttling answers.
 
-Two limiters share one interface (`RateLimiter`): `acquire(n)` blocks until n parts may leave and
-`throttled()` tells the route that the provider said "too fast". Both keep the same state, a
+Two limiters share one interface (`RateLimiter`) and one `acquire` (`SlotLimiter`): `acquire(n)`
+blocks until n parts may leave and `throttled()` tells the route that the provider said "too
+fast". Both keep the same state, a
 virtual scheduling clock (GCRA): `free` is the moment the parts granted so far are paid for at the
 current rate; a grant of n parts moves it n / rate later and the caller sleeps until it. An idle
 route lends at most `burst` parts (default one), so the provider never sees more than rate + 1
@@ -116,23 +117,16 @@ def woke_late(slot: float) -> bool:
     return time.monotonic() - slot > LATE_SECONDS
 
 
-class TokenBucket:
-    """Pacing for one process: `rate` parts a second, `burst` parts lent to an idle route.
+class SlotLimiter:
+    """What both limiters share: the agreed rate and burst, and `acquire`, which books slots until
+    one is woken up to in time (module docstring). Where the clock is kept — this process or
+    Redis — is the subclass's `_reserve`."""
 
-    Thread-safe; sleeping happens outside the lock, so threads queue on the virtual clock, each
-    sleeping until its own slot.
-    """
-
-    def __init__(self, rate: float, burst: float | None = None, *, backoff: Backoff | None = None,
-                 on_grant: GrantLog | None = None) -> None:
+    def __init__(self, rate: float, burst: float | None) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
         self.burst = max(burst if burst is not None else DEFAULT_BURST_PARTS, 1.0)
-        self._aimd = _Aimd(backoff or Backoff(), since=time.monotonic())
-        self._free = float("-inf")
-        self._lock = threading.Lock()
-        self._on_grant = on_grant
 
     def acquire(self, tokens: float = 1.0) -> float:
         """Reserve `tokens` parts on the route's clock and sleep until they are paid for; a slot
@@ -145,6 +139,26 @@ class TokenBucket:
             if tokens > self.rate or not woke_late(slot):  # a grant over a second's worth is a chunk: kept
                 break
         return time.monotonic() - started
+
+    def _reserve(self, tokens: float) -> float:
+        """Book `tokens` parts; sleep until their slot (monotonic seconds, this host), which is returned."""
+        raise NotImplementedError
+
+
+class TokenBucket(SlotLimiter):
+    """Pacing for one process: `rate` parts a second, `burst` parts lent to an idle route.
+
+    Thread-safe; sleeping happens outside the lock, so threads queue on the virtual clock, each
+    sleeping until its own slot.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None, *, backoff: Backoff | None = None,
+                 on_grant: GrantLog | None = None) -> None:
+        super().__init__(rate, burst)
+        self._aimd = _Aimd(backoff or Backoff(), since=time.monotonic())
+        self._free = float("-inf")
+        self._lock = threading.Lock()
+        self._on_grant = on_grant
 
     def _reserve(self, tokens: float) -> float:
         """Book `tokens` parts; sleep until their slot (monotonic seconds), which is returned."""

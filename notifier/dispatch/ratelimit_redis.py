@@ -23,9 +23,7 @@ import time
 
 import redis
 
-from notifier.dispatch.ratelimit import (
-    DEFAULT_BURST_PARTS, LATE_RETRIES, Backoff, GrantLog, sleep_until, woke_late,
-)
+from notifier.dispatch.ratelimit import Backoff, GrantLog, SlotLimiter, sleep_until
 from notifier.redaction import hide_url_passwords
 
 log = logging.getLogger(__name__)
@@ -74,17 +72,14 @@ return {math.ceil(wait * 1000000), string.format('%.6f', math.max(free, now)), s
 """
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(SlotLimiter):
     """`rate` parts a second on route `key`, shared by every process using the same Redis key."""
 
     def __init__(self, url: str, key: str, rate: float, *, burst: float | None = None,
                  backoff: Backoff | None = None, on_grant: GrantLog | None = None,
                  client: redis.Redis | None = None) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.rate = rate
+        super().__init__(rate, burst)
         self.key = key
-        self.burst = max(burst if burst is not None else DEFAULT_BURST_PARTS, 1.0)
         self._backoff = backoff or Backoff()
         self._where = hide_url_passwords(url)
         self._client = client or redis.Redis.from_url(
@@ -93,18 +88,6 @@ class RedisRateLimiter:
         self._on_grant = on_grant
         self._down = False
         self._down_lock = threading.Lock()
-
-    def acquire(self, tokens: float = 1.0) -> float:
-        """Reserve `tokens` parts on the shared clock and sleep until they are paid for; a slot
-        woken up to too late is given up for the next free one (ratelimit.LATE_SECONDS)."""
-        if tokens <= 0:
-            return 0.0
-        started = time.monotonic()
-        for _ in range(LATE_RETRIES + 1):
-            slot = self._reserve(tokens)
-            if tokens > self.rate or not woke_late(slot):  # a grant over a second's worth is a chunk: kept
-                break
-        return time.monotonic() - started
 
     def _reserve(self, tokens: float) -> float:
         """Book `tokens` parts on the shared clock; sleep until their slot (monotonic seconds here)."""

@@ -111,7 +111,10 @@ def build_channel(name: str, settings: Settings) -> Channel:
     if name == "sms":
         from channels.smpp import SmppChannel
 
-        channel = SmppChannel(settings.smpp, on_receipt=receipt_sink(settings.database_url))
+        from notifier.replies import ReplyStore
+
+        channel = SmppChannel(settings.smpp, on_receipt=receipt_sink(settings.database_url),
+                              on_reply=ReplyStore(settings.database_url))
         channel.start()
         return channel
     if name == "email":

@@ -52,8 +52,6 @@ REQUEST_KINDS = (INFECTED_DEVICE, DATA_LEAK, ADVISORY)
 CONTACT_KINDS = ("msisdn", "email", "msisdn_sha256", "email_sha256")
 IDENTIFIER_KEYS = ("ip", *CONTACT_KINDS)
 SEGMENT_KEYS = ("service", "province", "all")
-HASH_KINDS = frozenset({"msisdn_sha256", "email_sha256"})
-SHA256_HEX_CHARS = 64
 MAX_REQUEST_ID_CHARS = 64  # feed.request_id
 MAX_REFERENCE_CHARS = 300
 MAX_DESCRIPTION_CHARS = 2000  # stored whole; notices print at most safe_labels.MAX_DESCRIPTION_CHARS
@@ -380,23 +378,11 @@ def _identifier(kind: str, value: object) -> str:
     if not isinstance(value, str):
         extra = " (a number loses its leading 0: quote it)" if kind == "msisdn" else ""
         raise ValueError(f"{kind} must be text, not a {_json_type(value)}{extra}")
-    if kind in HASH_KINDS:
-        return _sha256(kind, value)
     try:
         return normalise_identifier(kind, value)
     except ValueError as exc:
         reason = str(exc) if kind in ("msisdn", "email") else mask_personal_data(str(exc))  # msisdn/email mask themselves
         raise ValueError(f"{kind}: {reason}") from None
-
-
-def _sha256(kind: str, value: str) -> str:
-    """64 hex digits, lower case. The reason gives the length, never the text: a partner that
-    forgot to hash sent the address itself."""
-    digest = value.strip()
-    if len(digest) != SHA256_HEX_CHARS or any(ch not in "0123456789abcdefABCDEF" for ch in digest):
-        raise ValueError(f"{kind}: not a SHA-256 hex digest ({len(digest)} characters; "
-                         f"expected {SHA256_HEX_CHARS} hexadecimal digits)")
-    return digest.lower()
 
 
 def _port(value: object) -> int | None:

@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 from notifier.errors import InputError
 from notifier.identifiers import (
@@ -37,21 +37,17 @@ from notifier.identifiers import (
 from notifier.ingest.reader import (
     UTF8_BOM,
     Column,
-    _bad_utf8,
     _check_header,
-    _field_count_problem,
-    _nul_byte,
     _open_stream,
-    _printable,
     _read_header,
     bounded_text,
     check_zone,
-    extract,
-    parse_rows,
+    parse_layout,
+    read_record,
     required_headers,
     timestamp_in,
 )
-from notifier.ingest.nat import parse_cgnat_csv, parse_static_csv
+from notifier.ingest.nat import build_session, parse_cgnat_csv, parse_static_csv
 from notifier.ingest.radius import parse_radius_detail
 from notifier.ingest.records import Parser, Rejection, SessionRecord, bound_raw, find_parser
 from notifier.ingest.subscribers import MAX_ACCOUNT_REF_CHARS, MAX_USERNAME_CHARS
@@ -69,26 +65,16 @@ def session_columns(tz: str) -> tuple[Column, ...]:
     )
 
 
-def _build_session(
-    columns: tuple[Column, ...], line: int, row: dict[str, str], raw: str
-) -> tuple[SessionRecord]:
-    values = extract(row, columns)
-    started, ended = cast(datetime, values["started_at"]), cast(datetime | None, values["ended_at"])
-    if ended is not None and ended < started:
-        raise ValueError(f"end {row['end']!r} is before start {row['start']!r}")
-    return (SessionRecord(line=line, **values),)  # type: ignore[arg-type]
+# "end" must be in the header even though its cells may be empty: a file without the column would
+# otherwise turn every session into one that never ends.
+ALSO_REQUIRED = ("end",)
 
 
 def parse_sessions_csv(path: Path | str, *, tz: str = LOCAL_TIMEZONE) -> Iterator[SessionRecord | Rejection]:
     """Yield a SessionRecord per `account_id,ip,start,end[,username]` row; an empty end = still open."""
     path = Path(path)
     check_zone(path, tz)
-    columns = session_columns(tz)
-    build = functools.partial(_build_session, columns)
-    # "end" must be in the header even though its cells may be empty: a file without the column
-    # would otherwise turn every session into one that never ends.
-    required = (*required_headers(columns), "end")
-    yield from parse_rows(path, build, required=required)  # type: ignore[misc]
+    yield from parse_layout(path, session_columns(tz), build_session, required=ALSO_REQUIRED)  # type: ignore[misc]
 
 
 # --- rows for the store ----------------------------------------------------------------------------
@@ -250,7 +236,7 @@ class _SessionLayout:
         self.account = header.index("account_id")
         self.ip, self.start, self.end = header.index("ip"), header.index("start"), header.index("end")
         self.username = header.index("username") if "username" in header else None
-        self.build = functools.partial(_build_session, session_columns(tz))
+        self.build = functools.partial(build_session, session_columns(tz))
 
 
 def sessions_csv_rows(path: Path | str, *, tz: str = LOCAL_TIMEZONE) -> Iterator[AssignmentRow | Rejection]:
@@ -263,7 +249,7 @@ def sessions_csv_rows(path: Path | str, *, tz: str = LOCAL_TIMEZONE) -> Iterator
         lines = _Lines(text)
         try:
             header, shown = _read_header(csv.reader(lines), path, {})
-            _check_header(path, header, (*required_headers(columns), "end"), ())
+            _check_header(path, header, (*required_headers(columns), *ALSO_REQUIRED), ())
             yield from _session_rows(lines, text, _SessionLayout(header, shown, tz), _HourOffsets(get_zone(tz)))
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{path}: damaged gzip file ({exc})") from None
@@ -316,24 +302,19 @@ def _plain_row(number: int, fields: list[str], i_account: int, i_ip: int, i_star
 
 
 def _general_row(lines: _Lines, layout: _SessionLayout) -> Iterator[AssignmentRow | Rejection]:
-    """One CSV record (one or more physical lines) exactly as `reader.read_rows` + `parse_rows` +
-    `parse_sessions_csv` treat it: skipped when blank, else a row or a Rejection with their reason."""
-    start = lines.number + 1
+    """One CSV record (one or more physical lines), judged by `reader.read_record` as `read_rows`
+    judges it and built as `parse_sessions_csv` builds it: skipped when blank, else a row or a
+    Rejection with their reason."""
     try:
-        fields = next(csv.reader(lines))
+        item = read_record(csv.reader(lines), lines.take_raw, lines.number + 1, layout.header, layout.shown)
     except StopIteration:
         return
-    except csv.Error as exc:
-        yield Rejection(start, f"unreadable CSV ({exc})", bound_raw(_printable(lines.take_raw())))
+    if item is None:
         return
-    raw = lines.take_raw()
-    if not any(field.strip() for field in fields):
+    if isinstance(item, Rejection):
+        yield item
         return
-    reason = _nul_byte(raw) or _bad_utf8(raw) or _field_count_problem(fields, layout.shown)
-    if reason:
-        yield Rejection(start, reason, bound_raw(_printable(raw)))
-        return
-    row = {name: value.strip() for name, value in zip(layout.header, fields, strict=True) if name}
+    start, row, raw = item
     try:
         [record] = layout.build(start, row, raw)
         yield assignment_row(record)

@@ -21,8 +21,7 @@ from notifier.ingest.reader import (
     bounded_text,
     check_zone,
     extract,
-    parse_rows,
-    required_headers,
+    parse_layout,
     split_list,
     timestamp_in,
     unique,
@@ -162,9 +161,8 @@ def parse_shadowserver(
     path = Path(path)
     check_zone(path, tz)
     layout = REPORT_LAYOUTS[report_type_of(path, report_type)]
-    columns = report_columns(layout, tz)
-    build = functools.partial(_build_report_event, layout, columns)
-    yield from parse_rows(path, build, required=required_headers(columns))  # type: ignore[misc]
+    build = functools.partial(_build_report_event, layout)
+    yield from parse_layout(path, report_columns(layout, tz), build)  # type: ignore[misc]
 
 
 # --- leak lists ----------------------------------------------------------------------------------
@@ -207,8 +205,7 @@ def parse_leak_csv(path: Path | str, *, tz: str = LOCAL_TIMEZONE) -> Iterator[Fe
     """Yield data-leak events from a list naming people by phone, e-mail or their SHA-256 hashes."""
     path = Path(path)
     check_zone(path, tz)
-    build = functools.partial(_build_leak_events, leak_columns(tz))
-    yield from parse_rows(path, build, one_of=LEAK_IDENTIFIERS)  # type: ignore[misc]
+    yield from parse_layout(path, leak_columns(tz), _build_leak_events, one_of=LEAK_IDENTIFIERS)  # type: ignore[misc]
 
 
 # --- Authority requests --------------------------------------------------------------------------

@@ -3,13 +3,12 @@
 `static-csv` lists addresses and prefixes an account holds for months (business lines, routed
 IPv4 blocks, IPv6 delegations outside RADIUS); `cgnat-csv` is the carrier-grade NAT's log of which
 private address was translated to which public address and port block, and when. Both are plain CSV
-layouts read through `reader.parse_rows`, so gzip, BOMs, bad bytes and `line N: reason` behave as in
+layouts read through `reader.parse_layout`, so gzip, BOMs, bad bytes and `line N: reason` behave as in
 every other import.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import socket
 from collections.abc import Iterator
@@ -18,15 +17,7 @@ from pathlib import Path
 from typing import cast
 
 from notifier.identifiers import LOCAL_TIMEZONE, network_keys, normalise_ip
-from notifier.ingest.reader import (
-    Column,
-    bounded_text,
-    check_zone,
-    extract,
-    parse_rows,
-    required_headers,
-    timestamp_in,
-)
+from notifier.ingest.reader import Column, bounded_text, check_zone, extract, parse_layout, timestamp_in
 from notifier.ingest.records import NatEventRecord, Rejection, SessionRecord
 from notifier.ingest.subscribers import MAX_ACCOUNT_REF_CHARS, choice_of
 
@@ -112,12 +103,19 @@ def static_columns(tz: str) -> tuple[Column, ...]:
     )
 
 
-def _build_static(columns: tuple[Column, ...], line: int, row: dict[str, str], raw: str) -> tuple[SessionRecord]:
+def build_session(columns: tuple[Column, ...], line: int, row: dict[str, str], raw: str) -> tuple[SessionRecord]:
+    """The SessionRecord of a row of a session layout (static-csv here, sessions-csv in
+    notifier.ingest.assignments): an end before the start is refused, named by the file's headers."""
     values = extract(row, columns)
     started, ended = cast(datetime, values["started_at"]), cast(datetime | None, values["ended_at"])
     if ended is not None and ended < started:
-        raise ValueError(f"until {row['until']!r} is before since {row['since']!r}")
+        since, until = _header_of(columns, "started_at"), _header_of(columns, "ended_at")
+        raise ValueError(f"{until} {row[until]!r} is before {since} {row[since]!r}")
     return (SessionRecord(line=line, **values),)  # type: ignore[arg-type]
+
+
+def _header_of(columns: tuple[Column, ...], target: str) -> str:
+    return next(column.sources[0] for column in columns if column.target == target)
 
 
 def parse_static_csv(path: Path | str, *, tz: str = LOCAL_TIMEZONE) -> Iterator[SessionRecord | Rejection]:
@@ -130,10 +128,7 @@ def parse_static_csv(path: Path | str, *, tz: str = LOCAL_TIMEZONE) -> Iterator[
     """
     path = Path(path)
     check_zone(path, tz)
-    columns = static_columns(tz)
-    build = functools.partial(_build_static, columns)
-    required = (*required_headers(columns), "since", "until")
-    yield from parse_rows(path, build, required=required)  # type: ignore[misc]
+    yield from parse_layout(path, static_columns(tz), build_session, required=("since", "until"))  # type: ignore[misc]
 
 
 # --- cgnat-csv -----------------------------------------------------------------------------------
@@ -171,6 +166,4 @@ def parse_cgnat_csv(path: Path | str, *, tz: str = LOCAL_TIMEZONE) -> Iterator[N
     """
     path = Path(path)
     check_zone(path, tz)
-    columns = cgnat_columns(tz)
-    build = functools.partial(_build_nat_event, columns)
-    yield from parse_rows(path, build, required=required_headers(columns))  # type: ignore[misc]
+    yield from parse_layout(path, cgnat_columns(tz), _build_nat_event)  # type: ignore[misc]

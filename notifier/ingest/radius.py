@@ -309,7 +309,7 @@ class _Sessions:
             self._touch(session, record)
             return
         if not record.addresses:
-            yield block.rejection(f"{INTERIM} of a session not started in this file, without an address")
+            yield block.rejection(_unknown_without_address(INTERIM))
             return
         yield from self._open(block, record, record.derived_start)
 
@@ -317,10 +317,9 @@ class _Sessions:
         session = self.open.get(record.ref)
         if session is None:
             if not record.addresses:
-                yield block.rejection(f"{STOP} of a session not started in this file, without an address")
+                yield block.rejection(_unknown_without_address(STOP))
                 return
-            session = _Session(record.ref, record.username, record.nas, block.line, record.derived_start,
-                               record.at, dict.fromkeys(record.addresses, record.derived_start))
+            session = _new_session(block, record, record.derived_start)
         elif record.at < session.started_at:
             yield block.rejection(f"{STOP} at {record.at.isoformat()} is before its session started "
                                   f"({session.started_at.isoformat()})")
@@ -332,8 +331,7 @@ class _Sessions:
 
     def _open(self, block: _Block, record: _Record, started_at: datetime) -> Iterator[SessionRecord]:
         yield from self._close_holders(record.addresses, started_at, keep=record.ref)
-        session = _Session(record.ref, record.username, record.nas, block.line, started_at, record.at,
-                           dict.fromkeys(record.addresses, started_at))
+        session = _new_session(block, record, started_at)
         self.open[record.ref] = session
         for address in record.addresses:
             self.holders[address] = record.ref
@@ -394,6 +392,22 @@ class _Sessions:
         self.holders.clear()
 
 
+def _new_session(block: _Block, record: _Record, started_at: datetime) -> _Session:
+    """The session a record opens (or, a Stop of one begun in an earlier file, closes at once)."""
+    return _Session(record.ref, record.username, record.nas, block.line, started_at, record.at,
+                    dict.fromkeys(record.addresses, started_at))
+
+
+def _unknown_without_address(status: str) -> str:
+    """Why a record of a session this file never saw start cannot be used: it names no address."""
+    return f"{status} of a session not started in this file, without an address"
+
+
+def _nas(attributes: dict[str, str]) -> str | None:
+    """The NAS a record comes from: sessions and reboots are per NAS."""
+    return attributes.get("NAS-IP-Address") or attributes.get("NAS-Identifier")
+
+
 def _session_records(session: _Session, *, ended_at: datetime | None = None,
                      open_until: datetime | None = None) -> Iterator[SessionRecord]:
     for address, since in session.addresses.items():
@@ -413,7 +427,7 @@ def _read_record(block: _Block, status: str, tz: str) -> _Record:
     except ValueError as exc:
         raise ValueError(f"User-Name: {exc}") from None
     return _Record(status=status, at=_record_time(block, tz), ref=_session_ref(attributes, username),
-                   username=username, nas=attributes.get("NAS-IP-Address") or attributes.get("NAS-Identifier"),
+                   username=username, nas=_nas(attributes),
                    addresses=_addresses(attributes), session_time=_seconds(attributes, "Acct-Session-Time"))
 
 
@@ -452,9 +466,7 @@ def _handle_block(sessions: _Sessions, block: _Block, tz: str) -> Iterator[Sessi
         return
     try:
         if status in NAS_RESTARTS:
-            at = _record_time(block, tz)
-            nas = block.attributes.get("NAS-IP-Address") or block.attributes.get("NAS-Identifier")
-            yield from sessions.nas_restarted(nas, at)
+            yield from sessions.nas_restarted(_nas(block.attributes), _record_time(block, tz))
             return
         if status not in STATUS_ALIASES:
             yield block.rejection(f"unsupported Acct-Status-Type {status[:40]!r}")

@@ -5,7 +5,7 @@ in any order, now and then a row typed in a Windows code page. Reading is theref
 the file is streamed physical line by physical line, each line decoded by us (so one bad byte
 rejects one row instead of stopping the file), and every row is either a dict keyed by header name
 or a Rejection carrying its physical line number. Parsers only describe their layout (`Column`) and
-build records (`parse_rows`); none of them loops over a file itself.
+build records (`parse_layout`, over `parse_rows`); none of them loops over a file itself.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 Row = tuple[int, dict[str, str], str]
 RowBuilder = Callable[[int, dict[str, str], str], Iterable[ParseResult]]
+# A parser's record builder: (its layout, physical line, row, raw text) → records; ValueError rejects.
+LayoutBuilder = Callable[[tuple["Column", ...], int, dict[str, str], str], Iterable[ParseResult]]
 Converter = Callable[[str], object]
 ByteStream = gzip.GzipFile | io.BufferedReader
 
@@ -144,6 +146,22 @@ def parse_rows(
             yield Rejection(line, str(exc), bound_raw(raw))
             continue
         yield from results
+
+
+def parse_layout(
+    path: Path,
+    columns: tuple[Column, ...],
+    build: LayoutBuilder,
+    *,
+    required: Sequence[str] = (),
+    one_of: Sequence[str] = (),
+    column_map: Mapping[str, str] | None = None,
+) -> Iterator[ParseResult]:
+    """`parse_rows` for a parser described by its layout: `build(columns, line, row, raw)` makes
+    the records, and the file must have the headers of the required columns plus `required` (a
+    column whose cells may be empty but whose absence would change every row's meaning)."""
+    yield from parse_rows(path, functools.partial(build, columns), required=(*required_headers(columns), *required),
+                          one_of=one_of, column_map=column_map)
 
 
 def read_rows(
@@ -316,22 +334,32 @@ def _rows(
     """Yield each data row or its rejection; blank rows (also ",,,") are skipped."""
     lines.take_raw()  # drop the header's text
     while True:
-        start = reader.line_num + 1
         try:
-            fields = next(reader)
+            item = read_record(reader, lines.take_raw, reader.line_num + 1, header, shown)
         except StopIteration:
             return
-        except csv.Error as exc:
-            yield Rejection(start, f"unreadable CSV ({exc})", bound_raw(_printable(lines.take_raw())))
-            continue
-        raw = lines.take_raw()
-        if not any(field.strip() for field in fields):
-            continue
-        reason = _nul_byte(raw) or _bad_utf8(raw) or _field_count_problem(fields, shown)
-        if reason:
-            yield Rejection(start, reason, bound_raw(_printable(raw)))
-            continue
-        yield start, {name: value.strip() for name, value in zip(header, fields, strict=True) if name}, raw
+        if item is not None:
+            yield item
+
+
+def read_record(reader: CsvReader, take_raw: Callable[[], str], start: int, header: list[str],
+                shown: list[str]) -> Row | Rejection | None:
+    """The next CSV record of `reader`, which starts at physical line `start`: the row, a Rejection
+    with its reason (unreadable CSV, a NUL byte, bad UTF-8, too few or too many fields), or None
+    for a blank one (also ",,,"). `take_raw` gives the text the record was read from. Raises
+    StopIteration at the end of the file. The one place a record is judged: `read_rows` and the
+    sessions-csv fast reader's general path (notifier.ingest.assignments) both come here."""
+    try:
+        fields = next(reader)
+    except csv.Error as exc:
+        return Rejection(start, f"unreadable CSV ({exc})", bound_raw(_printable(take_raw())))
+    raw = take_raw()
+    if not any(field.strip() for field in fields):
+        return None
+    reason = _nul_byte(raw) or _bad_utf8(raw) or _field_count_problem(fields, shown)
+    if reason:
+        return Rejection(start, reason, bound_raw(_printable(raw)))
+    return start, {name: value.strip() for name, value in zip(header, fields, strict=True) if name}, raw
 
 
 def _field_count_problem(fields: list[str], shown: list[str]) -> str | None:

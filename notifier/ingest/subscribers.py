@@ -21,16 +21,7 @@ from notifier.identifiers import (
     mask_phone_text,
     normalise_email,
 )
-from notifier.ingest.reader import (
-    Column,
-    bounded_text,
-    check_zone,
-    extract,
-    parse_rows,
-    required_headers,
-    split_list,
-    unique,
-)
+from notifier.ingest.reader import Column, bounded_text, check_zone, extract, parse_layout, split_list, unique
 from notifier.ingest.records import Rejection, SubscriberRecord
 
 MIN_BILLING_DAY, MAX_BILLING_DAY = 1, 28  # day 29-31 does not exist in every month
@@ -143,8 +134,8 @@ def checked_column_map(column_map: Mapping[str, str] | None) -> dict[str, str]:
     return mapping
 
 
-def _build(line: int, row: dict[str, str], raw: str) -> tuple[SubscriberRecord]:
-    values = extract(row, SUBSCRIBER_COLUMNS)
+def _build(columns: tuple[Column, ...], line: int, row: dict[str, str], raw: str) -> tuple[SubscriberRecord]:
+    values = extract(row, columns)
     msisdns, warnings = values.pop("msisdns")  # type: ignore[misc]
     return (SubscriberRecord(line=line, msisdns=msisdns, warnings=warnings, **values),)  # type: ignore[arg-type]
 
@@ -165,6 +156,4 @@ def parse_subscribers(
     path = Path(path)
     check_zone(path, tz)
     mapping = checked_column_map(column_map)
-    yield from parse_rows(  # type: ignore[misc]
-        path, _build, required=required_headers(SUBSCRIBER_COLUMNS), column_map=mapping
-    )
+    yield from parse_layout(path, SUBSCRIBER_COLUMNS, _build, column_map=mapping)  # type: ignore[misc]

@@ -10,6 +10,17 @@ across its own restart (a journal next to the log, `<log>.receipts`), answers a 
 with a temporary error again after `--receipt-retry` seconds, can answer submits late
 (`--answer-delay`), and sets TCP_NODELAY on its connections (smpp34 leaves Nagle on, which costs
 ~40 ms per multi-part message). Tests freeze it with SIGSTOP and kill/restart it by pid.
+
+A control port (`--control-port`, JSON lines) lets tests make it act like the network: `mo` sends a
+subscriber's reply (MO deliver_sm, esm_class 0, possibly several UDH parts in any order) to a bind
+that can receive, kept and sent again like receipts until the ESME answers OK; `inject` writes raw
+PDUs (generic_nack, an unknown command id) to every relayed connection.
+
+`--relay` (implied by `--tls-cert`) puts a front end on the public port that passes the bytes to
+smpp34 on an inner port: it terminates TLS, logs every bind (command, system_id, system_type) to
+`<log>.binds`, and lets receiver and transmitter binds work — smpp34 refuses deliver_sm_resp on a
+bind_receiver session, so the front end binds transceiver behind a receiver or transmitter bind and
+the SMSC sends receipts and replies only to the binds that may receive them.
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ import json
 import os
 import signal
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -36,12 +49,17 @@ from zoneinfo import ZoneInfo
 import smpp34
 
 from notifier.peers import LOOPBACK, ensure_port_free, free_port, wait_for_port
-from notifier.sms import concat_header, decode_parts
+from notifier.sms import concat_header, decode_parts, encode_sms
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STATE_DELIVERED, STATE_UNDELIVERABLE = 2, 5
 ESM_CLASS_RECEIPT = 0x04
 _STOP_TIMEOUT_SECONDS = 5.0
+_HEADER = struct.Struct(">LLLL")
+_BIND_TRANSCEIVER = 0x00000009
+_BIND_COMMANDS = {0x00000001: "bind_receiver", 0x00000002: "bind_transmitter", _BIND_TRANSCEIVER: "bind_transceiver"}
+_ROLE_SUFFIX = {0x00000001: ":r", 0x00000002: ":t"}  # what the front end appends to the system_id
+_ROLES = {":r": "rx", ":t": "tx"}
 
 
 @dataclass(frozen=True)
@@ -51,8 +69,10 @@ class _PendingReceipt:
     source_addr: str
     destination_addr: str
     short_message: bytes
-    receipted_id: str
+    receipted_id: str  # for a subscriber's reply: "mo-N", its key in the journal
     state: int
+    esm_class: int = ESM_CLASS_RECEIPT  # a reply: 0, or 0x40 with a UDH
+    data_coding: int = 0
 
 
 class _Smsc:
@@ -70,11 +90,21 @@ class _Smsc:
         self._journal_path = Path(str(args.log) + ".receipts")
         self._journal = _load_journal(self._journal_path, self._backlog)
         self._recent: deque[float] = deque()  # accept times within the last second (--throttle-above)
+        self._roles: dict[str, str] = {}  # session_id -> "trx" | "tx" | "rx"
+        self._mo_ids = itertools.count(int(time.time() * 1000))
+        self._fronts: set[asyncio.StreamWriter] = set()  # relayed client connections (for `inject`)
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
         """Handle server events forever (the caller cancels on SIGTERM); `on_ready` once listening."""
-        server = smpp34.Server(host=LOOPBACK, port=self._args.port, system_id="TESTSMSC")
+        relayed = self._args.relay or self._args.tls_cert is not None
+        inner_port = free_port() if relayed else self._args.port
+        server = smpp34.Server(host=LOOPBACK, port=inner_port, system_id="TESTSMSC")
         await server.start()
+        if relayed:
+            front = _Front(self, inner_port, self._args)
+            await front.start()
+        if self._args.control_port:
+            await asyncio.start_server(self._control, LOOPBACK, self._args.control_port)
         if on_ready is not None:
             on_ready()
         while True:
@@ -88,11 +118,26 @@ class _Smsc:
 
     def _on_bind(self, esme: Any) -> None:
         _set_nodelay_on_connections()
+        system_id, role = esme.system_id, "trx" if esme.can_receive else "tx"
+        if system_id[-2:] in _ROLES:  # bound through the front end as a receiver or transmitter
+            system_id, role = system_id[:-2], _ROLES[system_id[-2:]]
         self._sessions[esme.session_id] = esme
-        self._system_ids[esme.session_id] = esme.system_id
-        backlog = self._backlog.pop(esme.system_id, [])
+        self._system_ids[esme.session_id] = system_id
+        self._roles[esme.session_id] = role
+        if role == "tx":
+            return  # receipts and replies wait for a bind that may receive them
+        backlog = self._backlog.pop(system_id, [])
         for receipt in backlog:
-            self._spawn(self._deliver(esme.session_id, esme.system_id, receipt, delay=0.0))
+            self._spawn(self._deliver(esme.session_id, system_id, receipt, delay=0.0))
+
+    def _receiving(self, session_id: str | None, system_id: str) -> Any:
+        """The session to hand a receipt or reply to: this one if it may receive, else another
+        bind of the same system_id that may (a receiver next to a transmitter), else None."""
+        esme = self._sessions.get(session_id or "")
+        if esme is not None and self._roles.get(esme.session_id) != "tx":
+            return esme
+        return next((other for sid, other in self._sessions.items()
+                     if self._system_ids.get(sid) == system_id and self._roles.get(sid) != "tx"), None)
 
     def _on_submit(self, event: Any) -> None:
         if self._args.answer_delay:
@@ -113,15 +158,18 @@ class _Smsc:
             self._write_log(event, system_id, None, status)
             return
         message_id = f"{next(self._ids) & 0xFFFFFFFF:08X}"
+        receipt = self._receipt_for(event, message_id) if event.registered_delivery & 1 else None
+        if receipt is not None:  # kept before the ESME hears "accepted": a crash right after loses nothing
+            self._journal_write({"op": "add", "system_id": system_id, **_journal_fields(receipt)})
         try:
             event.accept(message_id)
         except smpp34.SmppError:
+            if receipt is not None:
+                self._journal_write({"op": "done", "receipted_id": receipt.receipted_id})
             return  # the session went away before we answered: not taken
         self._accepted += 1
         self._write_log(event, system_id, message_id, smpp34.ESME_ROK)
-        if event.registered_delivery & 1:
-            receipt = self._receipt_for(event, message_id)
-            self._journal_write({"op": "add", "system_id": system_id, **_journal_fields(receipt)})
+        if receipt is not None:
             self._spawn(self._deliver(event.session_id, system_id, receipt, delay=self._args.receipt_delay))
 
     def _refusal(self, destination: str) -> int:
@@ -144,7 +192,9 @@ class _Smsc:
         record = {
             "at": datetime.now(UTC).isoformat(), "session_id": event.session_id, "system_id": system_id,
             "source_addr": event.source_addr, "destination_addr": event.destination_addr,
-            "data_coding": event.data_coding, "esm_class": event.esm_class,
+            "source_addr_ton": event.source_addr_ton, "source_addr_npi": event.source_addr_npi,
+            "dest_addr_ton": event.dest_addr_ton, "dest_addr_npi": event.dest_addr_npi,
+            "service_type": event.service_type, "data_coding": event.data_coding, "esm_class": event.esm_class,
             "registered_delivery": event.registered_delivery,
             "short_message_hex": bytes(event.short_message).hex(), "message_id": message_id,
             "command_status": status,
@@ -169,22 +219,52 @@ class _Smsc:
         keep it for the next bind; if the ESME refused it (temporary NACK), keep it too."""
         if delay:
             await asyncio.sleep(delay)
-        esme = self._sessions.get(session_id)
+        esme = self._receiving(session_id, system_id)
         outcome = await self._push(esme, receipt) if esme is not None else "gone"
         if outcome == "delivered":
             self._journal_write({"op": "done", "receipted_id": receipt.receipted_id})
             return
-        if outcome == "refused" and session_id in self._sessions:  # "try again later"
-            self._spawn(self._deliver(session_id, system_id, receipt, delay=self._args.receipt_retry))
+        if outcome == "refused" and esme.session_id in self._sessions:  # "try again later"
+            self._spawn(self._deliver(esme.session_id, system_id, receipt, delay=self._args.receipt_retry))
             return
-        if outcome == "gone":
-            self._sessions.pop(session_id, None)
-        sibling = next((sid for sid, other in self._sessions.items() if other.system_id == system_id),
-                       None) if outcome == "gone" else None
+        if outcome == "gone" and esme is not None:
+            self._sessions.pop(esme.session_id, None)
+        sibling = self._receiving(None, system_id) if outcome == "gone" else None
         if sibling is not None:
-            self._spawn(self._deliver(sibling, system_id, receipt, delay=0.0))
+            self._spawn(self._deliver(sibling.session_id, system_id, receipt, delay=0.0))
         else:
             self._backlog[system_id].append(receipt)
+
+    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One JSON command per line, one JSON answer per line (`SmscPeer.send_reply`, `inject`)."""
+        try:
+            while line := await reader.readline():
+                command = json.loads(line)
+                writer.write((json.dumps(self._command(command)) + "\n").encode())
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def _command(self, command: dict[str, Any]) -> dict[str, Any]:
+        if command["op"] == "mo":
+            return self._send_mo(command)
+        if command["op"] == "inject":
+            for front in list(self._fronts):
+                front.write(bytes.fromhex(command["hex"]))
+            return {"ok": True, "connections": len(self._fronts)}
+        return {"ok": False, "error": f"unknown op {command['op']!r}"}
+
+    def _send_mo(self, command: dict[str, Any]) -> dict[str, Any]:
+        """A subscriber's reply: each part (hex short_message, in the order given) is queued for a
+        receiving bind of `system_id`, journalled and retried like a receipt."""
+        system_id = command["system_id"]
+        for part in command["parts"]:
+            reply = _PendingReceipt(source_addr=command["source"], destination_addr=command["destination"],
+                                    short_message=bytes.fromhex(part), receipted_id=f"mo-{next(self._mo_ids)}",
+                                    state=0, esm_class=command["esm_class"], data_coding=command["data_coding"])
+            self._journal_write({"op": "add", "system_id": system_id, **_journal_fields(reply)})
+            self._spawn(self._deliver("", system_id, reply, delay=0.0))
+        return {"ok": True, "parts": len(command["parts"])}
 
     def _journal_write(self, record: dict[str, Any]) -> None:
         self._journal.write(json.dumps(record) + "\n")
@@ -195,10 +275,13 @@ class _Smsc:
         """deliver_sm one receipt: "delivered", "refused" (non-OK deliver_sm_resp) or "gone"."""
         tlvs = [smpp34.Tlv(smpp34.TLV_RECEIPTED_MESSAGE_ID, receipt.receipted_id.encode("ascii") + b"\0"),
                 smpp34.Tlv(smpp34.TLV_MESSAGE_STATE, bytes([receipt.state]))]
+        if receipt.esm_class != ESM_CLASS_RECEIPT:
+            tlvs = []  # a subscriber's reply
         try:
             response = await esme.deliver_sm(  # a Future, not a coroutine: await it, no create_task
                 receipt.destination_addr, receipt.short_message, source_addr=receipt.source_addr,
-                source_addr_ton=1, source_addr_npi=1, esm_class=ESM_CLASS_RECEIPT, tlvs=tlvs)
+                source_addr_ton=1, source_addr_npi=1, esm_class=receipt.esm_class,
+                data_coding=receipt.data_coding, tlvs=tlvs)
         except smpp34.SmppError:
             return "refused" if esme.can_receive else "gone"
         return "delivered" if response.is_success else "refused"
@@ -241,6 +324,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="answer ESME_RTHROTTLED once N submits were accepted (a quota)")
     parser.add_argument("--throttle-above", type=int, default=None, metavar="R",
                         help="answer ESME_RTHROTTLED to submits beyond R accepted in the last second")
+    parser.add_argument("--control-port", type=int, default=None, help="JSON-lines control (mo, inject)")
+    parser.add_argument("--relay", action="store_true",
+                        help="front end on --port: logs binds, allows receiver/transmitter binds, inject")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate: the front end speaks TLS")
+    parser.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
     return parser.parse_args(argv)
 
 
@@ -288,7 +376,7 @@ def _ready_line(port: int, log_path: Path) -> str:
 def _journal_fields(receipt: _PendingReceipt) -> dict[str, Any]:
     return {"source_addr": receipt.source_addr, "destination_addr": receipt.destination_addr,
             "short_message": receipt.short_message.decode("latin-1"), "receipted_id": receipt.receipted_id,
-            "state": receipt.state}
+            "state": receipt.state, "esm_class": receipt.esm_class, "data_coding": receipt.data_coding}
 
 
 def _load_journal(path: Path, backlog: dict[str, list[_PendingReceipt]]) -> IO[str]:
@@ -309,9 +397,84 @@ def _load_journal(path: Path, backlog: dict[str, list[_PendingReceipt]]) -> IO[s
     for record in added:
         if record["receipted_id"] not in done:
             fields = {key: record[key] for key in ("source_addr", "destination_addr", "receipted_id", "state")}
+            fields.update({key: record[key] for key in ("esm_class", "data_coding") if key in record})
             backlog[record["system_id"]].append(_PendingReceipt(
                 short_message=record["short_message"].encode("latin-1"), **fields))
     return path.open("a", encoding="utf-8")
+
+
+class _Front:
+    """The public side of a relayed SMSC: TLS (if configured), bind log, role rewriting, inject."""
+
+    def __init__(self, smsc: _Smsc, inner_port: int, args: argparse.Namespace) -> None:
+        self._smsc = smsc
+        self._inner_port = inner_port
+        self._args = args
+        self._binds = Path(str(args.log) + ".binds").open("a", encoding="utf-8")
+
+    async def start(self) -> None:
+        context = None
+        if self._args.tls_cert is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self._args.tls_cert, self._args.tls_key)
+        await asyncio.start_server(self._connection, LOOPBACK, self._args.port, ssl=context)
+
+    async def _connection(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        inner_reader, inner_writer = await asyncio.open_connection(LOOPBACK, self._inner_port)
+        for writer in (client_writer, inner_writer):
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._smsc._fronts.add(client_writer)
+        binds: dict[int, int] = {}  # sequence -> the bind command the client sent (rewritten behind)
+        pumps = [asyncio.create_task(self._pump(client_reader, inner_writer, lambda pdu: self._up(pdu, binds))),
+                 asyncio.create_task(self._pump(inner_reader, client_writer, lambda pdu: self._down(pdu, binds)))]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._smsc._fronts.discard(client_writer)
+            for task in pumps:
+                task.cancel()
+            for writer in (client_writer, inner_writer):
+                writer.close()
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    rewrite: Callable[[bytes], bytes]) -> None:
+        """Copy whole PDUs, each through `rewrite`, until either side closes."""
+        try:
+            while True:
+                head = await reader.readexactly(4)
+                rest = await reader.readexactly(int.from_bytes(head, "big") - 4)
+                writer.write(rewrite(head + rest))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            return
+
+    def _up(self, pdu: bytes, binds: dict[int, int]) -> bytes:
+        """ESME -> SMSC: log binds; a receiver or transmitter bind goes on as a transceiver one."""
+        _, command_id, _, sequence = _HEADER.unpack_from(pdu)
+        if command_id not in _BIND_COMMANDS:
+            return pdu
+        fields = pdu[16:].split(b"\0", 3)  # system_id, password, system_type, the rest
+        system_id, system_type = fields[0].decode("latin-1"), fields[2].decode("latin-1")
+        self._binds.write(json.dumps({"at": datetime.now(UTC).isoformat(), "command": _BIND_COMMANDS[command_id],
+                                      "system_id": system_id, "system_type": system_type,
+                                      "tls": self._args.tls_cert is not None}) + "\n")
+        self._binds.flush()
+        if command_id == _BIND_TRANSCEIVER:
+            return pdu
+        binds[sequence] = command_id
+        body = (system_id + _ROLE_SUFFIX[command_id]).encode("latin-1") + b"\0" + b"\0".join(fields[1:])
+        return _HEADER.pack(16 + len(body), _BIND_TRANSCEIVER, 0, sequence) + body
+
+    @staticmethod
+    def _down(pdu: bytes, binds: dict[int, int]) -> bytes:
+        """SMSC -> ESME: the answer to a rewritten bind carries the command the ESME sent."""
+        _, command_id, status, sequence = _HEADER.unpack_from(pdu)
+        if command_id == 0x80000000 | _BIND_TRANSCEIVER and sequence in binds:
+            return _HEADER.pack(len(pdu), 0x80000000 | binds.pop(sequence), status, sequence) + pdu[16:]
+        return pdu
 
 
 def _set_nodelay_on_connections() -> None:
@@ -341,7 +504,8 @@ class SmscPeer:
                  receipt_id_format: str = "hex", receipt_delay: float = 0.0,
                  reject: dict[str, int] | None = None, reject_after: int | None = None,
                  throttle_above: int | None = None, answer_delay: float = 0.0,
-                 receipt_retry: float = 1.0) -> None:
+                 receipt_retry: float = 1.0, relay: bool = False, tls_cert: Path | None = None,
+                 tls_key: Path | None = None) -> None:
         self.log_path = Path(log_path).resolve()  # the server runs with the project as cwd
         self.port = port or free_port()
         self.fail_suffix = fail_suffix
@@ -352,6 +516,9 @@ class SmscPeer:
         self.throttle_above = throttle_above
         self.answer_delay = answer_delay
         self.receipt_retry = receipt_retry
+        self.relay = relay
+        self.tls_cert, self.tls_key = tls_cert, tls_key
+        self.control_port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -364,7 +531,11 @@ class SmscPeer:
         command = [sys.executable, "-m", "notifier.peers.smsc", "--port", str(self.port),
                    "--log", str(self.log_path), "--receipt-id-format", self.receipt_id_format,
                    "--receipt-delay", str(self.receipt_delay), "--answer-delay", str(self.answer_delay),
-                   "--receipt-retry", str(self.receipt_retry)]
+                   "--receipt-retry", str(self.receipt_retry), "--control-port", str(self.control_port)]
+        if self.relay:
+            command.append("--relay")
+        if self.tls_cert is not None:
+            command += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
         if self.fail_suffix:
             command += ["--fail-suffix", self.fail_suffix]
         for suffix, status in self.reject.items():
@@ -379,6 +550,7 @@ class SmscPeer:
         self._process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL)
         try:
             wait_for_port(self.port)
+            wait_for_port(self.control_port)
         except TimeoutError:
             self.stop()
             raise
@@ -425,6 +597,51 @@ class SmscPeer:
                  traceback: TracebackType | None) -> None:
         self.stop()
 
+    def send_reply(self, source: str, text: str, *, system_id: str, destination: str = "8088",
+                   parts: int | None = None, order: list[int] | None = None, reference: int = 0x42,
+                   reference_16bit: bool = False, only: list[int] | None = None) -> int:
+        """Send a subscriber's reply (MO deliver_sm, esm_class 0) to a receiving bind of `system_id`.
+
+        GSM-7 when the text allows, else UCS-2; `parts` > 1 splits it into that many parts with a
+        concatenation UDH (8-bit reference, or 16-bit with `reference_16bit`), sent in `order`
+        (1-based seqs, default 1..n); `only` sends just those seqs (a part lost by the network).
+        Returns the number of parts sent.
+        """
+        coding, payload = _encode_reply(text)
+        count = parts or 1
+        unit = 2 if coding == 8 else 1
+        size = -(-len(payload) // unit // count) * unit
+        chunks = [payload[i * size:(i + 1) * size] for i in range(count)]
+        if count == 1:
+            messages, esm_class = chunks, 0
+        else:
+            messages, esm_class = [_reply_udh(reference, count, seq, reference_16bit) + chunk
+                                   for seq, chunk in enumerate(chunks, start=1)], 0x40
+        seqs = [seq for seq in (order or list(range(1, count + 1))) if only is None or seq in only]
+        answer = self._control({"op": "mo", "system_id": system_id, "source": source, "destination": destination,
+                                "esm_class": esm_class, "data_coding": coding,
+                                "parts": [messages[seq - 1].hex() for seq in seqs]})
+        return int(answer["parts"])
+
+    def inject(self, pdu: bytes) -> int:
+        """Write raw PDU bytes to every relayed connection (`relay=True`); how many got them."""
+        return int(self._control({"op": "inject", "hex": pdu.hex()})["connections"])
+
+    def binds(self) -> list[dict[str, Any]]:
+        """Every bind the front end saw (`relay=True` or TLS): command, system_id, system_type."""
+        path = Path(str(self.log_path) + ".binds")
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def _control(self, command: dict[str, Any]) -> dict[str, Any]:
+        with socket.create_connection((LOOPBACK, self.control_port), timeout=_STOP_TIMEOUT_SECONDS) as sock:
+            sock.sendall((json.dumps(command) + "\n").encode())
+            answer = json.loads(sock.makefile("rb").readline())
+        if not answer.get("ok"):
+            raise RuntimeError(f"SMSC peer refused {command['op']}: {answer}")
+        return answer  # type: ignore[no-any-return]
+
     def submits(self) -> list[dict[str, Any]]:
         """Every submit_sm received so far, in arrival order (refused ones have message_id None)."""
         if not self.log_path.exists():
@@ -453,6 +670,22 @@ class SmscPeer:
                 groups.append(group)
             group.append(submit)
         return [_message(group) for group in groups]
+
+
+def _encode_reply(text: str) -> tuple[int, bytes]:
+    """(data_coding, payload) as a handset would send it: GSM-7 septets, one per octet, else UCS-2."""
+    encoded = encode_sms(text, reference=0)
+    if encoded.data_coding == 0 and len(encoded.parts) == 1:
+        return 0, encoded.parts[0]
+    if encoded.data_coding == 0:
+        return 0, b"".join(part[6:] for part in encoded.parts)
+    return 8, text.encode("utf-16-be")
+
+
+def _reply_udh(reference: int, total: int, seq: int, sixteen_bit: bool) -> bytes:
+    if sixteen_bit:
+        return bytes([0x06, 0x08, 0x04, (reference >> 8) & 0xFF, reference & 0xFF, total, seq])
+    return bytes([0x05, 0x00, 0x03, reference & 0xFF, total, seq])
 
 
 def _part(submit: dict[str, Any]) -> bytes:

@@ -59,13 +59,25 @@ _E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 MAX_DOCUMENTS = 25  # TwiML documents one call may fetch (a Redirect loop ends there)
 WORDS_PER_SECOND = 2.5  # how long a <Say> "takes", for CallDuration
 _STOP_TIMEOUT_SECONDS = 5.0
+REQUEST_TIMEOUT_SECONDS = 15  # callbacks and TwiML fetches, as Twilio's own limit
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+Answer = tuple[int, dict[str, Any], bool]  # (HTTP status, JSON body, close without answering)
 
 
 def twilio_error(status: int, code: int, message: str) -> dict[str, Any]:
     """An error body as Twilio writes it."""
     return {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
             "status": status}
+
+
+def exchange(request: urllib.request.Request) -> tuple[int, str]:
+    """Make a request Twilio makes to us; (HTTP status, body) whatever the status. A connection
+    that fails raises OSError: what the caller records for it is its own."""
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
 
 
 def new_sid(prefix: str) -> str:
@@ -122,10 +134,7 @@ class PeerState:
             "Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature,
             "User-Agent": "TwilioProxy/1.1", "I-Twilio-Idempotency-Token": secrets.token_hex(16)})
         try:
-            with urllib.request.urlopen(request, timeout=15) as response:
-                status, body = response.status, response.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, exc.read().decode("utf-8", "replace")
+            status, body = exchange(request)
         except OSError as exc:
             status, body = 0, f"{type(exc).__name__}: {exc}"
         self.record({"type": kind, "url": url, "params": params, "status": status, "call_sid": call_sid,
@@ -136,18 +145,27 @@ class PeerState:
 # -- messages ----------------------------------------------------------------------------------
 
 
-def create_message(state: PeerState, form: dict[str, list[str]]) -> tuple[int, dict[str, Any], bool]:
+def scripted_refusal(state: PeerState, kind: str, to: str, scenario: dict[str, Any]) -> Answer | None:
+    """What `to`'s scenario makes of a create before the request itself is looked at: no answer
+    at all (`drop`, recorded as `{kind}-dropped`), the scripted Twilio error, or None (go on)."""
+    if scenario.get("drop"):
+        state.record({"type": f"{kind}-dropped", "to": to})
+        return 0, {}, True
+    if "error" in scenario:
+        error = scenario["error"]
+        status = int(error["status"])
+        return status, twilio_error(status, int(error["code"]), str(error.get("message", "error"))), False
+    return None
+
+
+def create_message(state: PeerState, form: dict[str, list[str]]) -> Answer:
     """(HTTP status, JSON body, close without answering) for a Messages.json POST."""
     to, body = _one(form, "To"), _one(form, "Body")
     sender, service = _one(form, "From"), _one(form, "MessagingServiceSid")
     scenario = state.scenario(to)
-    if scenario.get("drop"):
-        state.record({"type": "sms-dropped", "to": to})
-        return 0, {}, True
-    if "error" in scenario:
-        error = scenario["error"]
-        return int(error["status"]), twilio_error(int(error["status"]), int(error["code"]),
-                                                  str(error.get("message", "error"))), False
+    refusal = scripted_refusal(state, "sms", to, scenario)
+    if refusal is not None:
+        return refusal
     if not _E164.match(to):
         return 400, twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number."), False
     if not sender and not service:
@@ -192,17 +210,13 @@ def _message_callbacks(state: PeerState, resource: dict[str, Any], url: str, sce
 # -- calls -------------------------------------------------------------------------------------
 
 
-def create_call(state: PeerState, form: dict[str, list[str]]) -> tuple[int, dict[str, Any], bool]:
+def create_call(state: PeerState, form: dict[str, list[str]]) -> Answer:
     """(HTTP status, JSON body, close without answering) for a Calls.json POST."""
     to, sender, url = _one(form, "To"), _one(form, "From"), _one(form, "Url")
     scenario = state.scenario(to)
-    if scenario.get("drop"):
-        state.record({"type": "call-dropped", "to": to})
-        return 0, {}, True
-    if "error" in scenario:
-        error = scenario["error"]
-        return int(error["status"]), twilio_error(int(error["status"]), int(error["code"]),
-                                                  str(error.get("message", "error"))), False
+    refusal = scripted_refusal(state, "call", to, scenario)
+    if refusal is not None:
+        return refusal
     if not _E164.match(to):
         return 400, twilio_error(400, 13224, f"The phone number you are attempting to call, {to}, is not valid."), False
     if not sender:
@@ -293,11 +307,7 @@ class _Call:
             signature = self.state.validator.compute_signature(full, {})
             request = urllib.request.Request(full, headers={"X-Twilio-Signature": signature,
                                                             "User-Agent": "TwilioProxy/1.1"})
-            try:
-                with urllib.request.urlopen(request, timeout=15) as response:
-                    status, body = response.status, response.read().decode("utf-8", "replace")
-            except urllib.error.HTTPError as exc:
-                status, body = exc.code, exc.read().decode("utf-8", "replace")
+            status, body = exchange(request)
             self.state.record({"type": "twiml", "url": full, "params": {}, "status": status, "body": body,
                                "call_sid": self.resource["sid"]})
             return status, body
@@ -349,61 +359,74 @@ def _one(form: dict[str, list[str]], name: str) -> str:
 # -- the HTTP server ---------------------------------------------------------------------------
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """The peer's HTTP side; `make_handler` gives each server a subclass holding its `state`."""
+
+    state: PeerState
+    server_version = "TwilioPeer/1.0"
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's signature
+        return  # events are the log
+
+    def _send_json(self, status: int, body: Any) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _account_path(self, *, the_account: bool) -> re.Match[str] | None:
+        """This request's account path, authorised; else None, the 404 or 401 already answered.
+        `the_account`: the account resource itself (GET) rather than Messages/Calls (POST)."""
+        match = _ACCOUNT.match(self.path.split("?")[0])
+        if not match or (match["rest"] == ".json") != the_account:
+            self._send_json(404, twilio_error(404, 20404, "The requested resource was not found"))
+            return None
+        if not self.state.authorised(self.headers.get("Authorization"), match["sid"]):
+            self._send_json(401, twilio_error(401, 20003, "Authenticate"))
+            return None
+        return match
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib's name
+        state = self.state
+        if self.path == "/_peer/events":
+            with state._lock:
+                events = list(state.events)
+            return self._send_json(200, events)
+        if self._account_path(the_account=True) is None:
+            return
+        self._send_json(200, {"sid": state.account_sid, "friendly_name": "notifier loopback", "status": "active",
+                              "type": "Full", "date_created": _now(), "date_updated": _now(),
+                              "uri": f"/{API_VERSION}/Accounts/{state.account_sid}.json"})
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib's name
+        raw = self._body()
+        if self.path == "/_peer/scenario":
+            settings = json.loads(raw or b"{}")
+            with self.state._lock:
+                self.state.scenarios[settings["number"]] = settings.get("scenario", {})
+            return self._send_json(200, {"ok": True})
+        match = self._account_path(the_account=False)
+        if match is None:
+            return
+        form = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
+        create = create_message if match["rest"] == "/Messages.json" else create_call
+        status, body, drop = create(self.state, form)
+        if drop:
+            self.close_connection = True
+            return  # no answer at all: the client cannot know whether we took it
+        self._send_json(status, body)
+
+
 def make_handler(state: PeerState) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "TwilioPeer/1.0"
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's signature
-            return  # events are the log
-
-        def _send_json(self, status: int, body: Any) -> None:
-            data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _body(self) -> bytes:
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-        def do_GET(self) -> None:  # noqa: N802 - stdlib's name
-            if self.path == "/_peer/events":
-                with state._lock:
-                    events = list(state.events)
-                return self._send_json(200, events)
-            match = _ACCOUNT.match(self.path.split("?")[0])
-            if not match or match["rest"] != ".json":
-                return self._send_json(404, twilio_error(404, 20404, "The requested resource was not found"))
-            if not state.authorised(self.headers.get("Authorization"), match["sid"]):
-                return self._send_json(401, twilio_error(401, 20003, "Authenticate"))
-            self._send_json(200, {"sid": state.account_sid, "friendly_name": "notifier loopback", "status": "active",
-                                  "type": "Full", "date_created": _now(), "date_updated": _now(),
-                                  "uri": f"/{API_VERSION}/Accounts/{state.account_sid}.json"})
-
-        def do_POST(self) -> None:  # noqa: N802 - stdlib's name
-            raw = self._body()
-            if self.path == "/_peer/scenario":
-                settings = json.loads(raw or b"{}")
-                with state._lock:
-                    state.scenarios[settings["number"]] = settings.get("scenario", {})
-                return self._send_json(200, {"ok": True})
-            match = _ACCOUNT.match(self.path.split("?")[0])
-            if not match or match["rest"] == ".json":
-                return self._send_json(404, twilio_error(404, 20404, "The requested resource was not found"))
-            if not state.authorised(self.headers.get("Authorization"), match["sid"]):
-                return self._send_json(401, twilio_error(401, 20003, "Authenticate"))
-            form = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
-            create = create_message if match["rest"] == "/Messages.json" else create_call
-            status, body, drop = create(state, form)
-            if drop:
-                self.close_connection = True
-                return  # no answer at all: the client cannot know whether we took it
-            self._send_json(status, body)
-
-    return Handler
+    """A handler class bound to `state` (http.server builds one handler object per request)."""
+    return type("Handler", (_Handler,), {"state": state})
 
 
 class TwilioPeerServer:

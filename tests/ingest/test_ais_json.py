@@ -40,7 +40,7 @@ EXPECTED_REJECTIONS = {
     9: "item 9: msisdn: not a Vietnamese phone number: '***2 34' (wrong length: a mobile number has 10 digits "
        "with the leading 0)",
     10: "item 10: email: not an e-mail address: 'n***@example' (invalid characters or length before @)",
-    11: "item 11: email_sha256: not a SHA-256 hex digest (21 characters; expected 64 hexadecimal digits)",
+    11: "item 11: email_sha256: not a SHA-256 hex digest (it looks like a clear e-mail or phone number, not its hash; expected 64 hexadecimal digits)",
     12: "item 12: msisdn and email in one item: send one identifier per item",
     13: "item 13: no identifier (one of ip, msisdn, email, msisdn_sha256, email_sha256)",
     14: "item 14: not an object (a string)",
@@ -215,6 +215,15 @@ def test_the_same_request_twice_is_one_feed(database_url: str) -> None:
         assert len(session.exec(select(FeedItem)).all()) == 17
         with pytest.raises(InputError, match=f"request AIS-2026-001234 is feed {first.id}"):
             import_feed(session, REQUEST, fmt="ais-json", again=True)
+
+
+def test_an_unknown_zone_refuses_the_request_and_keeps_its_id_free(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        with pytest.raises(InputError, match="Asia/Hanoi_Typo"):
+            import_feed(session, REQUEST, fmt="ais-json", tz="Asia/Hanoi_Typo")
+        assert session.exec(select(Feed)).all() == []
+    with session_scope(database_url) as session:
+        assert not import_feed(session, REQUEST, fmt="ais-json").already_imported
 
 
 def test_cli_says_already_imported_and_json_gives_the_same_id(cli_db: str) -> None:

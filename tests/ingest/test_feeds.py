@@ -200,7 +200,7 @@ def test_broken_leak_rows(tmp_path: Path) -> None:
     )
     result = leaks(write(tmp_path, "leak.csv", content), tz="UTC")
     assert [(r.line, r.reason) for r in result if isinstance(r, Rejection)] == [
-        (2, "email_sha256: not a SHA-256 hex digest: 'abc' (expected 64 hexadecimal characters)"),
+        (2, "email_sha256: not a SHA-256 hex digest (3 characters; expected 64 hexadecimal digits)"),
         (3, "no identifier: msisdn, email, msisdn_sha256, email_sha256 all empty"),
         (4, "leaked_at: not a time: 'last year' (expected ISO 8601, DD/MM/YYYY hh:mm:ss or Unix seconds)"),
         (5, "not valid UTF-8 (byte 0xe2 at position 4; save the file as UTF-8)"),
