@@ -75,6 +75,9 @@ class _PendingReceipt:
     data_coding: int = 0
 
 
+RESPONSE_TIMEOUT_SECONDS = 10.0  # how long a deliver_sm waits for its deliver_sm_resp
+
+
 class _Smsc:
     """The server's state: live sessions, per-system_id receipt backlog, the submit log."""
 
@@ -224,6 +227,14 @@ class _Smsc:
         if outcome == "delivered":
             self._journal_write({"op": "done", "receipted_id": receipt.receipted_id})
             return
+        if outcome == "unanswered":
+            sibling = next((other for sid, other in self._sessions.items()
+                            if sid != esme.session_id and self._system_ids.get(sid) == system_id
+                            and self._roles.get(sid) != "tx"), None)
+            if sibling is not None:
+                self._spawn(self._deliver(sibling.session_id, system_id, receipt, delay=0.0))
+                return
+            outcome = "refused" if esme.session_id in self._sessions else "gone"
         if outcome == "refused" and esme.session_id in self._sessions:  # "try again later"
             self._spawn(self._deliver(esme.session_id, system_id, receipt, delay=self._args.receipt_retry))
             return
@@ -278,10 +289,16 @@ class _Smsc:
         if receipt.esm_class != ESM_CLASS_RECEIPT:
             tlvs = []  # a subscriber's reply
         try:
-            response = await esme.deliver_sm(  # a Future, not a coroutine: await it, no create_task
+            response = await asyncio.wait_for(esme.deliver_sm(  # a Future, not a coroutine: no create_task
                 receipt.destination_addr, receipt.short_message, source_addr=receipt.source_addr,
                 source_addr_ton=1, source_addr_npi=1, esm_class=receipt.esm_class,
-                data_coding=receipt.data_coding, tlvs=tlvs)
+                data_coding=receipt.data_coding, tlvs=tlvs), RESPONSE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            # No answer: like a real SMSC's response timer. The ESME may be dead (killed, its socket
+            # not reset yet) or only slow: the receipt is offered to another bind of the same
+            # system_id, else again to this one later (`_deliver`). A duplicate receipt is harmless
+            # to the ESME; a receipt waiting forever on a dead session is not.
+            return "unanswered"
         except smpp34.SmppError:
             return "refused" if esme.can_receive else "gone"
         return "delivered" if response.is_success else "refused"
