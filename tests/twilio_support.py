@@ -8,7 +8,6 @@ fixtures among a module's names); `web` asks for the requesting module's own `se
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from notifier.db import get_engine, session_scope
 from notifier.dispatch.delivery import deliver_batch
 from notifier.dispatch.runtime import make_runtime
 from notifier.models import Notification
-from notifier.peers import LOOPBACK, free_port, wait_for_port
+from notifier.peers import LOOPBACK, free_port, stop_child, wait_for_port
 from notifier.peers.twilio import TwilioPeer
 from notifier.settings import DispatchSettings, Settings, TwilioSettings, VoiceSettings
 from tests.factories import add_account, add_notification
@@ -101,14 +100,7 @@ class WebProcess:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_child(process, timeout=10)
 
     def output(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path else ""

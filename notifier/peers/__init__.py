@@ -7,6 +7,7 @@ ever listen on 127.0.0.1.
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 
 from notifier.errors import InputError
@@ -43,3 +44,19 @@ def wait_for_port(port: int, *, host: str = LOOPBACK, timeout_seconds: float = 1
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_seconds}s") from None
             time.sleep(0.05)
+
+
+STOP_TIMEOUT_SECONDS = 5.0
+
+
+def stop_child(process: subprocess.Popen[bytes] | subprocess.Popen[str] | None,
+               timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """Stop a peer we started, by its pid: SIGTERM, then SIGKILL if it has not ended in `timeout`."""
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)

@@ -48,7 +48,7 @@ from zoneinfo import ZoneInfo
 
 import smpp34
 
-from notifier.peers import LOOPBACK, ensure_port_free, free_port, wait_for_port
+from notifier.peers import LOOPBACK, ensure_port_free, free_port, stop_child, wait_for_port
 from notifier.sms import concat_header, decode_parts, encode_sms
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -600,12 +600,7 @@ class SmscPeer:
             os.kill(process.pid, signal.SIGCONT)  # a frozen SMSC must run to hear SIGTERM
         except ProcessLookupError:
             pass
-        process.terminate()
-        try:
-            process.wait(timeout=_STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=_STOP_TIMEOUT_SECONDS)
+        stop_child(process)
 
     def __enter__(self) -> SmscPeer:
         return self.start()

@@ -51,14 +51,13 @@ from urllib.parse import parse_qs, urlencode, urljoin
 
 from twilio.request_validator import RequestValidator
 
-from notifier.peers import LOOPBACK, ensure_port_free, free_port, wait_for_port
+from notifier.peers import LOOPBACK, ensure_port_free, free_port, stop_child, wait_for_port
 
 API_VERSION = "2010-04-01"
 _ACCOUNT = re.compile(r"^/2010-04-01/Accounts/(?P<sid>AC[0-9a-fA-F]{32})(?P<rest>\.json|/Messages\.json|/Calls\.json)$")
 _E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 MAX_DOCUMENTS = 25  # TwiML documents one call may fetch (a Redirect loop ends there)
 WORDS_PER_SECOND = 2.5  # how long a <Say> "takes", for CallDuration
-_STOP_TIMEOUT_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 15  # callbacks and TwiML fetches, as Twilio's own limit
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 Answer = tuple[int, dict[str, Any], bool]  # (HTTP status, JSON body, close without answering)
@@ -488,14 +487,7 @@ class TwilioPeer:
     def stop(self) -> None:
         """SIGTERM by pid, then SIGKILL; safe to call twice."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=_STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=_STOP_TIMEOUT_SECONDS)
+        stop_child(process)
 
     def __enter__(self) -> TwilioPeer:
         return self.start()
