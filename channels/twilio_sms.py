@@ -8,7 +8,7 @@ voice calls lives here too (`TwilioApi`, `channel_error`, `TwilioChannel`).
 
 Error mapping (Twilio's `code` first, then the HTTP status):
 - invalid or unreachable number (21211, 21614, 21612, 21408, 21217, 21401, …) → permanent;
-- opted out (21610, the subscriber replied STOP) → permanent with reason "opted out", and the
+- opted out (21610, the subscriber replied STOP) → `RecipientOptedOutError`: the row is `suppressed` "opted out", and the
   number's contact point is marked opted out (`on_opted_out`), so no later campaign plans it;
 - 429 / 20429 / 5xx → transient (retried later; 429 also slows the route down);
 - 401 / 20003 (credentials) and connection refused → `RouteUnreachableError`: no message is at
@@ -32,7 +32,8 @@ from twilio.rest import Client
 
 from channels.base import OutgoingMessage, SendOutcome, SendResult, describe_connection_error
 from notifier.errors import (
-    ConfigError, OutcomeUnknownError, PermanentChannelError, RouteUnreachableError, TransientChannelError,
+    ConfigError, OutcomeUnknownError, PermanentChannelError, RecipientOptedOutError, RouteUnreachableError,
+    TransientChannelError,
 )
 from notifier.identifiers import mask_identifier
 from notifier.settings import TwilioSettings
@@ -78,7 +79,7 @@ def channel_error(exc: TwilioRestException, *, channel: str, address: str) -> Ex
         return RouteUnreachableError(f"Twilio refused our credentials: {text}", channel=channel, address=address,
                                      reason=f"credentials refused ({exc.code or exc.status})", provider_status=status)
     if exc.code == OPTED_OUT_CODE:
-        return PermanentChannelError("opted out", provider_status=status)
+        return RecipientOptedOutError("opted out", provider_status=status)
     if exc.status == 429 or exc.code in THROTTLED_CODES or exc.status >= 500:
         return TransientChannelError(text, provider_status=status)
     if exc.code in INVALID_DESTINATION_CODES:

@@ -61,6 +61,12 @@ class PermanentChannelError(ChannelError):
     """Raised when the provider refused the message for good (invalid destination, rejected content)."""
 
 
+class RecipientOptedOutError(PermanentChannelError):
+    """Raised when the provider refuses a message because the subscriber opted out (Twilio 21610,
+    the subscriber replied STOP): the notification is `suppressed`, not `failed` — nothing is wrong
+    with the message or the route, the subscriber said no."""
+
+
 class RouteUnreachableError(TransientChannelError):
     """Raised when a channel cannot reach its provider at all (connection refused or timed out,
     bind or session set-up refused): no message is to blame, so none may be failed for it.

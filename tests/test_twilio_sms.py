@@ -141,15 +141,15 @@ def test_a_malformed_number_is_refused_by_twilio_for_good(channel: TwilioSmsChan
         channel.send(message("0912345678"))  # not E.164: the peer answers as Twilio does
 
 
-def test_opted_out_number_fails_with_reason_and_its_contact_point_is_marked(
+def test_opted_out_number_is_suppressed_with_reason_and_its_contact_point_is_marked(
         settings: Settings, peer: TwilioPeer, database_url: str) -> None:
     nid = queued_sms(database_url)
     peer.set_scenario(SUBSCRIBER, error={"status": 400, "code": 21610,
                                          "message": "Attempt to send to unsubscribed recipient"})
 
-    assert deliver(settings, nid) == {nid: "failed"}
+    assert deliver(settings, nid) == {nid: "suppressed"}
 
-    row = wait_for_state(database_url, nid, "failed")
+    row = wait_for_state(database_url, nid, "suppressed")
     assert row.reason == "opted out"
     with Session(get_engine(database_url)) as session:
         contact = session.execute(sa.select(ContactPoint).where(ContactPoint.value == SUBSCRIBER)).scalar_one()

@@ -18,12 +18,13 @@ from sqlmodel import Session
 
 from channels.base import OutgoingMessage, SendOutcome, SendResult
 from notifier.errors import (
-    NotifierError, OutcomeUnknownError, PermanentChannelError, RouteUnreachableError, TransientChannelError,
+    NotifierError, OutcomeUnknownError, PermanentChannelError, RecipientOptedOutError, RouteUnreachableError,
+    TransientChannelError,
 )
 from notifier.identifiers import mask_identifier
 from notifier.models import MessagePart, Notification, utcnow
 from notifier.dispatch.outbox import (
-    DELIVERED, FAILED, QUEUED, SENDING, SENT, UNKNOWN, RowMove, bulk_insert, transition_rows,
+    DELIVERED, FAILED, QUEUED, SENDING, SENT, SUPPRESSED, UNKNOWN, RowMove, bulk_insert, transition_rows,
 )
 from notifier.redaction import one_line, redact
 
@@ -70,6 +71,7 @@ class _Moves:
     delivered: list[RowMove] = field(default_factory=list)
     unknown: list[RowMove] = field(default_factory=list)
     failed: list[RowMove] = field(default_factory=list)
+    suppressed: list[RowMove] = field(default_factory=list)  # the subscriber opted out at the provider
     queued: list[RowMove] = field(default_factory=list)
     route_down: list[RowMove] = field(default_factory=list)
     backoff: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
@@ -107,6 +109,8 @@ def record_outcomes(session: Session, sends: Sequence[Send], outcomes: Sequence[
                     values={"claimed_by": None})
     transition_rows(session, moves.failed, expected=SENDING, to_state=FAILED, source="worker",
                     values={"claimed_by": None})
+    transition_rows(session, moves.suppressed, expected=SENDING, to_state=SUPPRESSED, source="worker",
+                    values={"claimed_by": None})
     transition_rows(session, moves.queued, expected=SENDING, to_state=QUEUED, source="worker",
                     values={"claimed_by": None})
     # A route that took nothing is not the message's fault: the attempt is given back, and the
@@ -117,6 +121,7 @@ def record_outcomes(session: Session, sends: Sequence[Send], outcomes: Sequence[
     report.note(moved_sent, "sent")
     report.note([m.notification_id for m in moves.unknown], "unknown")
     report.note([m.notification_id for m in moves.failed], "failed")
+    report.note([m.notification_id for m in moves.suppressed], "suppressed")
     report.retry_later([m.notification_id for m in moves.route_down], route_down_ms, "waiting")
     for delay_ms, ids in moves.backoff.items():
         report.retry_later(ids, delay_ms)
@@ -157,6 +162,8 @@ def _sort(send: Send, outcome: SendOutcome, moves: _Moves, *, max_attempts: int,
         else:
             moves.queued.append(RowMove(nid, provider_status=status, detail=f"temporary error: {outcome}"))
             moves.backoff[min(1000 * 2 ** send.attempt, MAX_BACKOFF_MS)].append(nid)
+    elif isinstance(outcome, RecipientOptedOutError):
+        moves.suppressed.append(RowMove(nid, {"reason": str(outcome)[:300]}, status, str(outcome)))
     elif isinstance(outcome, (PermanentChannelError, NotifierError)):
         _fail(moves, nid, str(outcome), status)
         log.warning("[campaign:%s] [notification:%s] [channel:%s] refused for good: %s", send.campaign_id, nid,
