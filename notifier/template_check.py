@@ -23,7 +23,7 @@ from typing import Any
 import jinja2
 
 from notifier.errors import InputError
-from notifier.rendering import Renderer, RenderedMessage, strip_diacritics
+from notifier.rendering import Renderer, RenderedMessage, strip_diacritics, tidy_plain_text, with_context_defaults
 from notifier.sms import GSM7, UCS2, count_parts, sms_encoding
 from notifier.spoken import spoken_code
 from notifier.template_catalog import load_catalog
@@ -33,6 +33,8 @@ DEFAULT_SMS_PARTS_GSM7 = 2  # without diacritics (or English): 2 × 153 characte
 BILLING_MAX_CHARS = 900  # what fits the insert area of a printed bill
 LANGUAGES = ("vi", "en")
 CHANNELS = ("sms", "sms-plain", "email", "voice", "billing")
+VOICE_STEPS_FILE = "voice_steps.txt.j2"  # optional: what key 2 of a warning call says (`notifier.web`)
+VOICE_STEPS = "voice-steps"  # its name in problems
 SAMPLE_REFERENCE = "CB-12-3456"
 EDGE_REFERENCE = "CB-9999-99999999"  # a long campaign and notification id: the longest code we expect
 LONG_OPERATOR_NAME = "Tổng Công ty Dịch vụ Viễn thông"
@@ -51,6 +53,7 @@ SHORTENERS = ("bit.ly", "bitly.com", "tinyurl.com", "goo.gl", "t.co", "ow.ly", "
               "cutt.ly", "shorturl.at", "tiny.cc", "s.id", "v.gd", "rebrand.ly", "t.ly", "shorte.st", "bom.so")
 _SHORTENER = re.compile(r"(?<![\w.-])(" + "|".join(re.escape(s) for s in SHORTENERS) + r")\b", re.IGNORECASE)
 _UNSPOKEN_NUMBER = re.compile(r"\d{5,}")  # a voice reads "18001091" as eighteen million
+_FIRST_STEP = re.compile(r"\b(buoc mot|step one)\b")  # key 2 promises steps: "Bước một: …"
 _VOID_ELEMENTS = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
                             "track", "wbr"})
 
@@ -169,6 +172,15 @@ def secret_problems(text: str) -> list[str]:
     return found
 
 
+def steps_problems(text: str) -> list[str]:
+    """Key 2's steps are spoken: numbered ("Bước một" / "Step one"), numbers grouped for speech, no
+    link, and the operator's word that it never asks for a password/OTP."""
+    found = [] if _FIRST_STEP.search(_folded(text)) else ["no numbered first step (Bước một / Step one)"]
+    if (number := _UNSPOKEN_NUMBER.search(text)) is not None:
+        found.append(f"number {number.group(0)} is not grouped for speech")
+    return found + link_problems(text) + secret_problems(text)
+
+
 def link_problems(text: str) -> list[str]:
     """No URL scheme (`http`, `https://`, `www.`) and no link shortener: addresses are typed."""
     found = []
@@ -238,6 +250,7 @@ class _Figures:
     plain: SmsFigures = SmsFigures("GSM-7", 0, 0)
     subject_chars: int = 0
     voice_words: int = 0
+    steps_words: int = 0
     billing_chars: int = 0
 
     def row(self, template: str, language: str, cases: int) -> dict[str, object]:
@@ -245,7 +258,7 @@ class _Figures:
                 "sms": f"{self.sms.encoding} {self.sms.parts}p {self.sms.chars}c",
                 "sms-plain": f"{self.plain.encoding} {self.plain.parts}p {self.plain.chars}c",
                 "subject chars": self.subject_chars, "voice words": self.voice_words,
-                "billing chars": self.billing_chars}
+                "steps words": self.steps_words, "billing chars": self.billing_chars}
 
 
 def _widest(current: SmsFigures, body: str) -> SmsFigures:
@@ -290,6 +303,27 @@ class _Checker:
             if rendered is not None:
                 for message in self._plain_rules(channel, rendered.body, reference, figures):
                     problem(channel, message)
+        steps = self._render_steps(template, language, context, lambda m: problem(VOICE_STEPS, m))
+        if steps is not None:
+            figures.steps_words = max(figures.steps_words, len(steps.split()))
+            for message in steps_problems(steps):
+                problem(VOICE_STEPS, message)
+
+    def _render_steps(self, template: str, language: str, context: Mapping[str, Any],
+                      problem: Callable[[str], None]) -> str | None:
+        """The call's steps text as `notifier.web` renders it (same environment, context defaults and
+        tidying), or None when the template has none (the call then repeats the whole script)."""
+        name = f"{language}/{template}/{VOICE_STEPS_FILE}"
+        if not (self.renderer.templates_dir / name).is_file():
+            return None
+        self.report.renders += 1
+        try:
+            return tidy_plain_text(self.renderer.env.get_template(name).render(with_context_defaults(context)))
+        except jinja2.UndefinedError as exc:
+            problem(f"template {name!r} needs a value the context lacks: {exc.message}")
+        except jinja2.TemplateError as exc:
+            problem(f"template error: {type(exc).__name__}: {exc}")
+        return None
 
     def _render(self, template: str, channel: str, language: str, context: Mapping[str, Any], strip: bool,
                 problem: Callable[[str], None]) -> RenderedMessage | None:

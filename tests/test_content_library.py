@@ -12,14 +12,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from notifier.rendering import Renderer
+from notifier.rendering import Renderer, tidy_plain_text, with_context_defaults
 from notifier.settings import OperatorSettings
 from notifier.sms import GSM7, sms_encoding
 from notifier.spoken import spoken_address, spoken_code, spoken_digits, spoken_time
 from notifier.template_catalog import load_catalog
 from notifier.template_check import (
-    BILLING_MAX_CHARS, CHANNELS, SAMPLE_REFERENCE, Budget, check_templates, edge_cases, html_problems,
-    render_preview, sample_for_kinds, secret_problems,
+    BILLING_MAX_CHARS, CHANNELS, SAMPLE_REFERENCE, VOICE_STEPS_FILE, Budget, check_templates, edge_cases,
+    html_problems, render_preview, sample_for_kinds, secret_problems,
 )
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -77,6 +77,44 @@ def test_every_template_renders_every_channel_with_edge_data(renderer: Renderer,
             if channel == "voice":
                 assert spoken_code(context["reference"]) in preview.body
                 assert "http" not in preview.body and not re.search(r"\d{5,}", preview.body)
+
+
+STEP_WORDS = {"vi": ("Bước một: ", "Bước hai: ", "Bước ba: ", "Bước bốn: "),
+              "en": ("Step one: ", "Step two: ", "Step three: ", "Step four: ")}
+CARE = {"vi": "gọi tổng đài 1 8 0 0, 1 0 9 1", "en": "call 1 8 0 0, 1 0 9 1"}
+NEVER_ASKS = {"vi": "{} không bao giờ yêu cầu Quý khách cung cấp mật khẩu hay mã OTP.",
+              "en": "{} never asks you for a password or an OTP code."}
+
+
+def _steps(renderer: Renderer, template: str, language: str, context: dict[str, object]) -> str:
+    """Key 2's text as `notifier.web` renders it: the same environment, defaults and tidying."""
+    name = f"{language}/{template}/{VOICE_STEPS_FILE}"
+    return tidy_plain_text(renderer.env.get_template(name).render(with_context_defaults(context)))
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("template", CATEGORIES)
+def test_every_template_speaks_its_steps_with_edge_data(renderer: Renderer, template: str, language: str) -> None:
+    for case, context in edge_cases(OPERATOR).items():
+        steps = _steps(renderer, template, language, context)
+        lines = steps.splitlines()
+        numbered = [line for line in lines if line.startswith(STEP_WORDS[language])]
+        assert [line.split(":")[0] for line in numbered][:4] == [w.rstrip(": ") for w in STEP_WORDS[language]], case
+        assert unicodedata.is_normalized("NFC", steps) and "None" not in steps and "{{" not in steps, case
+        assert not re.search(r"[a-z][a-z0-9+.-]*://|\bhttps?\b|\bwww\.", steps, re.IGNORECASE), case
+        assert not re.search(r"\d{5,}", steps), case  # every number grouped for speech
+        assert CARE[language] in steps and lines[-1] == NEVER_ASKS[language].format(context["operator"]["name"]), case
+        assert spoken_code(context["reference"]) not in steps  # only the steps: the script has the rest
+
+
+def test_vietnamese_steps_are_the_templates_own(renderer: Renderer) -> None:
+    context = edge_cases(OPERATOR)["full"]
+    infected = _steps(renderer, "infected_device", "vi", context)
+    assert "Bước bốn: kiểm tra miễn phí địa chỉ IP của Quý khách trên trang không gian mạng chấm v n." in infected
+    assert "trang web chính thức v n p t chấm v n" in infected
+    scam = _steps(renderer, "scam_advisory", "vi", context)
+    assert "Bước năm: báo tin nhắn rác tới số 5 6 5 6, cuộc gọi lừa đảo tới số 1 5 6." in scam
+    assert "gọi tổng đài 1 8 0 0, 1 0 9 1 để xác minh" in scam
 
 
 def test_shipped_templates_pass_every_rule() -> None:
@@ -199,6 +237,20 @@ def test_a_request_for_a_password_is_caught(broken_copy: Path) -> None:
 def test_a_warning_that_names_a_secret_is_not_an_ask() -> None:
     assert secret_problems("Không đưa mật khẩu/OTP cho ai. Nhà mạng không bao giờ hỏi mật khẩu/OTP.") == []
     assert secret_problems("Tài khoản đăng nhập và mật khẩu của Quý khách đã bị lộ. We never ask for OTPs.") == []
+
+
+def test_broken_voice_steps_are_caught(broken_copy: Path) -> None:
+    _write(broken_copy, "vi/malware/voice_steps.txt.j2",
+           "Xem https://vnpt.vn. Gọi 18001091. {{ operator.fax }}")
+    _write(broken_copy, "en/malware/voice_steps.txt.j2", "Call 18001091 or see https://vnpt.vn.")
+    problems = [p for p in _check(broken_copy) if "voice-steps" in p]
+    assert problems and all(p.startswith("malware/") for p in problems)
+    assert any(p.startswith("malware/vi voice-steps [full]: template") and "fax" in p for p in problems)
+    english = [p for p in problems if p.startswith("malware/en voice-steps [full]: ")]
+    assert any("no numbered first step" in p for p in english)
+    assert any("number 18001091 is not grouped for speech" in p for p in english)
+    assert any("a URL scheme or link: 'https://'" in p for p in english)
+    assert any("no sentence saying the operator never asks" in p for p in english)
 
 
 def test_html_that_does_not_parse_is_caught(broken_copy: Path) -> None:
