@@ -185,7 +185,7 @@ def _vietnamese_e164(raw: str, national: str) -> tuple[str, str | None]:
     return e164, f"{mask_msisdn(e164)} is not in a known range; stored as given"
 
 
-def classify_msisdn(raw: str) -> tuple[str, str | None]:
+def classify_msisdn(raw: str, *, restore_lost_zero: bool = False) -> tuple[str, str | None]:
     """Return (E.164, warning or None); PhoneNumberError (a ValueError) for an impossible number.
 
     The one place that decides which phone numbers notifier keeps, so that the subscriber import,
@@ -195,12 +195,33 @@ def classify_msisdn(raw: str) -> tuple[str, str | None]:
     phonenumbers calls them "not valid", with a warning that names the number masked. Foreign
     numbers (+1…, +44…) must be valid for phonenumbers: we do not know other plans' shapes, and an
     operator's export rarely holds them. Service numbers (1800, 1900) are always refused.
+
+    `restore_lost_zero` (the operator's own subscriber export only): nine digits that start like a
+    mobile are read with the 0 a spreadsheet dropped, with a warning. Lists from elsewhere (leaks,
+    requests) stay strict: there such a number might be foreign, and guessing could warn the wrong
+    subscriber.
     """
     international, digits = _split_phone(raw)
+    restored = restore_lost_zero and not international and _lost_trunk_zero(digits)
+    if restored:
+        digits = "0" + digits
     national = _vietnamese_national_number(raw, digits, international)
     if national is None:
         return _validated_e164(raw, digits), None
-    return _vietnamese_e164(raw, remap_legacy_mobile(national))
+    e164, warning = _vietnamese_e164(raw, remap_legacy_mobile(national))
+    if restored and warning is None:
+        warning = f"{mask_msisdn(e164)} had no leading 0 (a spreadsheet drops it); read as a mobile number"
+    return e164, warning
+
+
+# A spreadsheet that took the column for numbers turns 0912345678 into 912345678: nine digits that
+# start like a Vietnamese mobile (3, 5, 7, 8, 9) can only be that number without its 0 — nine
+# digits are too few for "84" + a national number (9 digits for a mobile, 10 for a fixed line).
+_LOST_TRUNK_ZERO = re.compile(r"[35789]\d{8}")
+
+
+def _lost_trunk_zero(digits: str) -> bool:
+    return _LOST_TRUNK_ZERO.fullmatch(digits) is not None
 
 
 def normalise_msisdn(raw: str) -> str:

@@ -117,7 +117,7 @@ def test_valid_foreign_numbers_in_international_form_are_accepted(raw: str, expe
         ("   ", "empty"),
         ("091234567a", "only digits"),
         ("0912+345678", "only digits"),
-        ("912345678", "no leading 0, 84 or +country code"),  # leading 0 lost: guessing it is not our job
+        ("912345678", "no leading 0, 84 or +country code"),  # from a leak list: maybe foreign, never guessed
         ("0912345", "wrong length: a mobile number has 10 digits"),
         ("091234567890123", "wrong length: a mobile number has 10 digits"),
         ("08912345678", "wrong length: a mobile number has 10 digits"),  # one digit too many

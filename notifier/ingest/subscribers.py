@@ -50,7 +50,7 @@ def msisdn_cell(text: str) -> PhoneCell:
     warnings: list[str] = []
     for item in split_list(text):
         try:
-            e164, warning = classify_msisdn(item)
+            e164, warning = classify_msisdn(item, restore_lost_zero=True)  # our own export: Excel drops the 0
         except PhoneNumberError as exc:
             warnings.append(f"msisdn {mask_phone_text(exc.raw)} dropped: {exc.reason}")
             continue
@@ -60,8 +60,23 @@ def msisdn_cell(text: str) -> PhoneCell:
     return unique(numbers), unique(warnings)
 
 
-def email_list(text: str) -> tuple[str, ...]:
-    return unique([normalise_email(item) for item in split_list(text)])
+EmailCell = tuple[tuple[str, ...], tuple[str, ...]]  # (addresses, warnings)
+
+
+def email_cell(text: str) -> EmailCell:
+    """The usable addresses of a cell, and a warning for each dropped one (masked).
+
+    Never raises, like `msisdn_cell`: one mistyped address must not cost the account its phone
+    numbers and its other addresses — the subscriber would then get no warning at all.
+    """
+    addresses: list[str] = []
+    warnings: list[str] = []
+    for item in split_list(text):
+        try:
+            addresses.append(normalise_email(item))
+        except ValueError as exc:
+            warnings.append(f"email dropped: {exc}")
+    return unique(addresses), unique(warnings)
 
 
 def username_list(text: str) -> tuple[str, ...]:
@@ -106,7 +121,7 @@ SUBSCRIBER_COLUMNS: tuple[Column, ...] = (
     Column("account_ref", ("account_id",), bounded_text(MAX_ACCOUNT_REF_CHARS), required=True),
     Column("full_name", ("full_name",), bounded_text(MAX_NAME_CHARS), required=True),
     Column("msisdns", ("msisdn",), msisdn_cell, default=((), ())),
-    Column("emails", ("email",), email_list, default=()),
+    Column("emails", ("email",), email_cell, default=((), ())),
     Column("service", ("service",), service_name),
     Column("billing_day", ("billing_day",), billing_day),
     Column("language", ("language",), choice_of(LANGUAGES), default="vi"),
@@ -136,8 +151,10 @@ def checked_column_map(column_map: Mapping[str, str] | None) -> dict[str, str]:
 
 def _build(columns: tuple[Column, ...], line: int, row: dict[str, str], raw: str) -> tuple[SubscriberRecord]:
     values = extract(row, columns)
-    msisdns, warnings = values.pop("msisdns")  # type: ignore[misc]
-    return (SubscriberRecord(line=line, msisdns=msisdns, warnings=warnings, **values),)  # type: ignore[arg-type]
+    msisdns, phone_warnings = values.pop("msisdns")  # type: ignore[misc]
+    emails, email_warnings = values.pop("emails")  # type: ignore[misc]
+    return (SubscriberRecord(line=line, msisdns=msisdns, emails=emails,  # type: ignore[arg-type]
+                             warnings=(*phone_warnings, *email_warnings), **values),)
 
 
 def parse_subscribers(

@@ -74,7 +74,6 @@ def test_opt_out_words(tmp_path: Path, text: str, expected: bool) -> None:
 @pytest.mark.parametrize(
     ("cells", "reason"),
     [
-        ("A1,X,,not-an-address,,", "email: not an e-mail address: '***' (expected local-part@domain)"),
         ("A1,X,,,0,", "billing_day: '0' is not a day from 1 to 28"),
         ("A1,X,,,29,", "billing_day: '29' is not a day from 1 to 28"),
         ("A1,X,,,ngày 5,", "billing_day: 'ngày 5' is not a day from 1 to 28"),
@@ -137,3 +136,18 @@ def test_missing_required_header_and_missing_file(tmp_path: Path) -> None:
         parse(tmp_path / "absent.csv")
     with pytest.raises(InputError, match="unknown time zone"):
         parse(write(tmp_path, HEADER), tz="Mars/Olympus")
+
+
+def test_a_bad_address_or_a_number_without_its_0_costs_the_account_nothing(tmp_path: Path) -> None:
+    """The operator's own export: a mistyped e-mail is dropped alone (the account keeps its phone),
+    and a mobile number whose leading 0 a spreadsheet dropped is read back with it — each with a
+    masked warning on the line."""
+    path = tmp_path / "subscribers.csv"
+    path.write_text("account_id,full_name,msisdn,email\n"
+                    "HN1,Nguyễn Văn A,0912345678,not-an-address;a@example.vn\n"
+                    "HN2,Trần Thị B,912345679,\n", encoding="utf-8")
+    first, second = list(parse_subscribers(path))
+    assert (first.msisdns, first.emails) == (("+84912345678",), ("a@example.vn",))
+    assert first.warnings == ("email dropped: not an e-mail address: '***' (expected local-part@domain)",)
+    assert second.msisdns == ("+84912345679",)
+    assert second.warnings == ("msisdn +8491****679 had no leading 0 (a spreadsheet drops it); read as a mobile number",)
