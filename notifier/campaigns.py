@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -68,6 +69,18 @@ def parse_channels(text: str) -> list[str]:
     if len(set(names)) != len(names):
         raise InputError(f"channel named twice in '{text}'")
     return names
+
+
+def check_campaign_templates(templates_dir: Path, template: str) -> TemplateCatalog:
+    """The catalog, after checking that every template the campaign may use exists on disk (the one
+    asked for, or with `auto` every template the catalog gives a category): a missing folder is an
+    InputError before anything is planned, not a failure of every row at send time."""
+    from notifier.rendering import Renderer
+
+    renderer, catalog = Renderer(templates_dir), load_catalog(templates_dir)
+    for used in sorted(set(catalog.categories.values())) if template == AUTO else [template]:
+        renderer.check_template(used)
+    return catalog
 
 
 def feed_kinds(session: Session, feed: Feed) -> frozenset[str]:

@@ -152,11 +152,13 @@ class TwilioWeb:
 
     def __init__(self, settings: Settings) -> None:
         token = settings.twilio.auth_token.get_secret_value()
-        if not token:
-            raise ConfigError("notifier web checks Twilio's signatures with twilio.auth_token: set "
-                              "NOTIFIER_TWILIO__AUTH_TOKEN")
+        if not token and not settings.smtp.bounce_token.get_secret_value():
+            raise ConfigError("notifier web has nothing to serve: set NOTIFIER_TWILIO__AUTH_TOKEN (Twilio "
+                              "callbacks, checked with it) and/or NOTIFIER_SMTP__BOUNCE_TOKEN (DSN intake)")
         self.settings = settings
-        self.validator = RequestValidator(token)
+        # Without a Twilio token (a site that only takes bounces) no Twilio request can be verified:
+        # every /twilio/… request is refused with 403, as a forged one is.
+        self.validator = RequestValidator(token) if token else None
         self.base = settings.twilio.public_base_url.rstrip("/")
         self.runtime: Runtime = make_runtime(settings)  # renderer and context; opens no channel
         self.applier: ReceiptApplier | None = None
@@ -170,7 +172,7 @@ class TwilioWeb:
     def verified(self, request: Request, body: bytes) -> FormParams | None:
         """The request's form parameters when its signature is Twilio's, else None."""
         signature = request.headers.get("X-Twilio-Signature")
-        if not signature:
+        if not signature or self.validator is None:
             return None
         params = FormParams()
         if request.method == "POST":
@@ -364,7 +366,7 @@ def _forbidden() -> JSONResponse:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """The `notifier web` application for these settings (ConfigError without an auth token)."""
+    """The `notifier web` application for these settings (ConfigError without a Twilio or bounce token)."""
     web = TwilioWeb(settings)
 
     @asynccontextmanager

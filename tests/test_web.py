@@ -99,17 +99,35 @@ def test_unsigned_twiml_requests_get_no_script(behind_proxy: WebProcess) -> None
     assert status == 403 and "Say" not in body
 
 
-def test_web_without_an_auth_token_is_one_error_line(tmp_path: Path) -> None:
+def test_web_without_any_token_is_one_error_line(tmp_path: Path) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'n.db'}")
     env = settings_environment(settings)
     del env["NOTIFIER_TWILIO__AUTH_TOKEN"]
+    env.pop("NOTIFIER_SMTP__BOUNCE_TOKEN", None)
 
     result = subprocess.run([sys.executable, "-m", "cli", "web", "--port", str(free_port())], cwd=PROJECT_ROOT,
                             env=env, capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: notifier web checks Twilio's signatures with twilio.auth_token: set NOTIFIER_TWILIO__AUTH_TOKEN"]
+        "error: notifier web has nothing to serve: set NOTIFIER_TWILIO__AUTH_TOKEN (Twilio callbacks, checked "
+        "with it) and/or NOTIFIER_SMTP__BOUNCE_TOKEN (DSN intake)"]
+
+
+def test_web_for_bounces_only_refuses_every_twilio_request(tmp_path: Path) -> None:
+    """A site without Twilio: `notifier web` serves DSN intake; a Twilio callback, however signed,
+    cannot be verified and is refused."""
+    from types import SimpleNamespace
+
+    from notifier.db import upgrade
+    from notifier.web import TwilioWeb
+
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    upgrade(url)
+    web = TwilioWeb(Settings(database_url=url, smtp={"bounce_token": "s3cret"}))
+    request = SimpleNamespace(headers={"X-Twilio-Signature": "anything"}, method="POST",
+                              url=SimpleNamespace(path="/twilio/messages/status", query=""))
+    assert web.verified(request, b"MessageSid=SM1&MessageStatus=delivered") is None  # type: ignore[arg-type]
 
 
 def test_status_tables_cover_twilios_statuses() -> None:

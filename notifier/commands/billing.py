@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from notifier.commands.common import JsonOption, cli_errors, err, print_json
+from notifier.commands.common import JsonOption, cli_errors, err, print_json, print_lines
 from notifier.settings import get_settings
 
 # --- billing-statement inserts ------------------------------------------------------------------
@@ -58,10 +58,7 @@ def billing_ack(
         print_json(ack_json(result))
         return
     err.print(summary_line(result), markup=False, highlight=False)
-    for error in result.errors[:50]:
-        err.print(f"  line {error['line']}: {error['reason']}", markup=False, highlight=False)
-    if result.rejected > 50:
-        err.print(f"  … {result.rejected - 50} more (use --json)")
+    print_lines([f"line {e['line']}: {e['reason']}" for e in result.errors], result.rejected, "use --json")
 
 
 # --- bounces: DSNs and non-delivery messages for e-mails we sent -----------------------------------
@@ -89,7 +86,4 @@ def bounces_import(
         print_json(summary.as_json())
         return
     err.print(summary.line(), markup=False, highlight=False)
-    for problem in summary.problems[:50]:
-        err.print(f"  {problem['message']}: {problem['reason']}", markup=False, highlight=False)
-    if len(summary.problems) > 50:
-        err.print(f"  … {len(summary.problems) - 50} more (use --json)")
+    print_lines([f"{p['message']}: {p['reason']}" for p in summary.problems], len(summary.problems), "use --json")

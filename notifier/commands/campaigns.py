@@ -36,16 +36,11 @@ def campaign_create(
     gets no new one: its new events are attached to the earlier warning. With `--template auto`
     (the default) each account is told the story of its own events: an infected device before a
     leak when it has both (the leak is then left out and counted as untold)."""
-    from notifier.campaigns import create_campaign, parse_channels
+    from notifier.campaigns import check_campaign_templates, create_campaign, parse_channels
     from notifier.db import session_scope
-    from notifier.rendering import Renderer
-    from notifier.template_catalog import load_catalog
-    from notifier.threat_categories import AUTO
 
     settings = get_settings()
-    renderer, catalog = Renderer(settings.templates_dir), load_catalog(settings.templates_dir)
-    for used in sorted(set(catalog.categories.values())) if template == AUTO else [template]:
-        renderer.check_template(used)
+    catalog = check_campaign_templates(settings.templates_dir, template)
     with session_scope(settings.database_url) as session:
         plan = create_campaign(session, feed_id=feed, template=template, channels=parse_channels(channels),
                                name=name, again=again, catalog=catalog)

@@ -129,16 +129,23 @@ def print_import(result: Any, as_json: bool, what: str) -> None:
         print_json(result.as_json())
         return
     err.print(f"{what}: {result.accepted} accepted, {result.rejected} rejected")
-    for error in result.errors[:50]:
-        err.print(f"  line {error['line']}: {error['reason']}", markup=False, highlight=False)
-    if result.rejected > 50:
-        err.print(f"  … {result.rejected - 50} more (use --json or `feed show --items`)")
+    print_lines([f"line {e['line']}: {e['reason']}" for e in result.errors[:SHOWN_LINES]], result.rejected,
+                "use --json or `feed show --items`")
     if result.warned:
         err.print(f"{result.warned} warning{'' if result.warned == 1 else 's'}")
-        for warning in result.warnings[:50]:
-            err.print(f"  line {warning['line']}: {warning['reason']}", markup=False, highlight=False)
-        if result.warned > 50:
-            err.print(f"  … {result.warned - 50} more (use --json)")
+        print_lines([f"line {w['line']}: {w['reason']}" for w in result.warnings[:SHOWN_LINES]], result.warned,
+                    "use --json")
+
+
+SHOWN_LINES = 50  # reported lines shown to people; --json has them all (up to its own cap)
+
+
+def print_lines(lines: list[str], total: int, hint: str) -> None:
+    """Up to SHOWN_LINES report lines on stderr, then how many more there are and where to see them."""
+    for line in lines[:SHOWN_LINES]:
+        err.print(f"  {line}", markup=False, highlight=False)
+    if total > SHOWN_LINES:
+        err.print(f"  … {total - SHOWN_LINES} more ({hint})", markup=False, highlight=False)
 
 
 def table(title: str, rows: list[dict[str, Any]], *, zone: str | None = None) -> Table:

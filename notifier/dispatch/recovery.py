@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,6 +25,7 @@ from notifier.models import Notification, utcnow
 from notifier.dispatch.outbox import SENDING, UNKNOWN, transition
 from notifier.dispatch.receipts import apply_pending_receipts
 from notifier.dispatch.redrive import Availability, broker_errors, hand_over, outage_errors, redrive_stale
+from notifier.dispatch.runtime import host_name
 from notifier.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def _owner_gone(owner: str | None) -> bool:
     if not owner:
         return True
     host, _, pid_text = owner.rpartition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != host_name() or not pid_text.isdigit():
         return False  # another machine's worker: only its lease can tell
     pid = int(pid_text)
     if pid == os.getpid():

@@ -6,6 +6,7 @@ through `current_runtime()`, set by `activate()` when the process starts sending
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -29,9 +30,15 @@ log = logging.getLogger(__name__)
 RECEIPT_CHANNELS = frozenset({"sms", "voice"})
 
 
+@functools.cache
+def host_name() -> str:
+    """This machine's name, asked once: recovery compares it with every orphan candidate's owner."""
+    return socket.gethostname()
+
+
 def process_owner() -> str:
     """`host:pid`: names the process that claims a row, so its death can be recognised."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{host_name()}:{os.getpid()}"
 
 
 @dataclass
