@@ -132,6 +132,11 @@ class Channel(Protocol):
     """A delivery channel adapter. Implementations must be safe to call from several threads."""
 
     name: str
+    # True when the provider later reports on every message it took (SMPP receipts, Twilio status
+    # callbacks): a message written but not recorded when a process dies is then settled by that
+    # report, never sent again blindly — so the dispatcher may pace such a route message by message
+    # after the claim. E-mail has no such report.
+    reports_each_message: bool
 
     def send(self, message: OutgoingMessage) -> SendResult:
         """Hand one message to the provider; raise a ChannelError subclass when it was not taken."""

@@ -108,6 +108,7 @@ class EmailChannel:
     """
 
     name = "email"
+    reports_each_message = False  # a relay's 250 is all we hear; bounces come late or never
 
     def __init__(self, settings: SmtpSettings, *, plain_credentials_allowed: bool = False) -> None:
         """Refuses (ConfigError, at start-up) a set-up that would expose the relay password: a

@@ -231,6 +231,7 @@ class SmppChannel:
     """The "sms" channel: submit_sm per part over one transceiver bind, receipts to `on_receipt`."""
 
     name = "sms"
+    reports_each_message = True  # a receipt for every part
 
     def __init__(self, settings: SmppSettings, on_receipt: ReceiptSink | None = None, *,
                  on_reply: ReplySink | None = None) -> None:

@@ -222,6 +222,7 @@ class TwilioChannel:
     is the provider id the status callbacks name). Subclasses set `name` and write `send`."""
 
     name: str
+    reports_each_message = True  # a signed status callback for every message and call
 
     def __init__(self, settings: TwilioSettings) -> None:
         self.settings = settings

@@ -171,7 +171,7 @@ def _fail_queued(runtime: Runtime, broken: Sequence[tuple[int, BaseException]], 
 #
 # Pacing after the claim means a claimed row waits in `sending` for its turn, and a message
 # written but not yet recorded when the process dies becomes `unknown`, settled by its receipt
-# (only routes with receipts are paced this way, `PACED_PER_MESSAGE_CHANNELS`). What is claimed
+# (only routes whose provider reports on every message are paced this way, `_paced_per_message`). What is claimed
 # at once is CLAIM_SECONDS of the rate per sending thread (at least one message), recorded as soon
 # as it is written: long enough that a thread is not idle between claims (one message per claim
 # reached 73% of 200 parts/s with two workers), short enough that a pause or a route outage
@@ -183,18 +183,17 @@ CLAIM_SECONDS = 0.25
 HAND_SECONDS = 1.0
 
 
-# Routes whose provider reports on every message (SMPP receipts, Twilio callbacks): a message
-# written but not recorded when a process dies is settled by its receipt, never sent again
-# blindly. E-mail has no such report: an `unknown` e-mail can only be resent, so e-mail keeps the
-# chunk-wide pacing before the claim (rows wait `queued`, a chunk is written at once): pacing
-# each e-mail after the claim made kill -9 tests see duplicate e-mails.
-PACED_PER_MESSAGE_CHANNELS = frozenset({"sms", "voice"})
 
 
 def _paced_per_message(runtime: Runtime, channel: str) -> bool:
-    """True when the route's messages are paced one by one after the claim (see above)."""
-    return (channel in PACED_PER_MESSAGE_CHANNELS
-            and _per_second(runtime, channel) * PACE_RESOLUTION_SECONDS <= 1.0)
+    """True when the route's messages are paced one by one after the claim (see above): only when
+    its provider reports on every message (`Channel.reports_each_message`: SMPP receipts, Twilio
+    callbacks), so a message written but not recorded when a process dies is settled by its
+    report, never sent again blindly. An e-mail has no such report: an `unknown` e-mail could only
+    be resent, so e-mail keeps the chunk-wide pacing before the claim (rows wait `queued`, a chunk
+    is written at once) — pacing each e-mail after its claim made kill -9 tests see duplicates."""
+    return (_per_second(runtime, channel) * PACE_RESOLUTION_SECONDS <= 1.0
+            and runtime.channel(channel).reports_each_message)
 
 
 def _paced_chunks(runtime: Runtime, channel: str, sends: list[Send]) -> Iterable[list[Send]]:
