@@ -19,6 +19,7 @@ import re
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -139,11 +140,24 @@ def _create_engine(database_url: str) -> Engine:
             sa.event.listen(engine, "connect", functools.partial(_sqlite_pragmas, int(timeout * 1000)))
             return engine
         connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args,
-                                hide_parameters=True)
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args,
+                                  hide_parameters=True)
+        sa.event.listen(engine, "connect", _postgres_binary_arrays)
+        return engine
     except (sa.exc.NoSuchModuleError, ImportError):
         raise ConfigError(f"database_url: no driver for {url.drivername!r} "
                           f"(use {SUPPORTED_URL_EXAMPLES})") from None
+
+
+def _postgres_binary_arrays(driver_connection: Any, _record: Any) -> None:
+    """Send list parameters (the `= ANY(:ids)` and `unnest(:column)` arrays of every bulk statement)
+    in PostgreSQL's binary array format. psycopg's `%s` uses the dumper registered last for a type;
+    its default for lists is the text format, which quotes and escapes every element in Python:
+    1.7 µs per string and 3.2 µs per timestamp against 0.2 and 0.3 in binary, the largest single
+    cost of a worker on the send path."""
+    from psycopg.types.array import ListBinaryDumper
+
+    driver_connection.adapters.register_dumper(list, ListBinaryDumper)
 
 
 def dispose_engines() -> None:
