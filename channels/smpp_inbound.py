@@ -39,6 +39,15 @@ log = logging.getLogger("channels.smpp")
 
 RECEIPT_QUEUE_CAPACITY = 2000
 RECEIPT_BATCH = 500
+# A batch keeps gathering while receipts keep coming (each within RECEIPT_GAP_SECONDS of the last),
+# for at most RECEIPT_LINGER_SECONDS after its first: a store costs about the same for 10 receipts
+# as for 200 (per receipt, ~0.5 ms against ~0.12 ms of CPU, ours and PostgreSQL's), and at a few
+# hundred receipts a second taking only what was already queued made batches of a handful. The gap
+# ends a batch as soon as the SMSC stops sending, so an SMSC that keeps only a few deliver_sm
+# unanswered (its window) is never made to wait for the linger; none of its response timers
+# (seconds) comes near it.
+RECEIPT_GAP_SECONDS = 0.005
+RECEIPT_LINGER_SECONDS = 0.05
 HEARTBEAT_SECONDS = 1.0
 _RETRY_LATER = int(consts.SMPP_ESME_RX_T_APPN)
 _BACKOFF_INITIAL_SECONDS, _BACKOFF_MAX_SECONDS = 0.2, 5.0
@@ -117,14 +126,23 @@ class ReceiptWriter:
             self._heartbeat()
 
     def _take(self) -> list[Inbound]:
-        """Wait briefly for a first receipt, then take whatever else is queued (up to a batch)."""
+        """Wait briefly for a first receipt, then gather the ones that keep coming (see RECEIPT_GAP_SECONDS)."""
         try:
             batch = [self._queue.get(timeout=0.1 if self._stop.is_set() else 0.5)]
         except queue.Empty:
             return []
+        closes = time.monotonic() + RECEIPT_LINGER_SECONDS
         while len(batch) < RECEIPT_BATCH:
             try:
                 batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            wait = min(RECEIPT_GAP_SECONDS, closes - time.monotonic())
+            if wait <= 0 or self._stop.is_set():
+                break
+            try:
+                batch.append(self._queue.get(timeout=wait))
             except queue.Empty:
                 break
         return batch

@@ -72,12 +72,13 @@ class _Notice:
     sent_at: datetime | None
     original: str = ""
     values: dict[str, Any] = field(default_factory=dict)
+    own_parts: list[_Part] = field(default_factory=list)  # its recorded parts, as the replay changes them
 
 
 def apply_pending_receipts(session: Session, *, destination_match: bool = True) -> int:
     """Apply stored receipts not yet applied; old unplaceable ones become orphans. Returns how
     many were applied. `destination_match` lets receipts past the grace resolve `unknown` rows."""
-    _plan_for_values(session)
+    plan_for_values(session)
     applied, after_id = 0, 0
     for _ in range(MAX_PAGES):
         ids = list(session.execute(
@@ -108,12 +109,36 @@ def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: b
                 part_id = _resolve_unknown_by_destination(session, receipt)
                 if part_id is not None:
                     placed[receipt["id"]] = part_id
-    applied = _apply_placed(session, [r for r in receipts if r["id"] in placed], placed, now)
+    settled = _apply_placed(session, [r for r in receipts if r["id"] in placed], placed, now)
+    bulk_update(session, _RECEIPTS, [{"b_id": rid, "b_at": now, "b_outcome": outcome, "b_nid": nid}
+                                     for rid, (outcome, nid) in settled.items()],
+                match={"id": "b_id"}, assign={"applied_at": "b_at", "outcome": "b_outcome", "notification_id": "b_nid"})
     _mark_orphans(session, [r for r in receipts if r["id"] not in placed], now)
-    return applied
+    return len(settled)
 
 
-def _plan_for_values(session: Session) -> None:
+def store_applied(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Receipts that just arrived (`InboundReceipt` column values): each one whose part is
+    recorded and whose notification no one else holds is applied at once and stored already
+    applied, in the same transaction; the others are stored pending, for the applier (the usual
+    race: the receipt beat its send's recording). One INSERT either way — a receipt row is written
+    once, not inserted and then updated. Returns how many were applied."""
+    if not rows:
+        return 0
+    now = utcnow()
+    receipts = [{**row, "id": position, "outcome": None} for position, row in enumerate(rows)]
+    placed = _find_parts(session, receipts)
+    settled = _apply_placed(session, [r for r in receipts if r["id"] in placed], placed, now)
+    bulk_insert(session, _RECEIPTS, [
+        {**row, "applied_at": now if position in settled else None,
+         "outcome": settled[position][0] if position in settled else None,
+         "notification_id": settled[position][1] if position in settled else None}
+        for position, row in enumerate(rows)])
+    return len(settled)
+
+
+def plan_for_values(session: Session) -> None:
+    """PostgreSQL: plan this transaction's lookups for the values at hand (see the module's docstring)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
@@ -225,28 +250,31 @@ def _load_parts(session: Session, notification_ids: list[int]) -> dict[int, _Par
     return parts
 
 
-def _apply_placed(session: Session, receipts: list[dict[str, Any]], placed: dict[int, int], now: datetime) -> int:
+def _apply_placed(session: Session, receipts: list[dict[str, Any]], placed: dict[int, int],
+                  now: datetime) -> dict[int, tuple[str, int]]:
+    """Replay the placed receipts and write what they change; returns receipt id → (outcome,
+    notification) for those applied (a receipt whose notification another process holds waits)."""
     if not receipts:
-        return 0
+        return {}
     owners = dict(session.execute(sa.select(MessagePart.id, MessagePart.notification_id)
                                   .where(among(session, MessagePart.id, sorted({placed[r["id"]] for r in receipts})))).all())
     notices = _lock_notifications(session, set(owners.values()))
     parts = _load_parts(session, sorted(notices))
+    for loaded in parts.values():
+        notices[loaded.notification_id].own_parts.append(loaded)
     events: list[dict[str, Any]] = []
-    done: list[dict[str, Any]] = []
+    settled: dict[int, tuple[str, int]] = {}
     for receipt in receipts:
         part = parts.get(placed[receipt["id"]])
         if part is None or part.notification_id not in notices:
             continue  # its notification is held by another process: next pass
-        events.append(_replay(receipt, part, notices[part.notification_id], parts, now))
-        done.append({"b_id": receipt["id"], "b_at": now, "b_outcome": receipt["outcome"] or "applied",
-                     "b_nid": part.notification_id})
-    _write(session, parts, notices, events, done, now)
-    return len(done)
+        events.append(_replay(receipt, part, notices[part.notification_id], now))
+        settled[receipt["id"]] = (receipt["outcome"] or "applied", part.notification_id)
+    _write(session, parts, notices, events, now)
+    return settled
 
 
-def _replay(receipt: dict[str, Any], part: _Part, notice: _Notice, parts: dict[int, _Part],
-            now: datetime) -> dict[str, Any]:
+def _replay(receipt: dict[str, Any], part: _Part, notice: _Notice, now: datetime) -> dict[str, Any]:
     """One receipt against the in-memory rows, exactly as the one-row state machine decides;
     returns the event it records (a transition, or a note that the state stays)."""
     status = receipt["status"]
@@ -263,7 +291,7 @@ def _replay(receipt: dict[str, Any], part: _Part, notice: _Notice, parts: dict[i
         notice.state = _FAILED_STATES[status]
         notice.values = {"reason": reason}
         event.update(to_state=notice.state, detail=reason[:500])
-    elif status == RECEIPT_DELIVERED and notice.state in _OPEN_STATES and _all_delivered(notice, parts):
+    elif status == RECEIPT_DELIVERED and notice.state in _OPEN_STATES and _all_delivered(notice):
         shown = delivered_time(done_at=receipt["done_at"], received_at=receipt["received_at"], sent_at=notice.sent_at)
         detail = f"{label}; SMSC done {receipt['done_at'].isoformat()}" if receipt["done_at"] else label
         notice.state = DELIVERED
@@ -272,13 +300,14 @@ def _replay(receipt: dict[str, Any], part: _Part, notice: _Notice, parts: dict[i
     return event
 
 
-def _all_delivered(notice: _Notice, parts: dict[int, _Part]) -> bool:
-    delivered = sum(1 for p in parts.values() if p.notification_id == notice.id and p.state == RECEIPT_DELIVERED)
+def _all_delivered(notice: _Notice) -> bool:
+    """Its own parts only: looking through the whole batch's parts made a batch quadratic."""
+    delivered = sum(1 for p in notice.own_parts if p.state == RECEIPT_DELIVERED)
     return delivered >= notice.parts
 
 
 def _write(session: Session, parts: dict[int, _Part], notices: dict[int, _Notice], events: list[dict[str, Any]],
-           done: list[dict[str, Any]], now: datetime) -> None:
+           now: datetime) -> None:
     """One executemany per table; notifications by compare-and-set on the state read under lock."""
     changed_parts = [{"b_id": p.id, "b_state": p.state, "b_err": p.error_code, "b_at": now}
                      for p in parts.values() if p.changed]
@@ -294,8 +323,6 @@ def _write(session: Session, parts: dict[int, _Part], notices: dict[int, _Notice
     bulk_update(session, _NOTIFICATIONS, retracted, match={"id": "b_id"}, assign={"delivered_at": "b_none"})
     if events:
         bulk_insert(session, _EVENTS, events)
-    bulk_update(session, _RECEIPTS, done, match={"id": "b_id"},
-                assign={"applied_at": "b_at", "outcome": "b_outcome", "notification_id": "b_nid"})
 
 
 def _mark_orphans(session: Session, receipts: list[dict[str, Any]], now: datetime) -> None:

@@ -1,12 +1,15 @@
 """Store provider receipts as they arrive, and apply them to notifications.
 
-A receipt is stored first (`store_receipts`, one INSERT for a batch, called by the SMPP channel's
-writer thread — never by its reader) and applied afterwards (`apply_pending_receipts`, in
-`notifier.dispatch.receipt_batch`), because on a fast SMSC the receipt often arrives before the
-sender has recorded the message id, and after a crash it may name a message whose send was never
-recorded at all. Each part of a long SMS has its own receipt: the notification is delivered only
-when every part is, and undelivered as soon as one part fails (Kannel and Jasmin decide on one
-part only; we do not).
+The SMPP channel's writer thread (never its reader) hands each batch of receipts to
+`ReceiptStore.store`, which applies in the same transaction every receipt whose message is
+recorded and stores the batch in one INSERT, already applied (`store_applied`). A receipt that
+cannot be applied yet is stored pending and applied afterwards (`apply_pending_receipts`, in
+`notifier.dispatch.receipt_batch`): on a fast SMSC the receipt often arrives before the sender has
+recorded the message id, and after a crash it may name a message whose send was never recorded at
+all. Twilio callbacks and bounces are stored pending (`store_receipts`) and applied the same way.
+Each part of a long SMS has its own receipt: the notification is delivered only when every part
+is, and undelivered as soon as one part fails (Kannel and Jasmin decide on one part only; we do
+not).
 
 `ReceiptStore` is the sink a channel is given: it stores receipts in batches and records which
 SMPP sessions are alive, so an `unknown` SMS is resent only after the SMSC could hand over the
@@ -25,8 +28,8 @@ from sqlmodel import Session
 from channels.base import Receipt
 from notifier.db import session_scope
 from notifier.dispatch.receipt_batch import (
-    ID_MATCH_GRACE_SECONDS, ORPHAN_AFTER_SECONDS, PENDING_BATCH, PROVIDER_CLOCK_SKEW_SECONDS, apply_pending_receipts,
-    apply_rows, delivered_time,
+    ID_MATCH_GRACE_SECONDS, ORPHAN_AFTER_SECONDS, PENDING_BATCH, PROVIDER_CLOCK_SKEW_SECONDS, plan_for_values,
+    apply_pending_receipts, apply_rows, delivered_time, store_applied,
 )
 from notifier.dispatch.outbox import bulk_insert
 from notifier.models import InboundReceipt, MessagePart, Notification, SmppSession, utcnow
@@ -110,8 +113,11 @@ class ReceiptStore:
         self.store([receipt])
 
     def store(self, receipts: Sequence[Receipt]) -> None:
+        """Store the batch, applying at once every receipt whose message is recorded (`store_applied`)."""
+        now = utcnow()
         with session_scope(self._database_url) as session:
-            store_receipts(session, receipts)
+            plan_for_values(session)
+            store_applied(session, [_receipt_values(receipt, now) for receipt in receipts])
 
     def session_alive(self, owner: str, system_id: str, bound_at: datetime, alive_at: datetime) -> None:
         with session_scope(self._database_url) as session:
