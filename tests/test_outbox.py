@@ -14,7 +14,9 @@ from channels.base import Receipt
 from notifier.db import session_scope
 from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, utcnow
 from notifier.dispatch.outbox import transition
-from notifier.dispatch.receipts import apply_pending_receipts, apply_receipt, record_receipt, record_session_alive
+from notifier.dispatch.receipts import (
+    ReceiptStore, apply_pending_receipts, apply_receipt, record_receipt, record_session_alive,
+)
 from notifier.dispatch.recovery import mark_orphans_unknown, requeue_stale_unknown
 from tests.factories import add_account, add_notification
 
@@ -97,6 +99,28 @@ def test_a_receipt_that_races_ahead_of_the_send_record_is_kept_and_applied_later
         assert apply_pending_receipts(session) == 1
         assert session.get(Notification, notification.id).state == "delivered"
         assert session.get(InboundReceipt, early.id).outcome == "applied"
+
+
+def test_the_channels_store_applies_receipts_of_recorded_parts_and_keeps_the_rest_pending(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        notification = _sent_with_parts(session, 2)
+    ReceiptStore(database_url).store([_receipt("a1"), _receipt("zz9"), _receipt("a2")])
+    with session_scope(database_url) as session:
+        stored = {row.provider_message_id: row for row in session.exec(select(InboundReceipt)).all()}
+        assert session.get(Notification, notification.id).state == "delivered"
+        assert [(stored[k].outcome, stored[k].notification_id) for k in ("a1", "a2")] == [("applied", notification.id)] * 2
+        assert stored["a1"].applied_at is not None
+        assert (stored["zz9"].outcome, stored["zz9"].applied_at) == (None, None)  # its send is not recorded yet
+        events = session.exec(select(DeliveryEvent).where(DeliveryEvent.notification_id == notification.id,
+                                                          DeliveryEvent.source == "sms-receipt")).all()
+        assert [event.to_state for event in events] == ["sent", "delivered"]
+    with session_scope(database_url) as session:
+        other = add_notification(session, add_account(session, "A2", msisdn="+84912000999"), state="sent")
+        other.parts = 1
+        session.add(MessagePart(notification_id=other.id, part_no=1, channel="sms", provider_message_id="zz9"))
+    with session_scope(database_url) as session:
+        assert apply_pending_receipts(session) == 1
+        assert session.get(Notification, other.id).state == "delivered"
 
 
 def test_a_dead_senders_row_becomes_unknown_and_a_receipt_resolves_it_by_destination(database_url: str) -> None:
