@@ -157,6 +157,10 @@ class ReceiptApplier:
     """A thread that applies stored receipts in batches, shortly after they arrive."""
 
     IDLE_SECONDS = 0.2
+    # After a pass that applied less than a full page, pause this long: receipts then come in
+    # batches of a few dozen instead of a handful (a pass costs about the same either way), and the
+    # ones waiting for their send to be recorded are not read again on every turn of the loop.
+    GATHER_SECONDS = 0.05
 
     def __init__(self, database_url: str) -> None:
         self._database_url = database_url
@@ -177,7 +181,7 @@ class ReceiptApplier:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        from notifier.dispatch.receipts import apply_pending_receipts
+        from notifier.dispatch.receipts import PENDING_BATCH, apply_pending_receipts
 
         while not self._stop.is_set():
             try:
@@ -186,8 +190,8 @@ class ReceiptApplier:
             except Exception:  # noqa: BLE001 - keep applying; maintenance retries what failed
                 log.exception("applying receipts failed; retrying")
                 applied = 0
-            if not applied:
-                self._wake.wait(self.IDLE_SECONDS)
+            if applied < PENDING_BATCH:
+                self._wake.wait(self.GATHER_SECONDS if applied else self.IDLE_SECONDS)
                 self._wake.clear()
 
 
