@@ -23,7 +23,8 @@ import re
 import time
 import unicodedata
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone as dt_timezone
 from pathlib import Path
@@ -198,13 +199,57 @@ def description_label(text: str | None) -> str:
     return safe_label(text, MAX_DESCRIPTION_CHARS)
 
 
-def first_fitting(variants: Iterable[str], max_chars: int) -> str:
-    """The first variant that fits `max_chars` once its whitespace is collapsed, else the shortest."""
-    candidates = [collapse_whitespace(str(variant)) for variant in variants]
-    if not candidates:
-        return ""
-    fitting = [text for text in candidates if len(text) <= max_chars]
-    return fitting[0] if fitting else min(candidates, key=len)
+class Later:
+    """A variant written `later(macro, arg, …)` in a template: rendered only when `first_fitting`
+    gets to it. An SMS template offers up to ten variants, richest first, and the first usually
+    fits: rendering all of them for every message was most of a worker's CPU for a real template."""
+
+    __slots__ = ("macro", "args")
+
+    def __init__(self, macro: Any, *args: Any) -> None:
+        self.macro, self.args = macro, args
+
+    def __call__(self) -> str:
+        return str(self.macro(*self.args))
+
+
+class Variants:
+    """The variants of one `first_fitting`, each rendered (a `Later` or a macro without arguments
+    called, a string taken as it is) at most once, in order, and only when asked for."""
+
+    def __init__(self, variants: Iterable[Any]) -> None:
+        self._given = list(variants)
+        self._texts: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._given)
+
+    def text(self, index: int) -> str:
+        """Variant `index` as one line (whitespace collapsed)."""
+        while len(self._texts) <= index:
+            variant = self._given[len(self._texts)]
+            self._texts.append(collapse_whitespace(str(variant() if callable(variant) else variant)))
+        return self._texts[index]
+
+    def all(self) -> list[str]:
+        return [self.text(index) for index in range(len(self))]
+
+    def first_fitting(self, max_chars: int) -> str:
+        """The first variant that fits `max_chars`, else the shortest (the first of those)."""
+        shortest: str | None = None
+        for index in range(len(self)):
+            text = self.text(index)
+            if len(text) <= max_chars:
+                return text
+            if shortest is None or len(text) < len(shortest):
+                shortest = text
+        return shortest or ""
+
+
+def first_fitting(variants: Iterable[Any], max_chars: int) -> str:
+    """The first variant that fits `max_chars` once its whitespace is collapsed, else the shortest;
+    variants after the one that fits are never rendered (`Later`)."""
+    return Variants(variants).first_fitting(max_chars)
 
 
 def human_join(items: Iterable[Any], language: str = DEFAULT_LANGUAGE) -> str:
@@ -244,13 +289,14 @@ def build_environment(templates_dir: Path, zone: ZoneInfo) -> jinja2.Environment
         return spoken_time(value, zone, language)
 
     @jinja2.pass_context
-    def collecting_first_fitting(context: jinja2.runtime.Context, variants: Iterable[str], max_chars: int) -> str:
-        """`first_fitting`, also handing every variant to `Renderer.sms_variants` when it asks."""
-        variants = list(variants)
+    def collecting_first_fitting(context: jinja2.runtime.Context, variants: Iterable[Any], max_chars: int) -> str:
+        """`first_fitting`, also handing the variants to the renderer when it asks (`VARIANTS_KEY`):
+        `sms_variants` renders them all, `_render_sms` picks from them for a second limit."""
+        offered = Variants(variants)
         collected = context.get(VARIANTS_KEY)
         if isinstance(collected, list):
-            collected.extend(collapse_whitespace(str(variant)) for variant in variants)
-        return first_fitting(variants, max_chars)
+            collected.append(offered)
+        return offered.first_fitting(max_chars)
 
     env.filters.update(
         localtime=localtime,
@@ -274,6 +320,7 @@ def build_environment(templates_dir: Path, zone: ZoneInfo) -> jinja2.Environment
         spoken_time=said_time,
     )
     env.globals["timezone_name"] = zone.key
+    env.globals["later"] = Later
     return env
 
 
@@ -355,10 +402,11 @@ class Renderer:
         """Every SMS variant the template offers for `context`, richest first, as they would be sent
         (one line, NFC, diacritics dropped if asked): lets a test hold each one to the rules."""
         folder = f"{self._resolve_language(template, language)}/{template}"
-        collected: list[str] = []
+        collected: list[Variants] = []
         values = with_context_defaults(context) | {"sms_max_chars": SMS_MAX_CHARS_UCS2, VARIANTS_KEY: collected}
         self._render_file(f"{folder}/sms.txt.j2", values)
-        return [self._finish_sms(variant, strip_sms_diacritics) for variant in collected]
+        with _template_errors(f"{folder}/sms.txt.j2"):
+            return [self._finish_sms(text, strip_sms_diacritics) for offered in collected for text in offered.all()]
 
     def check_template(self, template: str) -> None:
         """Raise InputError unless `template` exists in the default language (e.g. before planning)."""
@@ -386,14 +434,15 @@ class Renderer:
         rendered once and the choice made here for each limit (the send path renders thousands of
         SMS a second: a Vietnamese text with diacritics cost two renders)."""
         if self._choice_only(name):
-            collected: list[str] = []
+            collected: list[Variants] = []
             text = self._render_file(name, values | {"sms_max_chars": SMS_MAX_CHARS_GSM7, VARIANTS_KEY: collected})
-            choice = first_fitting(collected, SMS_MAX_CHARS_GSM7)
+            choice = collected[0].first_fitting(SMS_MAX_CHARS_GSM7) if len(collected) == 1 else ""
             if choice and collapse_whitespace(text) == choice:  # nothing around the choice
                 body = self._finish_sms(choice, strip)
                 if sms_encoding(body) == GSM7:
                     return body
-                return self._finish_sms(first_fitting(collected, SMS_MAX_CHARS_UCS2), strip)
+                with _template_errors(name):
+                    return self._finish_sms(collected[0].first_fitting(SMS_MAX_CHARS_UCS2), strip)
         body = ""
         for max_chars in (SMS_MAX_CHARS_GSM7, SMS_MAX_CHARS_UCS2):
             body = self._sms_text(name, values | {"sms_max_chars": max_chars}, strip)
@@ -435,9 +484,16 @@ class Renderer:
 
     def _render_file(self, name: str, values: dict[str, Any]) -> str:
         """Render one template file, turning Jinja's errors into InputError."""
-        try:
+        with _template_errors(name):
             return self.env.get_template(name).render(values)
-        except jinja2.TemplateNotFound as exc:
-            raise InputError(f"template file {name!r} is missing") from exc
-        except jinja2.UndefinedError as exc:
-            raise InputError(f"template {name!r} needs a value the context lacks: {exc.message}") from exc
+
+
+@contextmanager
+def _template_errors(name: str) -> Iterator[None]:
+    """Jinja's errors as InputError, also for a `later` variant rendered after its template's render."""
+    try:
+        yield
+    except jinja2.TemplateNotFound as exc:
+        raise InputError(f"template file {name!r} is missing") from exc
+    except jinja2.UndefinedError as exc:
+        raise InputError(f"template {name!r} needs a value the context lacks: {exc.message}") from exc

@@ -65,3 +65,33 @@ def test_other_templates_keep_the_two_render_rule(tmp_path: Path, source: str, o
         for strip in (False, True):
             body = renderer.render("notice", "sms", language="vi", context=context, strip_sms_diacritics=strip).body
             assert body == two_renders(renderer, name, context, strip)
+
+
+class _Spy:
+    """A context value that counts how often a template reads it."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    @property
+    def text(self) -> str:
+        self.reads += 1
+        return "Canh bao ngan"
+
+
+LAZY = ('{% macro first() %}{{ opening }}{% endmacro %}{% macro later_one(word) %}{{ word }} {{ spy.text }}{% endmacro %}'
+        '{{ [first, later(later_one, "B"), later(later_one, "C")]|first_fitting(sms_max_chars) }}')
+
+
+@pytest.mark.parametrize(("opening", "reads"), [("Cảnh báo ngắn", 0), ("x" * 400, 1)])
+def test_variants_after_the_one_that_fits_are_never_rendered(tmp_path: Path, opening: str, reads: int) -> None:
+    folder = tmp_path / "vi" / "notice"
+    folder.mkdir(parents=True)
+    (folder / "sms.txt.j2").write_text(LAZY, encoding="utf-8")
+    spy = _Spy()
+    renderer = Renderer(tmp_path)
+    body = renderer.render("notice", "sms", language="vi", context={"opening": opening, "spy": spy}).body
+    assert body == (opening if reads == 0 else "B Canh bao ngan")
+    assert spy.reads == reads  # the third variant is never rendered; the second only when the first is too long
+    variants = renderer.sms_variants("notice", language="vi", context={"opening": opening, "spy": spy})
+    assert variants == [opening, "B Canh bao ngan", "C Canh bao ngan"]  # a check still sees them all
