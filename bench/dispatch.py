@@ -7,8 +7,10 @@ receipt applied before the clock stops, next to the bare SMPP channel's rate in 
 
 `--workers 0` (default): embedded (the in-process broker and worker threads inside `campaign run`).
 `--workers N`: N `notifier worker` processes on the Redis broker; `campaign run` only queues and
-follows. Prints notifications/s, parts/s, the timeline (first and last submit, end), CPU ms per
-notification for our processes (this one + the workers, from the clock's start) and for
+follows. The bare SMPP channel (no database) is measured twice in the same run: submits only, and
+with a delivery receipt per part as the campaign asks for (the same protocol work on both sides of
+the socket); the end-to-end parts/s is given as a share of each. Prints notifications/s, parts/s,
+the timeline (first and last submit, end), CPU ms per notification for our processes (this one + the workers, from the clock's start) and for
 PostgreSQL (only the backends of our database: pids sampled from pg_stat_activity during the run,
 /proc/<pid>/stat), SQL statements (SQLAlchemy `before_cursor_execute`, an executemany counts once;
 workers write theirs at exit, `NOTIFIER_SQL_COUNTS_FILE`) and transactions (commits; PostgreSQL:
@@ -84,8 +86,9 @@ def main() -> None:
                 return
             figures = _run(settings, campaign_id, args, smsc, directory)
             parts = len(smsc.submits())
-            bare = _bare_channel(smsc.port, args.text, count=min(accounts, 5000), threads=args.threads) \
-                if "sms" in channels else None
+            bare = {receipts: _bare_channel(smsc.port, args.text, count=min(accounts, 5000), threads=args.threads,
+                                            receipts=receipts)
+                    for receipts in (False, True)} if "sms" in channels else None
         _print(figures, notifications=len(channels) * accounts, parts=parts, bare=bare)
 
 
@@ -228,25 +231,58 @@ def _worker_counts(counts_file: Path, pid: int) -> dict[str, int]:
         return {"statements": 0, "commits": 0}
 
 
-def _bare_channel(port: int, text: str, *, count: int, threads: int) -> tuple[float, float]:
-    """(messages/s, parts/s) of the SMPP channel alone, no database, batches of 100 per thread."""
+def _bare_channel(port: int, text: str, *, count: int, threads: int, receipts: bool) -> tuple[float, float]:
+    """(messages/s, parts/s) of the SMPP channel alone, no database, batches of 100 per thread.
+
+    With `receipts`, every part asks for a delivery receipt (as the campaign's do) and the clock
+    stops when the last one has reached the channel's sink (which only counts them): the same
+    protocol work as the campaign — the SMSC writing a deliver_sm per part, the channel reading,
+    parsing and answering it — without the database. Without, only submits and their answers."""
     import concurrent.futures
 
     body = "Canh bao: thiet bi cua Quy khach nhiem ma doc. LH 00000000, ma CB-1-1." if text == "one-part" else UCS2_BODY
-    channel = SmppChannel(SmppSettings(port=port, system_id="bench-bare", window=WINDOW, registered_delivery=0))
+    sink = _CountingSink()
+    channel = SmppChannel(SmppSettings(port=port, system_id=f"bench-bare-{int(receipts)}", window=WINDOW,
+                                       registered_delivery=int(receipts)), sink if receipts else None)
     channel.start()
     messages = [OutgoingMessage(notification_id=i, destination=f"+8491{i:07d}", body=body) for i in range(count)]
     began = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         outcomes = [o for batch in pool.map(channel.send_many, [messages[i:i + 100] for i in range(0, count, 100)])
                     for o in batch]
+    parts = sum(getattr(outcome, "parts", 0) for outcome in outcomes)
+    if receipts:
+        sink.wait_for(parts, timeout=120.0)
     elapsed = time.perf_counter() - began
     channel.close()
-    parts = sum(getattr(outcome, "parts", 0) for outcome in outcomes)
     return count / elapsed, parts / elapsed
 
 
-def _print(figures: dict[str, float], *, notifications: int, parts: int, bare: tuple[float, float] | None) -> None:
+class _CountingSink:
+    """A receipt sink that stores nothing: counts what arrives, for `_bare_channel`."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._changed = threading.Condition()
+
+    def __call__(self, receipt: object) -> None:
+        self.store([receipt])
+
+    def store(self, receipts: list[object]) -> None:
+        with self._changed:
+            self._count += len(receipts)
+            self._changed.notify_all()
+
+    def session_alive(self, *_: object) -> None:
+        """The channel reports its session's liveness; nothing to record here."""
+
+    def wait_for(self, count: int, *, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._count >= count, timeout=timeout)
+
+
+def _print(figures: dict[str, float], *, notifications: int, parts: int,
+           bare: dict[bool, tuple[float, float]] | None) -> None:
     elapsed = figures["elapsed"]
     print(f"send+receipts:     {elapsed:.2f}s: {notifications / elapsed:.0f} notifications/s, "
           f"{parts / elapsed:.0f} SMS parts/s ({parts} parts)")
@@ -258,8 +294,10 @@ def _print(figures: dict[str, float], *, notifications: int, parts: int, bare: t
     print(f"per notification:  {figures['statements'] / notifications:.2f} SQL statements (all our processes), "
           f"{figures['transactions'] / notifications:.3f} transactions")
     if bare is not None:
-        print(f"bare SMPP channel: {bare[0]:.0f} messages/s, {bare[1]:.0f} parts/s "
-              f"(end to end = {100 * (parts / elapsed) / bare[1]:.0f}% of its parts/s)")
+        for receipts, label in ((True, "with a receipt per part"), (False, "submits only, no receipts")):
+            messages, bare_parts = bare[receipts]
+            print(f"bare SMPP channel, {label}: {messages:.0f} messages/s, {bare_parts:.0f} parts/s "
+                  f"(end to end = {100 * (parts / elapsed) / bare_parts:.0f}% of its parts/s)")
 
 
 def _own_cpu() -> float:
