@@ -10,9 +10,9 @@ receipt applied before the clock stops, next to the bare SMPP channel's rate in 
 follows. The bare SMPP channel (no database) is measured twice in the same run: submits only, and
 with a delivery receipt per part as the campaign asks for (the same protocol work on both sides of
 the socket); the end-to-end parts/s is given as a share of each. Prints notifications/s, parts/s,
-the timeline (first and last submit, end), CPU ms per notification for our processes (this one + the workers, from the clock's start) and for
-PostgreSQL (only the backends of our database: pids sampled from pg_stat_activity during the run,
-/proc/<pid>/stat), SQL statements (SQLAlchemy `before_cursor_execute`, an executemany counts once;
+the timeline (first and last submit, end), CPU ms per notification for our processes (this one
++ the workers, from the clock's start) and for PostgreSQL (only the backends of our database: pids
+sampled from pg_stat_activity during the run, /proc/<pid>/stat), SQL statements (SQLAlchemy `before_cursor_execute`, an executemany counts once;
 workers write theirs at exit, `NOTIFIER_SQL_COUNTS_FILE`) and transactions (commits; PostgreSQL:
 pg_stat_database of the database) per notification.
 `--first-submit`: only the time from `campaign run` to the SMSC's first submit (then the campaign
