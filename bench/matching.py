@@ -2,15 +2,22 @@
 
     .venv/bin/python bench/matching.py [--quick] [--assignments N] [--events M] [--feed-rows K]
         [--backend sqlite|postgresql] [--database-url URL] [--load import|direct] [--skip-feed]
+        [--next-days D]
 
 Generates its data under a temporary directory, then measures, in one run:
   (a) importing N session records (a generated `sessions-csv` file) through `import_assignments`,
       records/s (`--load direct` bulk-loads them instead, in address order through the driver's
       COPY / executemany, and skips this figure: 10 million intervals in minutes, for iterations);
-  (b) streaming a K-row Shadowserver `event4_sinkhole` file through `import_feed` (stores every
-      row, then matches it), rows/s and peak RSS;
+      with `--next-days D`, (a2) then imports the next D days of the same addresses into the table
+      (a) filled, as an operator's daily files land in a table holding months (off by default: it
+      adds intervals, so (b)–(d) would not compare with runs without it);
+  (b) streaming a K-row Shadowserver `event4_sinkhole` file through `import_feed`, rows/s and
+      peak RSS: parsing, deciding each batch's outcomes and storing every row once with its
+      outcome (`ItemResolver`), so this is the whole cost of a feed from a file;
   (c) `match_feed` over M pending events (stored beforehand, untimed) against the N intervals,
-      events/s and CPU µs per event (this process; for PostgreSQL also the server backend's);
+      events/s and CPU µs per event (this process; for PostgreSQL also the server backend's): the
+      same decisions, each written by an UPDATE of a stored row, which is how a stored feed is
+      matched again;
   (d) the same events matched "the way an operator would write it": one indexed SQL query per
       event, on a sample (20,000 events), extrapolated; events/s and the ratio (c)/(d). The
       baseline only looks up (it writes no outcome), so the ratio is a lower bound.
@@ -37,7 +44,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -126,18 +133,20 @@ def insert_accounts(url: str, layout: Layout) -> None:
                  "updated_at": now} for n in range(first, min(first + INSERT_CHUNK, layout.accounts))])
 
 
-def sessions_rows(layout: Layout) -> Iterator[tuple[int, int]]:
+def sessions_rows(layout: Layout, days: range) -> Iterator[tuple[int, int]]:
     """(address, day) in log order: a day's sessions of every address, then the next day's."""
-    for day in range(layout.sessions):
+    for day in days:
         for index in range(layout.addresses):
             yield index, day
 
 
-def write_sessions_csv(path: Path, layout: Layout) -> int:
+def write_sessions_csv(path: Path, layout: Layout, days: range | None = None) -> int:
+    """The sessions of `days` (default: all of the layout's) as a `sessions-csv` file; the layout's
+    last day stays open."""
     rows = 0
     with path.open("w", encoding="utf-8") as handle:
         handle.write("account_id,ip,start,end\n")
-        for index, day in sessions_rows(layout):
+        for index, day in sessions_rows(layout, range(layout.sessions) if days is None else days):
             end = layout.end(index, day)
             handle.write(f"{account_ref(layout.account(index, day))},{layout.ip(index)},"
                          f"{local_text(layout.start(index, day))},{'' if end is None else local_text(end)}\n")
@@ -352,6 +361,8 @@ def run(url: str, directory: Path, args: argparse.Namespace) -> None:
         assert result.rejected == 0, result.errors[:3]
         print(clock.line("(a) import_assignments", rows, "record"), f"peak RSS {peak_rss_mib():.0f} MiB", flush=True)
         sessions.unlink()
+        if args.next_days:
+            import_next_days(url, directory, layout, args.next_days)
     else:
         started = time.perf_counter()
         rows = insert_sessions_directly(url, layout)
@@ -360,10 +371,11 @@ def run(url: str, directory: Path, args: argparse.Namespace) -> None:
     if not args.skip_feed:
         feed_file = directory / "2026-11-20-event4_sinkhole-vietnam-geo.csv"
         write_sinkhole_csv(feed_file, layout, args.feed_rows)
+        settle(url)  # (b) and (c) probe the intervals in the same state (see `settle`)
         with Clock(url) as clock, session_scope(url) as session:
             result = import_feed(session, feed_file, fmt="shadowserver")
         counts = result.counts or {}
-        print(clock.line("(b) import_feed (store + match)", args.feed_rows, "row"),
+        print(clock.line("(b) import_feed (match on store)", args.feed_rows, "row"),
               f"peak RSS {peak_rss_mib():.0f} MiB; {counts}", flush=True)
     feed_id = insert_pending_feed(url, layout, args.events)
     settle(url)
@@ -379,6 +391,20 @@ def run(url: str, directory: Path, args: argparse.Namespace) -> None:
           f"{(base_clock.cpu / sample) / (clock.cpu / args.events):.1f}x our CPU; "
           f"outcomes agree on the sample: {'yes' if agree else 'NO'}")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB")
+
+
+def import_next_days(url: str, directory: Path, layout: Layout, days: int) -> None:
+    """(a2): the `days` days after the layout's, for every address, into the filled table: each
+    row lands at the end of its address's history in the indexes, and the interval (a) left open
+    on each address is closed by the first new one."""
+    later = replace(layout, sessions=layout.sessions + days)
+    path = directory / "sessions-next.csv"
+    rows = write_sessions_csv(path, later, range(layout.sessions, later.sessions))
+    with Clock(url) as clock, session_scope(url) as session:
+        result = import_assignments(session, path, fmt="sessions-csv", tz="Asia/Ho_Chi_Minh")
+    assert result.rejected == 0, result.errors[:3]
+    print(clock.line(f"(a2) next {days} days, filled table", rows, "record"), flush=True)
+    path.unlink()
 
 
 @contextmanager
@@ -416,6 +442,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--load", choices=["import", "direct"], default="import",
                         help="import: time import_assignments on a generated file; direct: bulk insert, untimed")
     parser.add_argument("--skip-feed", action="store_true", help="skip (b), the feed file import")
+    parser.add_argument("--next-days", type=int, default=0,
+                        help="(a2): import the next D days into the filled table (import mode only)")
     if "--quick" in sys.argv[1:]:
         parser.set_defaults(**QUICK)  # sizes given explicitly still win
     args = parser.parse_args()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -22,7 +23,7 @@ from notifier.db import plan_each_execution
 from notifier.errors import InputError
 from notifier.identifiers import LOCAL_TIMEZONE, email_sha256, msisdn_sha256
 from notifier.identity.assignments import import_assignments
-from notifier.identity.matching import match_feed
+from notifier.identity.matching import ItemResolver, Outcome
 from notifier.import_result import MAX_REPORTED_ERRORS, ImportResult
 from notifier.ingest import get_feed_parser
 from notifier.ingest.ais import parse_ais_items, read_ais_request
@@ -33,6 +34,8 @@ from notifier.ingest.subscribers import parse_subscribers
 from notifier.models import Account, ContactPoint, Feed, FeedItem, utcnow
 
 BATCH_ROWS = 1000
+# Feed items decided and stored per round (see `_store_items`): a few megabytes of records.
+STORE_BATCH_ROWS = 20_000
 
 __all__ = ["ImportResult", "import_assignments", "import_feed", "import_subscribers"]
 # --- subscribers ------------------------------------------------------------------------------
@@ -220,15 +223,13 @@ def import_feed(
 def _store_and_match(
     session: Session, feed: Feed, records: Iterable[FeedEventRecord | Rejection]
 ) -> tuple[set[str], ImportResult]:
-    """Store every record of a new feed, match its items, and keep the counts on the feed row."""
+    """Store every record of a new feed with its outcome, and keep the counts on the feed row."""
     result = ImportResult(id=feed.id)
-    kinds = _store_items(session, feed.id, records, result)
+    tally = _store_items(session, feed.id, records, result)
     feed.accepted, feed.rejected = result.accepted, result.rejected
-    counts = match_feed(session, feed.id)
-    feed.matched, feed.unmatched, feed.ambiguous = counts.matched, counts.unmatched, counts.ambiguous
-    result.counts = {"matched": counts.matched, "unmatched": counts.unmatched,
-                     "ambiguous": counts.ambiguous}
-    return kinds, result
+    counts = result.counts = {status: tally.statuses[status] for status in ("matched", "unmatched", "ambiguous")}
+    feed.matched, feed.unmatched, feed.ambiguous = counts["matched"], counts["unmatched"], counts["ambiguous"]
+    return tally.kinds, result
 
 
 def _import_ais_request(
@@ -291,36 +292,61 @@ def find_feed_by_digest(session: Session, digest: str) -> Feed | None:
 def _store_items(
     session: Session, feed_id: int | None, records: Iterable[FeedEventRecord | Rejection],
     result: ImportResult,
-) -> set[str]:
-    kinds: set[str] = set()
-    batch: list[dict[str, object]] = []
-    for record in records:
+) -> _Tally:
+    """Store every record, a batch at a time, each item written once with its outcome (see
+    `ItemResolver`): memory holds one batch whatever the file's size."""
+    tally = _Tally()
+    with ItemResolver(session) as resolver:
+        for batch in chunks(records, STORE_BATCH_ROWS):
+            resolver.store(FeedItem.__table__, ITEM_COLUMNS, _decided_rows(resolver, feed_id, batch, result, tally))
+    return tally
+
+
+@dataclass
+class _Tally:
+    """What storing a feed learns on the way: its report kinds and how many items got each
+    outcome (the feed's counts, without reading its items back)."""
+
+    kinds: set[str] = field(default_factory=set)
+    statuses: Counter[str] = field(default_factory=Counter)
+
+
+def _decided_rows(resolver: ItemResolver, feed_id: int | None, batch: list[FeedEventRecord | Rejection],
+                  result: ImportResult, tally: _Tally) -> list[tuple[object, ...]]:
+    """One batch's rows to store, each accepted record with its outcome (refs are batch positions);
+    accepted and rejected lines are counted into `result`, kinds and outcomes into `tally`."""
+    times = [None if isinstance(r, Rejection) else resolver.own_time(r.seen_at) for r in batch]
+    outcomes = resolver.outcomes([(ref, r.identifier_kind, r.identifier, r.port, times[ref])
+                                  for ref, r in enumerate(batch) if not isinstance(r, Rejection)])
+    rows: list[tuple[object, ...]] = []
+    for ref, record in enumerate(batch):
         if isinstance(record, Rejection):
             result.reject(record)
-            batch.append({"feed_id": feed_id, "line": record.line, "status": "rejected",
-                          "reason": record.reason[:500], "raw": record.raw[:2000] or None})
+            rows.append(_rejected_row(feed_id, record))
         else:
             result.accepted += 1
-            kinds.add(record.kind)
-            batch.append(_item_row(feed_id, record))
-        if len(batch) >= BATCH_ROWS:
-            session.execute(sa.insert(FeedItem), batch)
-            batch = []
-    if batch:
-        session.execute(sa.insert(FeedItem), batch)
-    return kinds
+            tally.kinds.add(record.kind)
+            tally.statuses[outcomes[ref][0]] += 1
+            rows.append(_item_row(feed_id, record, outcomes[ref], times[ref]))
+    return rows
 
 
-def _item_row(feed_id: int | None, record: FeedEventRecord) -> dict[str, object]:
-    return {
-        "feed_id": feed_id, "line": record.line, "status": "pending", "reason": None,
-        "kind": record.kind, "identifier_kind": record.identifier_kind,
-        "identifier": record.identifier, "port": record.port, "seen_at": record.seen_at,
-        "seen_precision": record.seen_precision,
-        "threat": record.threat, "category": record.category,
-        "data_classes": ";".join(record.data_classes) or None, "source": record.source,
-        "raw": record.raw[:2000] or None,
-    }
+# The columns `_item_row` and `_rejected_row` fill, in their order.
+ITEM_COLUMNS = ("feed_id", "line", "status", "reason", "account_id", "kind", "identifier_kind", "identifier",
+                "port", "seen_at", "seen_precision", "threat", "category", "data_classes", "source", "raw")
+
+
+def _item_row(feed_id: int | None, record: FeedEventRecord, outcome: Outcome, seen_at: object) -> tuple[object, ...]:
+    """An accepted record with its outcome; `seen_at` already in the backend's raw form."""
+    status, account_id, reason = outcome
+    return (feed_id, record.line, status, reason, account_id, record.kind, record.identifier_kind,
+            record.identifier, record.port, seen_at, record.seen_precision, record.threat, record.category,
+            ";".join(record.data_classes) or None, record.source, record.raw[:2000] or None)
+
+
+def _rejected_row(feed_id: int | None, record: Rejection) -> tuple[object, ...]:
+    return (feed_id, record.line, "rejected", record.reason[:500], None, None, None, None,
+            None, None, None, None, None, None, None, record.raw[:2000] or None)
 
 
 def file_sha256(path: Path) -> str:

@@ -108,10 +108,14 @@ class IpAssignment(SQLModel, table=True):
 
     __tablename__ = "ip_assignment"
     __table_args__ = (
-        sa.UniqueConstraint("range_start", "started_at", "account_id", name="uq_ip_assignment"),
         # Covering (migration 0007): matching reads started_at, prefix_len and account_id from the
-        # index itself, never the table row (2.6x less CPU per probe on SQLite).
+        # index itself, never the table row (2.6x less CPU per probe on SQLite). The importer also
+        # finds through it the rows a file repeats: (range_start, started_at, account_id) is kept
+        # unique by `identity.assignments`, not by a second index each row would pay for (0010).
         sa.Index("ix_ip_assignment_cover", "range_start", "covers_until", "started_at", "prefix_len", "account_id"),
+        # Only rows with a session id (RADIUS): the other sources have none to look up (0010).
+        sa.Index("ix_ip_assignment_session_ref", "session_ref", postgresql_where=sa.text("session_ref IS NOT NULL"),
+                 sqlite_where=sa.text("session_ref IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -130,7 +134,7 @@ class IpAssignment(SQLModel, table=True):
     open_until: datetime | None = Field(default=None, sa_column=_utc_column())
     # The source's own session id (RADIUS Acct-Unique-Session-Id or Acct-Session-Id): a Stop in a
     # later file closes the row its Start opened.
-    session_ref: str | None = Field(default=None, max_length=64, index=True)
+    session_ref: str | None = Field(default=None, max_length=64)
     # Where the interval ends for matching: `ended_at`, else `open_until`, else OPEN_END. Kept by
     # the importer whenever those change, so the lookup index (range_start, covers_until) reads
     # only intervals that end after the event (events are recent; history is long).
@@ -194,9 +198,11 @@ class FeedItem(SQLModel, table=True):
     """One event of a feed (or one rejected line), with its matching outcome."""
 
     __tablename__ = "feed_item"
-    # (feed_id, id): matching pages through a feed's pending items by id, reading each once.
+    # (feed_id, id) of pending items only: matching pages through a feed's pending items by id,
+    # reading each once, and a written outcome leaves the index instead of adding an entry (0009).
     __table_args__ = (sa.Index("ix_feed_item_feed_line", "feed_id", "line"),
-                      sa.Index("ix_feed_item_feed_id", "feed_id", "id"))
+                      sa.Index("ix_feed_item_pending", "feed_id", "id", postgresql_where=sa.text("status = 'pending'"),
+                               sqlite_where=sa.text("status = 'pending'")))
 
     id: int | None = Field(default=None, primary_key=True)
     feed_id: int = Field(foreign_key="feed.id")

@@ -5,10 +5,16 @@ the intervals right for matching:
 
 - The account is the record's `account_ref`, or, when a source names only a user (RADIUS), the one
   account whose contact points list that `username`. Unknown ones are rejected lines.
-- Upsert on `uq_ip_assignment (range_start, started_at, account_id)`: a row seen again only gains
-  its end or a later `open_until`, so the same file twice changes nothing and a later log that
-  closes a session updates it. `covers_until` is always `ended_at`, else `open_until`, else
-  OPEN_END.
+- (range_start, started_at, account_id) names one row: a row seen again only gains its end or a
+  later `open_until`, so the same file twice changes nothing and a later log that closes a session
+  updates it. `covers_until` is always `ended_at`, else `open_until`, else OPEN_END. The key is kept
+  unique here, not by an index (migration 0010: one B-tree insert per row fewer): each batch reads
+  the stored rows it may repeat through the cover index (`_STORED_KEYS_SQL`), updates those and inserts
+  the rest, under the database's one writer (SQLite) or an advisory lock (PostgreSQL), so no
+  concurrent import can add the same row in between. That lookup relies on every stored interval
+  covering at least its own start: the parsers refuse an end before the start (RADIUS ends an
+  address that appeared after its session's end where it began), the closing rule ends a session
+  at a later start.
 - A record with a `session_ref` whose row exists (same source, session_ref, range_start) updates
   that row: a Stop in a later file closes the Start of an earlier one.
 - A session with no end stays open until the next start on the same address (same range) by another
@@ -18,8 +24,8 @@ the intervals right for matching:
 Speed (issue 7: ≥ 200,000 sessions-csv records/s into SQLite, ≥ 100,000 into PostgreSQL, into a
 table of millions): one statement per batch for each step, parameters as plain tuples through the
 driver (SQLAlchemy's per-row type processing would cost more than the insert itself), on SQLite
-`executemany` of an `INSERT … ON CONFLICT` sorted by key with a larger page cache for the import,
-on PostgreSQL `COPY` into a temporary staging table then one `INSERT … SELECT … ON CONFLICT`.
+`executemany` of an `INSERT` sorted by key with a larger page cache for the import, on PostgreSQL
+binary `COPY` straight into the table.
 Memory stays flat: the file is streamed a batch at a time; the only state kept between batches is
 a bounded cache of account ids.
 """
@@ -54,7 +60,10 @@ from notifier.settings import Settings, get_settings
 BATCH_ROWS = 10_000  # rows per statement: per-statement costs vanish, a batch stays a few MB
 LOOKUP_CHUNK = 5_000  # values per IN (…) when loading account ids
 MAX_CACHED_ACCOUNTS = 250_000  # ~40 MB of ids; emptied past it, so memory stays flat for any file
-SQLITE_IMPORT_CACHE_KIB = 131_072  # 128 MiB page cache while importing (the default is 2 MiB)
+# Page cache while importing (the default is 2 MiB), the same 256 MiB as matching's: every row lands at
+# a random page of the cover index, which past a few million rows outgrew 128 MiB (measured, 3 M rows:
+# 24.6 → 20.5 µs a record, 34.3 → 27.1 into the filled table; peak RSS 257 → 400 MiB).
+SQLITE_IMPORT_CACHE_KIB = 262_144
 PURGE_BATCH = 10_000
 
 _COLUMNS = ("account_id", "network", "range_start", "range_end", "prefix_len", "started_at", "ended_at",
@@ -62,31 +71,58 @@ _COLUMNS = ("account_id", "network", "range_start", "range_end", "prefix_len", "
 _SQLITE_OPEN_END = "9000-01-01 00:00:00.000000"  # OPEN_END as SQLAlchemy stores it on SQLite
 
 
-def _upsert_sql(target: str, source: str, open_end: str) -> str:
-    """`INSERT … ON CONFLICT` on the unique key: a row seen again only gains its end, a later
-    open_until or a session id it lacked; the WHERE keeps a re-import from rewriting any row."""
-    keep_open_until = ("CASE WHEN ip_assignment.open_until IS NULL OR excluded.open_until > ip_assignment.open_until "
-                       "THEN excluded.open_until ELSE ip_assignment.open_until END")
-    return (
-        f"INSERT INTO ip_assignment ({', '.join(_COLUMNS)}) {target} {source} "
-        "ON CONFLICT (range_start, started_at, account_id) DO UPDATE SET "
-        "ended_at = COALESCE(excluded.ended_at, ip_assignment.ended_at), "
-        f"open_until = {keep_open_until}, "
-        f"covers_until = COALESCE(excluded.ended_at, ip_assignment.ended_at, {keep_open_until}, {open_end}), "
-        "session_ref = COALESCE(ip_assignment.session_ref, excluded.session_ref), "
-        "username = COALESCE(ip_assignment.username, excluded.username) "
-        "WHERE (excluded.ended_at IS NOT NULL AND (ip_assignment.ended_at IS NULL "
-        "       OR ip_assignment.ended_at <> excluded.ended_at)) "
-        "   OR (excluded.open_until IS NOT NULL AND (ip_assignment.open_until IS NULL "
-        "       OR excluded.open_until > ip_assignment.open_until)) "
-        "   OR (ip_assignment.session_ref IS NULL AND excluded.session_ref IS NOT NULL)"
-    )
+# The keys of the stored rows a batch may repeat: on each range it touches, the rows covering past
+# its earliest start there. A stored interval covers at least its own start, so a row with a batch
+# row's range, start and account is among them; on a daily log that is about one row (the open
+# one) per address. Read from the cover index alone, whose (range_start, covers_until) lead is this
+# lookup and which holds the key. PostgreSQL: LATERAL + OFFSET 0 as in the closing rule below, so
+# it probes the index per range whatever the (absent) statistics of the temporary table.
+_STORED_KEYS_SQL = """
+SELECT stored.id, stored.range_start, stored.started_at, stored.account_id
+FROM assignment_batch_range AS batch
+CROSS JOIN {stored}
+"""
+# What an update compares, for the rows a batch does repeat (by id: {ids} is the id list).
+_STORED_SQL = "SELECT id, ended_at, open_until, session_ref, username FROM ip_assignment WHERE id {ids}"
+_STORED_SQLITE = """ip_assignment AS stored
+  ON stored.range_start = batch.range_start AND stored.covers_until >= batch.since"""
+_STORED_POSTGRES = """LATERAL (
+    SELECT candidate.id, candidate.range_start, candidate.started_at, candidate.account_id
+    FROM ip_assignment AS candidate
+    WHERE candidate.range_start = batch.range_start AND candidate.covers_until >= batch.since
+    OFFSET 0
+) AS stored"""
+_UPDATE_SQL = ("UPDATE ip_assignment SET ended_at = {0}, open_until = {0}, covers_until = {0}, session_ref = {0}, "
+               "username = {0} WHERE id = {0}")
+_INSERT_SQL = f"INSERT INTO ip_assignment ({', '.join(_COLUMNS)}) VALUES ({{marks}})"
+
+Stored = tuple[Any, ...]  # a _STORED_KEYS_SQL or _STORED_SQL row
+Values = tuple[Any, ...]  # one row in _COLUMNS order, times as the writer's driver takes them
+
+
+def _updated(new: Values, stored: Stored, open_end: Any) -> Values | None:
+    """The UPDATE parameters (ended_at, open_until, covers_until, session_ref, username, id) when
+    the row `new` repeats says more than the stored one, else None: a given end wins, open_until only
+    grows, a missing session id or username is filled in, nothing else changes."""
+    row_id, old_ended, old_open, old_ref, old_user = stored
+    ended, open_until, ref = new[6], new[7], new[11]
+    if not ((ended is not None and ended != old_ended)
+            or (open_until is not None and (old_open is None or open_until > old_open))
+            or (old_ref is None and ref is not None)):
+        return None
+    if ended is None:
+        ended = old_ended
+    if old_open is not None and (open_until is None or open_until <= old_open):
+        open_until = old_open
+    return (ended, open_until, ended or open_until or open_end, ref if old_ref is None else old_ref,
+            new[10] if old_user is None else old_user, row_id)
 
 
 # The closing rule, for every range the batch touched: an interval still open (no ended_at) that
 # reaches past a later start by another account on the same range ends at the earliest such start.
 # The join must start from the batch's ranges and probe the (range_start, covers_until) index, which
-# reads only intervals reaching into the batch's time on that range, not an address's whole history:
+# reads only intervals reaching into the batch's time on that range, not an address's whole history
+# (a later interval covers past its start, so past the held one's: `later.covers_until` bounds it):
 # a scan of the table per batch would make an import quadratic. Planners are told so: SQLite by
 # CROSS JOIN (its left table is the outer loop), PostgreSQL by a LATERAL subquery that OFFSET 0 keeps
 # from being flattened into a hash join (temporary tables have no statistics to plan by).
@@ -96,9 +132,9 @@ FROM (
     SELECT held.id AS id, MIN(later.started_at) AS close_at
     FROM {held_join}
     {join} ip_assignment AS later
-      ON later.range_start = held.range_start AND later.started_at > held.started_at
-    WHERE later.prefix_len = held.prefix_len AND later.account_id <> held.account_id
-      AND later.started_at < held.covers_until
+      ON later.range_start = held.range_start AND later.covers_until > held.started_at
+    WHERE later.started_at > held.started_at AND later.started_at < held.covers_until
+      AND later.prefix_len = held.prefix_len AND later.account_id <> held.account_id
     GROUP BY held.id
 ) AS closing
 WHERE ip_assignment.id = closing.id
@@ -282,7 +318,6 @@ def _lookup(session: Session, sql: str, values: list[str]) -> sa.CursorResult[An
 
 # --- merging a batch -------------------------------------------------------------------------------
 
-Values = tuple[Any, ...]  # one row in _COLUMNS order, times as the writer's driver takes them
 # range_start: index pages in key order; the sort is stable, so a range keeps its rows in line order
 _ORDER = operator.itemgetter(2)
 
@@ -342,11 +377,14 @@ def _merge_sessions(owned: list[tuple[int, AssignmentRow]]) -> list[_Interval]:
 
 
 class _Writer:
-    """Writes one batch: the upsert, session_ref matches as updates, then the closing rule.
-    Subclasses differ in how rows reach the database and how times are passed (`time`)."""
+    """Writes one batch: session_ref matches as updates, rows the table holds already as updates,
+    the others as inserts, then the closing rule. Subclasses differ in how rows reach the database
+    and how times are passed (`time`)."""
 
     open_end: Any
     close_sql: str
+    stored_keys_sql: str
+    stored_sql: str
 
     def __init__(self, session: Session, source: str) -> None:
         self.session = session
@@ -365,9 +403,29 @@ class _Writer:
         else:
             values = self._plain_values(owned)
         values.sort(key=_ORDER)
-        self._upsert(values)
         self._fill_ranges(_range_starts(values))
+        new, changed = self._split(values)
+        self._insert(new)
+        if changed:
+            self._update(changed)
         self.session.execute(sa.text(self.close_sql))
+
+    def _split(self, values: list[Values]) -> tuple[list[Values], list[Values]]:
+        """(rows to insert, UPDATE parameters for stored rows the batch repeats with more to say);
+        a repeat saying nothing new is dropped. Needs the batch's ranges filled in."""
+        stored_ids = {(row[1], row[2], row[3]): row[0] for row in self._fetch(self.stored_keys_sql)}
+        new: list[Values] = []
+        repeats: dict[int, Values] = {}
+        for value in values:
+            row_id = stored_ids.get((value[2], value[5], value[0]))
+            if row_id is None:
+                new.append(value)
+            else:
+                repeats[row_id] = value
+        if not repeats:
+            return new, []
+        updates = (_updated(repeats[row[0]], row, self.open_end) for row in self._stored(list(repeats)))
+        return new, [update for update in updates if update is not None]
 
     def _plain_values(self, owned: list[tuple[int, AssignmentRow]]) -> list[Values]:
         """Rows of a batch without session ids or bounds (sessions-csv): no objects, one tuple each;
@@ -417,10 +475,24 @@ class _Writer:
                 if interval is not None and interval.existing_id is None:
                     interval.attach(row.id, row.ended_at, row.open_until)
 
-    def _upsert(self, values: list[Values]) -> None:
+    def _fetch(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[Stored]:
+        """Every row of a query, through the driver (times in the writer's raw form)."""
+        raise NotImplementedError
+
+    def _stored(self, ids: list[int]) -> list[Stored]:
+        """The _STORED_SQL rows of these ids."""
+        raise NotImplementedError
+
+    def _insert(self, values: list[Values]) -> None:
+        """Add the batch's new rows."""
+        raise NotImplementedError
+
+    def _update(self, changes: list[Values]) -> None:
+        """Apply `_updated` results (parameters of _UPDATE_SQL)."""
         raise NotImplementedError
 
     def _fill_ranges(self, since: list[tuple[str, int, Any]]) -> None:
+        """Replace the temporary range table's rows with this batch's (`_range_starts`)."""
         raise NotImplementedError
 
 
@@ -439,13 +511,18 @@ class _SqliteWriter(_Writer):
 
     open_end = _SQLITE_OPEN_END
     close_sql = _CLOSE_SQL.format(held_join=_HELD_SQLITE, join="CROSS JOIN")
+    stored_keys_sql = _STORED_KEYS_SQL.format(stored=_STORED_SQLITE)
+    stored_sql = _STORED_SQL.format(ids="IN (SELECT value FROM json_each(?))")
+    insert_sql = _INSERT_SQL.format(marks=", ".join("?" * len(_COLUMNS)))
+    update_sql = _UPDATE_SQL.format("?")
 
     def __init__(self, session: Session, source: str) -> None:
         super().__init__(session, source)
         self.cursor = self.dbapi.cursor()
+        # No key: `_range_starts` gives each range once and the table is only ever the outer loop
+        # of a join, so an index would be a B-tree insert per range for nothing (0.5 µs a row).
         self.cursor.execute("CREATE TEMP TABLE IF NOT EXISTS assignment_batch_range "
-                            "(range_start TEXT, prefix_len INTEGER, since TEXT, PRIMARY KEY (range_start, prefix_len))")
-        self.upsert_sql = _upsert_sql("VALUES", f"({', '.join('?' * len(_COLUMNS))})", f"'{_SQLITE_OPEN_END}'")
+                            "(range_start TEXT, prefix_len INTEGER, since TEXT)")
 
     @staticmethod
     def time(moment: datetime | None) -> str | None:
@@ -457,9 +534,17 @@ class _SqliteWriter(_Writer):
             moment = moment.astimezone(UTC)
         return moment.isoformat(" ", "microseconds")[:26]
 
-    def _upsert(self, values: list[Values]) -> None:
-        if values:
-            self.cursor.executemany(self.upsert_sql, values)
+    def _fetch(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[Stored]:
+        return self.cursor.execute(sql, parameters).fetchall()
+
+    def _stored(self, ids: list[int]) -> list[Stored]:
+        return self._fetch(self.stored_sql, (json.dumps(ids),))  # one parameter, as `_lookup` does
+
+    def _insert(self, values: list[Values]) -> None:
+        self.cursor.executemany(self.insert_sql, values)
+
+    def _update(self, changes: list[Values]) -> None:
+        self.cursor.executemany(self.update_sql, changes)
 
     def _fill_ranges(self, since: list[tuple[str, int, Any]]) -> None:
         self.cursor.execute("DELETE FROM assignment_batch_range")
@@ -469,7 +554,7 @@ class _SqliteWriter(_Writer):
     def tuned(self) -> Iterator[None]:
         """A larger page cache for the import (the indexes of a big table no longer fit 2 MiB),
         restored afterwards: the connection goes back to the pool, and workers should not keep
-        128 MiB each. (`temp_store` is left alone: changing it drops every temporary table of the
+        256 MiB each. (`temp_store` is left alone: changing it drops every temporary table of the
         connection, the caller's included.)"""
         cache = self.cursor.execute("PRAGMA cache_size").fetchone()[0]
         self.cursor.execute(f"PRAGMA cache_size = -{SQLITE_IMPORT_CACHE_KIB}")
@@ -479,59 +564,64 @@ class _SqliteWriter(_Writer):
             self.cursor.execute(f"PRAGMA cache_size = {int(cache)}")
 
 
-_STAGE_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS assignment_stage (
-    account_id integer, network text, range_start text, range_end text, prefix_len integer,
-    started_at timestamptz, ended_at timestamptz, open_until timestamptz, covers_until timestamptz,
-    source text, username text, session_ref text
-) ON COMMIT DROP
-"""
 _RANGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS assignment_batch_range (
     range_start text, prefix_len integer, since timestamptz, PRIMARY KEY (range_start, prefix_len)
 ) ON COMMIT DROP
 """
-_STAGE_TYPES = ["int4", "text", "text", "text", "int4", "timestamptz", "timestamptz", "timestamptz",
-                "timestamptz", "text", "text", "text"]
+_ROW_TYPES = ["int4", "text", "text", "text", "int4", "timestamptz", "timestamptz", "timestamptz",
+              "timestamptz", "text", "text", "text"]  # _COLUMNS for binary COPY
+# Serializes assignment imports on PostgreSQL for their transaction (the key is kept unique by the
+# importer, module docstring); an arbitrary constant that names this lock ("ipas").
+_IMPORT_LOCK_KEY = 0x69706173
 
 
 class _PostgresWriter(_Writer):
-    """Binary COPY into temporary tables, then one INSERT … SELECT … ON CONFLICT per batch."""
+    """Binary COPY of new rows straight into the table; the batch's ranges into a temporary one."""
 
     open_end = OPEN_END
     close_sql = _CLOSE_SQL.format(held_join=_HELD_POSTGRES, join="JOIN")
-
-    def __init__(self, session: Session, source: str) -> None:
-        super().__init__(session, source)
-        self.upsert_sql = _upsert_sql("SELECT", f"{', '.join(_COLUMNS)} FROM assignment_stage",
-                                      "'9000-01-01 00:00:00+00'::timestamptz")
+    stored_keys_sql = _STORED_KEYS_SQL.format(stored=_STORED_POSTGRES)
+    stored_sql = _STORED_SQL.format(ids="= ANY(%s)")
+    update_sql = _UPDATE_SQL.format("%s")
 
     def _copy(self, table: str, columns: Iterable[str], types: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
         with self.dbapi.cursor() as cursor:
-            cursor.execute(f"TRUNCATE {table}")
             with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(types)
                 for row in rows:
                     copy.write_row(row)
 
-    def _upsert(self, values: list[Values]) -> None:
+    def _fetch(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[Stored]:
+        with self.dbapi.cursor() as cursor:
+            return cursor.execute(sql, parameters).fetchall()
+
+    def _stored(self, ids: list[int]) -> list[Stored]:
+        return self._fetch(self.stored_sql, (ids,))
+
+    def _insert(self, values: list[Values]) -> None:
         if values:
-            self._copy("assignment_stage", _COLUMNS, _STAGE_TYPES, values)
-            self.session.execute(sa.text(self.upsert_sql))
+            self._copy("ip_assignment", _COLUMNS, _ROW_TYPES, values)
+
+    def _update(self, changes: list[Values]) -> None:
+        with self.dbapi.cursor() as cursor:
+            cursor.executemany(self.update_sql, changes)
 
     def _fill_ranges(self, since: list[tuple[str, int, Any]]) -> None:
+        with self.dbapi.cursor() as cursor:
+            cursor.execute("TRUNCATE assignment_batch_range")
         self._copy("assignment_batch_range", ("range_start", "prefix_len", "since"),
                    ["text", "int4", "timestamptz"], since)
 
     @contextmanager
     def tuned(self) -> Iterator[None]:
-        """Plans per execution for the transaction (`db.plan_each_execution`), no JIT, and the
-        temporary tables."""
+        """The import lock (module docstring), plans per execution for the transaction
+        (`db.plan_each_execution`), no JIT, and the temporary table."""
+        self.session.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _IMPORT_LOCK_KEY})
         plan_each_execution(self.session)
         # The batch statements are estimated costly (thousands of index probes) and are not: JIT
         # compiling them took longer (~0.9 s a batch) than running them.
         self.session.execute(sa.text("SET LOCAL jit = off"))
-        self.session.execute(sa.text(_STAGE_DDL))
         self.session.execute(sa.text(_RANGE_DDL))
         yield
 

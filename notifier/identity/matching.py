@@ -25,6 +25,11 @@ and writes every address's outcome in the database: a LEFT JOIN from the probes 
 telling matched from ambiguous, the reason text built in SQL. Only contacts, CGNAT decisions and
 items without an identifier or a time go through Python and a small outcome table. The same
 statements run on SQLite and PostgreSQL, so an item's outcome never depends on the backend.
+
+A feed imported from a file never goes through that UPDATE: `ItemResolver` reads the same outcome
+statement for each batch before the batch is stored, and every item is inserted once with its
+outcome (the update rewrote each row and, on PostgreSQL, added a new entry to each index).
+`match_feed` remains how pending items are matched, with the same outcomes.
 """
 
 from __future__ import annotations
@@ -201,6 +206,10 @@ class _Transport:
     def execute(self, statement: sa.Executable) -> sa.CursorResult:  # type: ignore[type-arg]
         return self.connection.execute(statement)
 
+    def compiled(self, statement: sa.ClauseElement) -> str:
+        """The SQL text of a statement whose only parameters are constants (rendered inline), for `fetch`."""
+        return str(statement.compile(dialect=self.connection.dialect, compile_kwargs={"literal_binds": True}))
+
     def own_time(self, moment: datetime) -> object:
         """An aware datetime from a caller → the backend's raw form."""
         moment = moment.astimezone(UTC)
@@ -221,14 +230,16 @@ class _Transport:
             key = self._keys[ip] = stored_ip_key(ip)
         return key
 
-    def load(self, table: sa.Table, rows: Iterable[tuple[object, ...]]) -> None:
-        names = ", ".join(column.name for column in table.columns)
+    def load(self, table: sa.Table, rows: Iterable[tuple[object, ...]], columns: Sequence[str] | None = None) -> None:
+        """Rows (in the backend's raw form) into `table`'s `columns` (default: all of them, in order)."""
+        columns = [column.name for column in table.columns] if columns is None else columns
+        names = ", ".join(columns)
         if self.postgres:
             with self.driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:  # type: ignore[union-attr]
                 for row in rows:
                     copy.write_row(row)
         else:
-            marks = ", ".join("?" for _ in table.columns)
+            marks = ", ".join("?" for _ in columns)
             self.driver.executemany(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", rows)  # type: ignore[union-attr]
 
     @contextmanager
@@ -339,9 +350,15 @@ def resolve_ips(session: Session, sightings: Sequence[Sighting], *, lengths: lis
     with transport.scratch():
         rows = [(s.ref, s.ip, transport.own_time(s.seen_at), s.port) for s in sightings]
         outcomes = _probe_addresses(transport, rows, lengths, nat)
-        outcomes.update((ref, (status, account_id, reason))
-                        for ref, status, account_id, reason in transport.execute(_address_outcomes()))
+        outcomes.update(_decided_addresses(transport))
         return outcomes
+
+
+def _decided_addresses(transport: _Transport) -> Iterator[tuple[int, Outcome]]:
+    """(ref, outcome) of every probed sighting, read from the outcome statement (not written)
+    through the driver's cursor: a result row through SQLAlchemy cost about a microsecond."""
+    for ref, status, account_id, reason in transport.fetch(transport.compiled(_address_outcomes()), ()):
+        yield ref, (status, account_id, reason)
 
 
 # (ref, normalised ip, seen_at in the backend's raw form, source port): a tuple, not an object,
@@ -497,12 +514,14 @@ def match_feed(session: Session, feed_id: int | None, *, skew_seconds: float | N
                batch_size: int = MATCH_BATCH) -> MatchCounts:
     """Resolve every pending item of a feed, a batch at a time; returns the totals over the feed.
 
-    Each batch is read by `(feed_id, id)` from where the previous one ended (index
-    `ix_feed_item_feed_id`), so the feed is read once whatever its size. Per batch: one query per
-    contact kind, one NAT join (when blocks exist), one load of the probe table, and one
-    `UPDATE feed_item … FROM` the outcome statement, which decides every address in the database;
-    only the outcomes Python decided (contacts, CGNAT, items without an identifier or a time) go
-    through the outcome table.
+    Each batch is read by `(feed_id, id)` from where the previous one ended (the partial index
+    `ix_feed_item_pending`, which holds pending items only), so the feed is read once whatever its
+    size. A feed imported from a file has no pending items left (`ItemResolver` decided them before
+    they were stored): this is how items stored pending, or a feed set back to pending, are
+    matched. Per batch: one query per contact kind, one NAT join (when blocks exist), one load of
+    the probe table, and one `UPDATE feed_item … FROM` the outcome statement, which decides every
+    address in the database; only the outcomes Python decided (contacts, CGNAT, items without an
+    identifier or a time) go through the outcome table.
     """
     lengths = prefix_lengths(session)
     nat = nat_in_use(session)
@@ -554,6 +573,57 @@ def _contact_outcome(accounts: list[int], identifier_kind: str) -> Outcome:
     if len(accounts) > 1:
         return "ambiguous", None, f"{len(accounts)} accounts have this {identifier_kind.replace('_', ' ')}; not guessed"
     return "matched", accounts[0], None
+
+
+# (ref, identifier kind, identifier, port, seen_at in the backend's raw form): an item before it is stored.
+ItemRow = tuple[int, str | None, str | None, int | None, object]
+
+
+class ItemResolver:
+    """Outcomes of a new feed's items before they are stored, so that `import_feed` writes each
+    item once, with its outcome, instead of inserting it `pending` and updating it.
+
+    The update was most of matching's cost: it rewrites every row, and on PostgreSQL (where
+    `account_id` is indexed, so the update is never HOT) adds an entry to every index of
+    `feed_item` for the new row version. A batch goes through the same statements as in
+    `match_feed` (`_batch_outcomes`, then the outcome statement read instead of joined into an
+    UPDATE), so an item's outcome is the same either way. Use it as a context manager: the scratch
+    tables (and SQLite's larger page cache) live for the whole import.
+    """
+
+    def __init__(self, session: Session, *, skew_seconds: float | None = None) -> None:
+        self.session = session
+        self.lengths = prefix_lengths(session)
+        self.nat = nat_in_use(session)
+        self.transport = _Transport(session, clock_skew(skew_seconds))
+        self._scratch = self.transport.scratch()
+
+    def __enter__(self) -> ItemResolver:
+        self._scratch.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._scratch.__exit__(*exc_info)
+
+    def outcomes(self, items: Sequence[ItemRow]) -> dict[int, Outcome]:
+        """ref → outcome of every item (refs are the caller's, unique within the call; times in
+        the raw form `own_time` gives, which is also what `store` writes)."""
+        try:
+            outcomes = _batch_outcomes(self.session, self.transport, items, self.lengths, self.nat)
+            outcomes.update(_decided_addresses(self.transport))
+            return outcomes
+        finally:
+            self.transport.clear()
+
+    def own_time(self, moment: datetime | None) -> object:
+        """A time in the backend's raw form, as `outcomes` and `store` take it."""
+        return None if moment is None else self.transport.own_time(moment)
+
+    def store(self, table: sa.Table, columns: Sequence[str], rows: Iterable[tuple[object, ...]]) -> None:
+        """Rows in the backend's raw form (`own_time` for times) by the driver's bulk path (SQLite
+        `executemany` of tuples, PostgreSQL `COPY`): per-row parameter processing cost more than
+        deciding the outcomes."""
+        self.transport.load(table, rows, columns)
 
 
 def _write_address_outcomes(transport: _Transport, *, first_id: int, last_id: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -110,11 +111,25 @@ REPORT_LAYOUTS: dict[str, ReportLayout] = {
 }
 
 
+def report_identifier(kind: str, text: str) -> str:
+    """`normalise_identifier`, with a shortcut for the usual sinkhole cell: an IPv4 address already
+    in canonical form. `ipaddress` costs a few microseconds per address (a tenth of a feed row's
+    import); the C `inet_pton`/`inet_ntop` round trip costs a fraction of that, and text it gives
+    back unchanged is exactly what `normalise_ip` would return. Anything else takes the full path."""
+    if kind == "ip":
+        try:
+            if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text)) == text:
+                return text
+        except (OSError, ValueError):
+            pass
+    return normalise_identifier(kind, text)
+
+
 def report_columns(layout: ReportLayout, tz: str) -> tuple[Column, ...]:
     """Turn a report layout into the column map the shared builder applies to each row."""
     return (
         Column("identifier", (layout.identifier,),
-               functools.partial(normalise_identifier, layout.identifier_kind), required=True),
+               functools.partial(report_identifier, layout.identifier_kind), required=True),
         Column("port", (layout.port,) if layout.port else (), port_number),
         Column("seen_at", ("timestamp",), timestamp_in(tz), required=True),
         Column("threat", THREAT_HEADERS, bounded_text(MAX_LABEL_CHARS)),

@@ -410,10 +410,13 @@ def _nas(attributes: dict[str, str]) -> str | None:
 
 def _session_records(session: _Session, *, ended_at: datetime | None = None,
                      open_until: datetime | None = None) -> Iterator[SessionRecord]:
+    """A record per address of the session. An address that appeared after the time the session
+    ended (an Interim-Update logged on time, then a Stop logged late: Acct-Delay-Time) ends where it
+    began, never before: the store relies on an interval covering at least its own start."""
     for address, since in session.addresses.items():
         yield SessionRecord(line=session.line, account_ref=None, ip=address, started_at=since,
-                            ended_at=ended_at, username=session.username, session_ref=session.ref,
-                            open_until=open_until)
+                            ended_at=ended_at if ended_at is None or ended_at >= since else since,
+                            username=session.username, session_ref=session.ref, open_until=open_until)
 
 
 def _read_record(block: _Block, status: str, tz: str) -> _Record:
