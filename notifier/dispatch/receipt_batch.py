@@ -75,14 +75,19 @@ class _Notice:
     own_parts: list[_Part] = field(default_factory=list)  # its recorded parts, as the replay changes them
 
 
-def apply_pending_receipts(session: Session, *, destination_match: bool = True) -> int:
+def apply_pending_receipts(session: Session, *, destination_match: bool = True,
+                           received_before: datetime | None = None) -> int:
     """Apply stored receipts not yet applied; old unplaceable ones become orphans. Returns how
-    many were applied. `destination_match` lets receipts past the grace resolve `unknown` rows."""
+    many were applied. `destination_match` lets receipts past the grace resolve `unknown` rows;
+    `received_before` leaves younger receipts to the appliers that take them as they come."""
     plan_for_values(session)
     applied, after_id = 0, 0
+    pending = [InboundReceipt.applied_at.is_(None)]
+    if received_before is not None:
+        pending.append(InboundReceipt.received_at < received_before)
     for _ in range(MAX_PAGES):
         ids = list(session.execute(
-            sa.select(InboundReceipt.id).where(InboundReceipt.applied_at.is_(None), InboundReceipt.id > after_id)
+            sa.select(InboundReceipt.id).where(*pending, InboundReceipt.id > after_id)
             .order_by(InboundReceipt.id).limit(PENDING_BATCH).with_for_update(skip_locked=True)).scalars())
         if not ids:
             break

@@ -24,7 +24,7 @@ from sqlmodel import Session
 from notifier.db import session_scope
 from notifier.models import Notification, utcnow
 from notifier.dispatch.outbox import SENDING, UNKNOWN, transition
-from notifier.dispatch.receipts import apply_pending_receipts
+from notifier.dispatch.receipts import ID_MATCH_GRACE_SECONDS, apply_pending_receipts
 from notifier.dispatch.redrive import Availability, broker_errors, hand_over, outage_errors, redrive_stale
 from notifier.dispatch.runtime import host_name
 from notifier.settings import Settings
@@ -57,7 +57,7 @@ def run_maintenance(settings: Settings, enqueue: Callable[[list[int]], object] |
     report.orphaned = _guarded(report, database, "orphans", 0, lambda: _in_session(
         url, lambda session: mark_orphans_unknown(session, lease_seconds=settings.dispatch.send_lease_seconds)))
     report.receipts_applied = _guarded(report, database, "receipts", 0, lambda: _in_session(
-        url, apply_pending_receipts))
+        url, _apply_waiting_receipts))
     report.requeued = _guarded(report, database, "unknown", [], lambda: _in_session(
         url, lambda session: requeue_stale_unknown(
             session, after_seconds=settings.dispatch.unknown_resend_after_seconds)))
@@ -69,6 +69,15 @@ def run_maintenance(settings: Settings, enqueue: Callable[[list[int]], object] |
             _guarded(report, database, "enqueue", 0,
                      lambda ids=ids, marked=marked: hand_over(url, enqueue, ids, marked=marked, broker=broker))
     return report
+
+
+def _apply_waiting_receipts(session: Session) -> int:
+    """Receipts stored more than ID_MATCH_GRACE_SECONDS ago and still not applied: their send was
+    not recorded (an `unknown` row, resolved by destination) or they are orphans. Younger ones are
+    the receipt appliers' (`ReceiptApplier`, in every process that holds a channel or serves
+    callbacks): read here too, every process's maintenance read every receipt waiting for its send
+    to be recorded, each second, a tenth of a worker's CPU at full speed."""
+    return apply_pending_receipts(session, received_before=utcnow() - timedelta(seconds=ID_MATCH_GRACE_SECONDS))
 
 
 def _in_session(database_url: str, step: Callable[[Session], T]) -> T:
