@@ -37,7 +37,7 @@ import inspect
 import json
 import operator
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,7 +47,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from notifier.batching import chunks
-from notifier.db import plan_each_execution
+from notifier.db import plan_each_execution, sqlite_page_cache
 from notifier.errors import InputError
 from notifier.identifiers import parse_timestamp
 from notifier.import_result import ImportResult
@@ -550,18 +550,10 @@ class _SqliteWriter(_Writer):
         self.cursor.execute("DELETE FROM assignment_batch_range")
         self.cursor.executemany("INSERT INTO assignment_batch_range VALUES (?, ?, ?)", since)
 
-    @contextmanager
-    def tuned(self) -> Iterator[None]:
-        """A larger page cache for the import (the indexes of a big table no longer fit 2 MiB),
-        restored afterwards: the connection goes back to the pool, and workers should not keep
-        256 MiB each. (`temp_store` is left alone: changing it drops every temporary table of the
-        connection, the caller's included.)"""
-        cache = self.cursor.execute("PRAGMA cache_size").fetchone()[0]
-        self.cursor.execute(f"PRAGMA cache_size = -{SQLITE_IMPORT_CACHE_KIB}")
-        try:
-            yield
-        finally:
-            self.cursor.execute(f"PRAGMA cache_size = {int(cache)}")
+    def tuned(self) -> AbstractContextManager[None]:
+        """A larger page cache for the import (`db.sqlite_page_cache`). (`temp_store` is left
+        alone: changing it drops every temporary table of the connection, the caller's included.)"""
+        return sqlite_page_cache(self.cursor, SQLITE_IMPORT_CACHE_KIB)
 
 
 _RANGE_DDL = """

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
 from datetime import UTC, datetime, timedelta
@@ -44,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from notifier.db import sqlite_page_cache
 from notifier.errors import MatchError
 from notifier.identifiers import key_ip, key_network_start, stored_ip_key
 from notifier.models import ContactPoint, FeedItem, IpAssignment, NatBlock, UtcDateTime
@@ -246,23 +247,21 @@ class _Transport:
     def scratch(self) -> Iterator[None]:
         """The scratch tables (and, on SQLite, a page cache that holds the lookup index) for the
         duration of the work; the pooled connection is left as it was."""
-        if self.postgres:
-            # The outcome statement's cost estimate crosses `jit_above_cost`: compiling it took
-            # ~18 ms per batch and saved nothing (index probes, not expression evaluation).
-            previous = self.fetch("SELECT current_setting('jit'), set_config('jit', 'off', true)", ())[0][0]
-            restore = ("SELECT set_config('jit', ?, true)", (previous,))
-        else:
-            previous = self.fetch("PRAGMA main.cache_size", ())[0][0]
-            self.driver.execute(f"PRAGMA main.cache_size = -{SQLITE_MATCH_CACHE_KIB}")  # type: ignore[union-attr]
-            restore = (f"PRAGMA main.cache_size = {int(previous)}", ())
-        for table in _SCRATCH.sorted_tables:
-            self.session.execute(sa.schema.CreateTable(table, if_not_exists=True))
-        try:
-            yield
-        finally:
+        with ExitStack() as restore:
+            if self.postgres:
+                # The outcome statement's cost estimate crosses `jit_above_cost`: compiling it took
+                # ~18 ms per batch and saved nothing (index probes, not expression evaluation).
+                previous = self.fetch("SELECT current_setting('jit'), set_config('jit', 'off', true)", ())[0][0]
+                restore.callback(self.fetch, "SELECT set_config('jit', ?, true)", (previous,))
+            else:
+                restore.enter_context(sqlite_page_cache(self.driver, SQLITE_MATCH_CACHE_KIB))
             for table in _SCRATCH.sorted_tables:
-                self.session.execute(sa.schema.DropTable(table, if_exists=True))
-            self.fetch(*restore)
+                self.session.execute(sa.schema.CreateTable(table, if_not_exists=True))
+            try:
+                yield
+            finally:
+                for table in _SCRATCH.sorted_tables:
+                    self.session.execute(sa.schema.DropTable(table, if_exists=True))
 
     def clear(self) -> None:
         for table in _SCRATCH.sorted_tables:
