@@ -119,7 +119,9 @@ class IpAssignment(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    account_id: int = Field(foreign_key="account.id")
+    # No foreign key (migration 0011): written only by the importer, from `account` in the same
+    # transaction, and accounts are never deleted; the check cost more than the row itself.
+    account_id: int
     network: str = Field(max_length=64)  # as given: "14.160.1.2" or "2402:800::/56"
     range_start: str = Field(max_length=32)
     range_end: str = Field(max_length=32)
@@ -222,7 +224,8 @@ class FeedItem(SQLModel, table=True):
     data_classes: str | None = Field(default=None, max_length=300)  # ";"-separated
     source: str | None = Field(default=None, max_length=100)
     raw: str | None = Field(default=None, max_length=2000)
-    account_id: int | None = Field(default=None, foreign_key="account.id", index=True)
+    # No foreign key (migration 0011): set only by matching, from `account` ids, never deleted.
+    account_id: int | None = Field(default=None, index=True)
 
 
 # --- campaigns and the outbox ------------------------------------------------------------------
