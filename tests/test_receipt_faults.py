@@ -113,6 +113,61 @@ def test_four_processes_apply_receipts_at_once_without_deadlock(postgres_url: st
                             .where(MessagePart.state != "delivered")).one() == 0
 
 
+def _writer(database_url: str, receipts: list[Receipt], results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """Store receipts as the SMPP channel's writer does (applying what it can at once), in batches."""
+    error = None
+    try:
+        store = ReceiptStore(database_url)
+        for start in range(0, len(receipts), 30):
+            store.store(receipts[start:start + 30])
+            time.sleep(0.01)
+    except Exception as exc:  # noqa: BLE001 - the test reports it
+        error = f"{type(exc).__name__}: {exc}"
+    results.put((0, error))
+
+
+def test_writers_applying_at_store_and_appliers_at_once_apply_each_receipt_once(postgres_url: str) -> None:
+    """Two processes storing (and applying at store) the receipts of the same messages while two
+    appliers take what is pending: no deadlock, no error, every receipt applied exactly once."""
+    with session_scope(postgres_url) as session:
+        account = add_account(session, "A1")
+        ids = []
+        for n in range(NOTIFICATIONS):
+            notification = add_notification(session, account, state="sent", destination=f"+8491{n:07d}")
+            notification.parts = PARTS
+            ids.append(notification.id)
+            for part in range(1, PARTS + 1):
+                session.add(MessagePart(notification_id=notification.id, part_no=part, channel="sms",
+                                        provider_message_id=f"{n:x}p{part}"))
+    receipts = [Receipt(channel="sms", provider_message_id=f"{n:x}p{part}", status="delivered",
+                        raw_status="DELIVRD") for n in range(NOTIFICATIONS) for part in range(1, PARTS + 1)]
+    random.Random(11).shuffle(receipts)  # parts of one message stored by both writers at once
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
+    half = len(receipts) // 2
+    processes = [context.Process(target=_writer, args=(postgres_url, receipts[:half], results)),
+                 context.Process(target=_writer, args=(postgres_url, receipts[half:], results)),
+                 *[context.Process(target=_applier, args=(postgres_url, results)) for _ in range(2)]]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert [error for _, error in outcomes if error] == []
+    with session_scope(postgres_url) as session:
+        assert session.exec(select(sa.func.count()).select_from(InboundReceipt)).one() == len(receipts)
+        assert session.exec(select(sa.func.count()).select_from(InboundReceipt)
+                            .where(InboundReceipt.applied_at.is_(None))).one() == 0
+        states = collections.Counter(session.exec(select(Notification.state).where(Notification.id.in_(ids))).all())
+        assert states == {"delivered": NOTIFICATIONS}
+        delivered_events = session.exec(select(DeliveryEvent.notification_id).where(
+            DeliveryEvent.to_state == "delivered", DeliveryEvent.from_state == "sent")).all()
+        assert sorted(delivered_events) == sorted(ids)  # one transition each, never two
+        receipt_events = session.exec(select(sa.func.count()).select_from(DeliveryEvent)
+                                      .where(DeliveryEvent.source == "sms-receipt")).one()
+        assert receipt_events == len(receipts)  # one event per receipt: none applied twice
+
+
 # --- a database lock longer than the submit timeout while receipts arrive --------------------
 
 def test_a_locked_database_does_not_block_the_smpp_reader(sqlite_url: str, tmp_path: Path) -> None:
