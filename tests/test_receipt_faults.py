@@ -58,6 +58,23 @@ def _exactly_once(smsc: SmscPeer, destinations: int) -> None:
 NOTIFICATIONS, PARTS = 300, 3
 
 
+def _sent_messages(database_url: str) -> tuple[list[int], list[Receipt]]:
+    """NOTIFICATIONS sent SMS of PARTS parts each, and a delivery receipt for every part."""
+    with session_scope(database_url) as session:
+        account = add_account(session, "A1")
+        ids = []
+        for n in range(NOTIFICATIONS):
+            notification = add_notification(session, account, state="sent", destination=f"+8491{n:07d}")
+            notification.parts = PARTS
+            ids.append(notification.id)
+            for part in range(1, PARTS + 1):
+                session.add(MessagePart(notification_id=notification.id, part_no=part, channel="sms",
+                                        provider_message_id=f"{n:x}p{part}"))
+    receipts = [Receipt(channel="sms", provider_message_id=f"{n:x}p{part}", status="delivered",
+                        raw_status="DELIVRD") for n in range(NOTIFICATIONS) for part in range(1, PARTS + 1)]
+    return ids, receipts
+
+
 def _applier(database_url: str, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     """Apply until nothing is pending for a while; report how many and any error."""
     applied, idle, error = 0, 0, None
@@ -74,18 +91,7 @@ def _applier(database_url: str, results: multiprocessing.Queue) -> None:  # type
 
 
 def test_four_processes_apply_receipts_at_once_without_deadlock(postgres_url: str) -> None:
-    with session_scope(postgres_url) as session:
-        account = add_account(session, "A1")
-        ids = []
-        for n in range(NOTIFICATIONS):
-            notification = add_notification(session, account, state="sent", destination=f"+8491{n:07d}")
-            notification.parts = PARTS
-            ids.append(notification.id)
-            for part in range(1, PARTS + 1):
-                session.add(MessagePart(notification_id=notification.id, part_no=part, channel="sms",
-                                        provider_message_id=f"{n:x}p{part}"))
-    receipts = [Receipt(channel="sms", provider_message_id=f"{n:x}p{part}", status="delivered",
-                        raw_status="DELIVRD") for n in range(NOTIFICATIONS) for part in range(1, PARTS + 1)]
+    ids, receipts = _sent_messages(postgres_url)
     random.Random(7).shuffle(receipts)  # parts of one message in different batches and processes
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
@@ -129,18 +135,7 @@ def _writer(database_url: str, receipts: list[Receipt], results: multiprocessing
 def test_writers_applying_at_store_and_appliers_at_once_apply_each_receipt_once(postgres_url: str) -> None:
     """Two processes storing (and applying at store) the receipts of the same messages while two
     appliers take what is pending: no deadlock, no error, every receipt applied exactly once."""
-    with session_scope(postgres_url) as session:
-        account = add_account(session, "A1")
-        ids = []
-        for n in range(NOTIFICATIONS):
-            notification = add_notification(session, account, state="sent", destination=f"+8491{n:07d}")
-            notification.parts = PARTS
-            ids.append(notification.id)
-            for part in range(1, PARTS + 1):
-                session.add(MessagePart(notification_id=notification.id, part_no=part, channel="sms",
-                                        provider_message_id=f"{n:x}p{part}"))
-    receipts = [Receipt(channel="sms", provider_message_id=f"{n:x}p{part}", status="delivered",
-                        raw_status="DELIVRD") for n in range(NOTIFICATIONS) for part in range(1, PARTS + 1)]
+    ids, receipts = _sent_messages(postgres_url)
     random.Random(11).shuffle(receipts)  # parts of one message stored by both writers at once
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
