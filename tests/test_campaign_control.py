@@ -67,7 +67,8 @@ def test_pause_reaches_every_worker_within_2_s_and_resume_sends_the_rest_once(
 ) -> None:
     """Two `notifier worker` processes: after a pause no new submit reaches the SMSC once 2 s
     have passed, `campaign run` stops; `campaign run` again resumes and sends everyone once."""
-    from tests.test_dispatch_faults import _Run, _production, _wait, _wait_for_heartbeats, _workers
+    from tests.test_dispatch_faults import _Run, _production, _wait_for_heartbeats, _workers
+    from tests.waiting import wait_until
 
     campaign_id = _campaign(tmp_path, postgres_url)
     with SmscPeer(tmp_path / "smsc.jsonl") as smsc, SmtpSink() as smtp:
@@ -76,7 +77,7 @@ def test_pause_reaches_every_worker_within_2_s_and_resume_sends_the_rest_once(
         with _workers(settings, 2):
             _wait_for_heartbeats(redis_url, redis_namespace, 2)
             run = _Run(settings, campaign_id)
-            _wait(lambda: len(smsc.submits()) >= 20, "20 submits")
+            wait_until(lambda: len(smsc.submits()) >= 20, "20 submits")
             with session_scope(postgres_url) as session:
                 pause_campaign(session, campaign_id)
             paused = run.finish()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from notifier.settings import Settings
 from tests.conftest import POSTGRES_ADMIN_URL, make_settings
 from tests.factories import settings_env
 from tests.test_operator_views import CuttableRoute
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_SECONDS = 240.0  # bound on any campaign here; each finishes in well under a minute when healthy
@@ -147,18 +148,11 @@ class _Run:
         return self.result
 
 
-def _wait(condition: Callable[[], bool], what: str, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def _wait_for_heartbeats(redis_url: str, namespace: str, count: int) -> None:
     """Until `count` worker processes consume from the broker (dramatiq registers a heartbeat)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        _wait(lambda: client.zcard(f"{namespace}:__heartbeats__") >= count, f"{count} idle workers")
+        wait_until(lambda: client.zcard(f"{namespace}:__heartbeats__") >= count, f"{count} idle workers")
     finally:
         client.close()
 
@@ -219,7 +213,7 @@ def test_redis_killed_and_restarted_mid_campaign_strands_nothing(
                                sms_per_second=30, email_per_second=30)
         with _workers(settings, 1) as [worker]:
             run = _Run(settings, campaign_id)
-            _wait(lambda: len(smsc.submits()) >= 20, "the first submits")
+            wait_until(lambda: len(smsc.submits()) >= 20, "the first submits")
             own_redis.kill()
             time.sleep(2)  # an outage, not a blip: enqueues and consumers fail meanwhile
             own_redis.start()
@@ -241,7 +235,7 @@ def test_postgres_connections_terminated_mid_campaign(
         with _workers(settings, 1) as [worker]:
             run = _Run(settings, campaign_id)
             for target in (15, 40, 70):
-                _wait(lambda target=target: len(smsc.submits()) >= target, f"{target} submits")
+                wait_until(lambda target=target: len(smsc.submits()) >= target, f"{target} submits")
                 with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
                     cut = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                         "WHERE datname = %s AND pid <> pg_backend_pid()", (database,)).fetchone()
@@ -274,7 +268,7 @@ def test_smsc_and_mail_relay_down_then_back_is_a_pause(sqlite_url: str, tmp_path
             run = subprocess.Popen([sys.executable, "-m", "cli", "campaign", "run", str(campaign_id)], env=env,
                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
-                _wait(lambda: len(smsc.messages()) >= 5 and run.poll() is None, "the first SMS")
+                wait_until(lambda: len(smsc.messages()) >= 5 and run.poll() is None, "the first SMS")
                 route.cut()
                 smtp.stop()
                 time.sleep(OUTAGE_SECONDS)
@@ -310,7 +304,7 @@ def test_kill_9_one_of_two_workers(postgres_url: str, redis_url: str, redis_name
         with _workers(settings, 2) as [victim, survivor]:
             _wait_for_heartbeats(redis_url, redis_namespace, 2)
             run = _Run(settings, campaign_id)
-            _wait(lambda: len(smsc.submits()) >= 30, "30 submits")
+            wait_until(lambda: len(smsc.submits()) >= 30, "30 submits")
             os.kill(victim.pid, signal.SIGKILL)
             status = run.finish()
             assert survivor.poll() is None

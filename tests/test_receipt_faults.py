@@ -33,16 +33,10 @@ from notifier.peers.smtp_sink import SmtpSink
 from notifier.settings import SmppSettings
 from tests.conftest import make_settings
 from tests.factories import add_account, add_notification, settings_env
+from tests.waiting import wait_until
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_SECONDS = 240
-
-
-def _wait(condition, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
 
 
 def _exactly_once(smsc: SmscPeer, destinations: int) -> None:
@@ -189,7 +183,7 @@ def test_a_locked_database_does_not_block_the_smpp_reader(sqlite_url: str, tmp_p
             with session_scope(sqlite_url) as session:
                 return set(session.exec(select(InboundReceipt.provider_message_id)).all())
 
-        _wait(lambda: stored() >= wanted, "every receipt stored once the lock is gone")
+        wait_until(lambda: stored() >= wanted, "every receipt stored once the lock is gone")
         channel.close()
     _exactly_once(smsc, len(sent))
 
@@ -239,7 +233,7 @@ def test_smsc_frozen_longer_than_the_submit_timeout(sqlite_url: str, tmp_path: P
                                                                   "unknown_resend_after_seconds": 4})
         campaign_id = load_uniform_campaign(sqlite_url, tmp_path / "in", accounts=ACCOUNTS, channels=["sms"])
         run = _run(campaign_id, _env(settings))
-        _wait(lambda: len(smsc.submits()) >= 20, "the first submits")
+        wait_until(lambda: len(smsc.submits()) >= 20, "the first submits")
         smsc.freeze()
         time.sleep(5)  # > 2 s submit timeout: the writes in flight get no answer
         smsc.thaw()
@@ -255,7 +249,7 @@ def test_smsc_killed_and_restarted_mid_campaign(sqlite_url: str, tmp_path: Path)
                                                                   "unknown_resend_after_seconds": 4})
         campaign_id = load_uniform_campaign(sqlite_url, tmp_path / "in", accounts=ACCOUNTS, channels=["sms"])
         run = _run(campaign_id, _env(settings))
-        _wait(lambda: len(smsc.submits()) >= 25, "the first submits")
+        wait_until(lambda: len(smsc.submits()) >= 25, "the first submits")
         smsc.kill()
         time.sleep(2)
         smsc.start()  # same port, same log; receipts it had not delivered come back from its journal
@@ -273,7 +267,7 @@ def test_kill_9_with_receipts_stored_but_not_applied_then_rerun(postgres_url: st
         campaign_id = load_uniform_campaign(postgres_url, tmp_path / "in", accounts=ACCOUNTS, channels=["sms"])
         env = _env(settings)
         first = _run(campaign_id, env)
-        _wait(lambda: len(smsc.submits()) >= 40, "40 submits")
+        wait_until(lambda: len(smsc.submits()) >= 40, "40 submits")
         os.kill(first.pid, signal.SIGKILL)
         first.communicate()
         assert _all_final(postgres_url)["delivered"] < ACCOUNTS

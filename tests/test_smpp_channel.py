@@ -18,6 +18,7 @@ from channels.smpp_receipts import message_id_alternatives, normalise_message_id
 from notifier.errors import PermanentChannelError, TransientChannelError
 from notifier.peers.smsc import SmscPeer
 from notifier.settings import SmppSettings
+from tests.waiting import wait_until
 
 WARNING_TEXT = (
     "Kính gửi Quý khách Nguyễn Văn Ánh: thiết bị dùng đường truyền của Quý khách có dấu hiệu nhiễm "
@@ -25,7 +26,6 @@ WARNING_TEXT = (
     "Hotline 18001091."
 )
 SUBSCRIBER = "+84912345678"
-WAIT_SECONDS = 15.0
 
 
 class Receipts:
@@ -45,14 +45,6 @@ class Receipts:
 
     def by_id(self) -> dict[str, Receipt]:
         return {receipt.provider_message_id: receipt for receipt in self.all()}
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def message(body: str = "Canh bao an toan thong tin", destination: str = SUBSCRIBER,
@@ -393,3 +385,14 @@ def test_a_dropped_connection_loses_nothing_and_sending_resumes_after_rebind(sta
     after = channel.send(message(n=2))
     expected = set(before.provider_message_ids) | set(after.provider_message_ids)
     wait_until(lambda: set(receipts.by_id()) == expected, "every receipt, before and after the drop")
+
+
+def test_the_peer_log_reader_leaves_a_line_still_being_written(tmp_path: Path) -> None:
+    """Tests count at the SMSC while it writes: a half-written last line is read next time, not a crash."""
+    log = tmp_path / "smsc.jsonl"
+    log.write_text('{"destination_addr": "84910000001", "message_id": "0A"}\n{"destination_addr": "849100', encoding="utf-8")
+    peer = SmscPeer(log)
+    assert [submit["message_id"] for submit in peer.submits()] == ["0A"]
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write('00002", "message_id": "0B"}\n')
+    assert [submit["message_id"] for submit in peer.submits()] == ["0A", "0B"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,21 +23,13 @@ from notifier.peers.smsc import SmscPeer
 from notifier.replies import ReplyStore, is_stop_word, store_replies
 from notifier.settings import SmppSettings
 from tests.factories import add_account, add_notification
+from tests.waiting import wait_until
 
 SUBSCRIBER = "+84912345678"
 SYSTEM_ID = "notifier-mo"
 LONG_REPLY = ("Tôi đã nhận được cảnh báo về thiết bị nhiễm mã độc Mirai, xin hướng dẫn cách đổi mật khẩu "
               "modem và camera. Cảm ơn nhà mạng!")
-WAIT_SECONDS = 15.0
 runner = CliRunner()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Replies:

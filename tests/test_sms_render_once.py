@@ -11,6 +11,7 @@ import pytest
 from notifier.rendering import (
     SMS_MAX_CHARS_GSM7, SMS_MAX_CHARS_UCS2, Renderer, with_context_defaults,
 )
+from notifier.errors import InputError
 from notifier.sms import GSM7, sms_encoding
 from tests.test_rendering import TEMPLATES, TEMPLATES_DIR, empty_context, full_context
 
@@ -95,3 +96,23 @@ def test_variants_after_the_one_that_fits_are_never_rendered(tmp_path: Path, ope
     assert spy.reads == reads  # the third variant is never rendered; the second only when the first is too long
     variants = renderer.sms_variants("notice", language="vi", context={"opening": opening, "spy": spy})
     assert variants == [opening, "B Canh bao ngan", "C Canh bao ngan"]  # a check still sees them all
+
+
+def test_a_later_variant_missing_a_value_is_a_template_error_naming_the_file(tmp_path: Path) -> None:
+    """A deferred variant is rendered after its template's render: a value it lacks is still the
+    one clear InputError, not a Jinja traceback (the row then fails as a template error)."""
+    folder = tmp_path / "vi" / "notice"
+    folder.mkdir(parents=True)
+    (folder / "sms.txt.j2").write_text(
+        '{% macro short() %}{{ missing.name }}{% endmacro %}'
+        '{{ [opening, later(short)]|first_fitting(sms_max_chars) }}', encoding="utf-8")
+    renderer = Renderer(tmp_path)
+    assert renderer.render("notice", "sms", language="vi", context={"opening": "Cảnh báo"}).body == "Cảnh báo"
+    # too long for either limit: the later variant is reached inside the render
+    with pytest.raises(InputError, match=r"vi/notice/sms.txt.j2.*needs a value the context lacks"):
+        renderer.render("notice", "sms", language="vi", context={"opening": "Cảnh báo " * 60})
+    # fits 2 GSM-7 parts but is UCS-2 and longer than 3 UCS-2 parts: reached after the render
+    with pytest.raises(InputError, match=r"vi/notice/sms.txt.j2.*needs a value the context lacks"):
+        renderer.render("notice", "sms", language="vi", context={"opening": "Cảnh báo " * 25})
+    with pytest.raises(InputError, match="needs a value the context lacks"):
+        renderer.sms_variants("notice", language="vi", context={"opening": "x"})

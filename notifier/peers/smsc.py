@@ -409,6 +409,14 @@ def _journal_fields(receipt: _PendingReceipt) -> dict[str, Any]:
             "state": receipt.state, "esm_class": receipt.esm_class, "data_coding": receipt.data_coding}
 
 
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines of a log the server is appending to: a last line without its newline
+    is still being written (a test reads while the SMSC writes) and is left for the next read."""
+    text = path.read_text(encoding="utf-8")
+    complete = text[:text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
 def _load_journal(path: Path, backlog: dict[str, list[_PendingReceipt]]) -> IO[str]:
     """Receipts an earlier run of this SMSC made but never delivered go to the backlog (they are
     handed to the next bind of their system_id); returns the journal, open for appending."""
@@ -657,7 +665,7 @@ class SmscPeer:
         path = Path(str(self.log_path) + ".binds")
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return _json_lines(path)
 
     def _control(self, command: dict[str, Any]) -> dict[str, Any]:
         with socket.create_connection((LOOPBACK, self.control_port), timeout=_STOP_TIMEOUT_SECONDS) as sock:
@@ -671,8 +679,7 @@ class SmscPeer:
         """Every submit_sm received so far, in arrival order (refused ones have message_id None)."""
         if not self.log_path.exists():
             return []
-        lines = self.log_path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return _json_lines(self.log_path)
 
     def messages(self) -> list[dict[str, Any]]:
         """Accepted submits grouped into messages by (destination, UDH ref), text reassembled.
