@@ -354,6 +354,9 @@ class Renderer:
         # messages a second and scanning the templates directory for each one cost more than Jinja.
         self._resolved: dict[tuple[str, str], tuple[float, str]] = {}
         self._choice_only_cache: weakref.WeakKeyDictionary[jinja2.Template, bool] = weakref.WeakKeyDictionary()
+        # name -> (monotonic expiry, template): Jinja asks the file's mtime on every get_template
+        # (two stat calls per SMS); an edited template is picked up within RESOLVED_TTL_SECONDS.
+        self._loaded: dict[str, tuple[float, jinja2.Template]] = {}
 
     def available_templates(self) -> list[str]:
         """Template names present in the default language, sorted."""
@@ -454,7 +457,7 @@ class Renderer:
         """Whether `sms_max_chars` is read only once, as the argument of one top-level
         `first_fitting` (so the variants do not depend on it), with nothing included or imported."""
         try:
-            template = self.env.get_template(name)
+            template = self._template(name)
         except jinja2.TemplateNotFound:
             return False  # `_render_file` says so
         known = self._choice_only_cache.get(template)
@@ -485,7 +488,17 @@ class Renderer:
     def _render_file(self, name: str, values: dict[str, Any]) -> str:
         """Render one template file, turning Jinja's errors into InputError."""
         with _template_errors(name):
-            return self.env.get_template(name).render(values)
+            return self._template(name).render(values)
+
+    def _template(self, name: str) -> jinja2.Template:
+        """The loaded template, looked up on disk again at most every RESOLVED_TTL_SECONDS."""
+        cached = self._loaded.get(name)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        template = self.env.get_template(name)
+        self._loaded[name] = (now + RESOLVED_TTL_SECONDS, template)
+        return template
 
 
 @contextmanager

@@ -324,6 +324,24 @@ def test_masks_hide_the_middle_of_a_number_and_the_local_part() -> None:
     assert mask_email("no-at-sign") == "***"
 
 
+@pytest.mark.parametrize("number", ["+84912345678", "+14155552671", "+85512345678", "+3531234567", "+8801712345678",
+                                    "+99912345678", "+2812345678", "+6512345678"])
+def test_masks_keep_the_country_code_that_phonenumbers_reads(number: str) -> None:
+    """One, two and three digit codes, and unassigned ones (999, 28: masked entirely), as a full parse
+    reads them (the mask looks the code up without parsing)."""
+    import phonenumbers
+
+    try:
+        country = str(phonenumbers.parse(number).country_code)
+    except phonenumbers.NumberParseException:
+        assert mask_msisdn(number) == "***"
+        return
+    masked = mask_msisdn(number)
+    assert masked.startswith("+" + country) and masked[len(country) + 1] in "0123456789*"
+    assert len(masked) == len(number) and "*" in masked
+    assert all(shown in ("*", digit) for shown, digit in zip(masked, number))
+
+
 def test_mask_identifier_by_kind() -> None:
     digest = hashlib.sha256(b"84912345678").hexdigest()
     assert mask_identifier("msisdn", "+84912345678") == "+8491****678"

@@ -431,3 +431,27 @@ def test_first_fitting():
     assert first_fitting(["a long one", "short"], 5) == "short"
     assert first_fitting(["a long one", "much longer one"], 3) == "a long one"
     assert first_fitting([], 10) == ""
+
+
+def test_an_edited_template_is_rendered_once_the_renderer_looks_at_the_disk_again(tmp_path, monkeypatch):
+    """Loaded templates are reused for RESOLVED_TTL_SECONDS (no stat calls per message), then the
+    file is looked at again: an operator's edit reaches running workers without a restart."""
+    import os
+    import shutil
+    import time
+
+    import notifier.rendering as rendering
+
+    shutil.copytree(TEMPLATES_DIR, tmp_path / "templates")
+    renderer = Renderer(tmp_path / "templates")
+    context = full_context("infected_device")
+    first = renderer.render("infected_device", "sms", language="vi", context=context).body
+    sms = tmp_path / "templates" / "vi" / "infected_device" / "sms.txt.j2"
+    sms.write_text("Thông báo mới {{ reference }}", encoding="utf-8")
+    later = sms.stat().st_mtime + 10
+    os.utime(sms, (later, later))
+    assert renderer.render("infected_device", "sms", language="vi", context=context).body == first
+    now = time.monotonic() + rendering.RESOLVED_TTL_SECONDS + 1
+    monkeypatch.setattr(rendering.time, "monotonic", lambda: now)
+    assert renderer.render("infected_device", "sms", language="vi", context=context).body == \
+        f"Thông báo mới {context['reference']}"

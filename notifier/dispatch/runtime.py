@@ -13,12 +13,14 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import sqlalchemy as sa
 
 from channels.base import Channel, Receipt
 from notifier.db import session_scope
 from notifier.errors import ConfigError, InputError
+from notifier.models import utcnow
 from notifier.dispatch.ratelimit import GrantLog, RateLimiter, TokenBucket
 from notifier.rendering import Renderer
 from notifier.settings import Settings
@@ -161,6 +163,12 @@ class ReceiptApplier:
     # batches of a few dozen instead of a handful (a pass costs about the same either way), and the
     # ones waiting for their send to be recorded are not read again on every turn of the loop.
     GATHER_SECONDS = 0.05
+    # A receipt younger than this is left alone: on a fast SMSC nearly every receipt beats the
+    # record of its send (a batch is recorded once its last answer is in), and a pass that took
+    # them at once found no part for most, then read them again on the next pass, and the next.
+    # Waiting a moment, each is read once, with its part recorded. (A receipt that arrives after
+    # the record, the usual case with a real SMSC, is applied as it is stored: `store_applied`.)
+    SETTLE_SECONDS = 0.2
 
     def __init__(self, database_url: str) -> None:
         self._database_url = database_url
@@ -186,7 +194,8 @@ class ReceiptApplier:
         while not self._stop.is_set():
             try:
                 with session_scope(self._database_url) as session:
-                    applied = apply_pending_receipts(session, destination_match=False)
+                    applied = apply_pending_receipts(session, destination_match=False, received_before=(
+                        utcnow() - timedelta(seconds=self.SETTLE_SECONDS)))
             except Exception:  # noqa: BLE001 - keep applying; maintenance retries what failed
                 log.exception("applying receipts failed; retrying")
                 applied = 0
