@@ -2,12 +2,13 @@
 receipt applied before the clock stops, next to the bare SMPP channel's rate in the same run.
 
     .venv/bin/python bench/dispatch.py [--accounts 1000] [--threads 4] [--channels sms|email|sms,email]
-        [--text one-part|ucs2|template] [--workers 0|2 --database-url postgresql+psycopg://… --broker-url redis://…]
+        [--text one-part|ucs2|template] [--workers 0|2 [--database-url postgresql+psycopg://…] --broker-url redis://…]
         [--first-submit]
 
 `--workers 0` (default): embedded (the in-process broker and worker threads inside `campaign run`).
 `--workers N`: N `notifier worker` processes on the Redis broker; `campaign run` only queues and
-follows. The bare SMPP channel (no database) is measured twice in the same run: submits only, and
+follows; the database is a fresh PostgreSQL one (`--postgres-admin`), dropped after, unless
+`--database-url` names one. The bare SMPP channel (no database) is measured twice in the same run: submits only, and
 with a delivery receipt per part as the campaign asks for (the same protocol work on both sides of
 the socket); the end-to-end parts/s is given as a share of each. Prints notifications/s, parts/s,
 the timeline (first and last submit, end), CPU ms per notification for our processes (this one
@@ -33,6 +34,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -50,6 +53,7 @@ from notifier.dispatch.loops import run_campaign  # noqa: E402
 from notifier.peers.smsc import SmscPeer  # noqa: E402
 from notifier.peers.smtp_sink import SmtpSink  # noqa: E402
 from notifier.settings import DispatchSettings, Settings, SmppSettings, SmtpSettings, TEMPLATES_DIR  # noqa: E402
+from scratch_db import POSTGRES_ADMIN, scratch_postgres  # noqa: E402
 
 MAX_ACCOUNTS = 20_000
 MAX_ACCOUNTS_FIRST_SUBMIT = 100_000
@@ -62,9 +66,8 @@ def main() -> None:
     args = _parse()
     accounts = min(args.accounts, MAX_ACCOUNTS_FIRST_SUBMIT if args.first_submit else MAX_ACCOUNTS)
     channels = args.channels.split(",")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _database(args, Path(tmp)) as url:
         directory = Path(tmp)
-        url = args.database_url or f"sqlite:///{directory / 'bench.db'}"
         upgrade(url)
         templates = _templates(directory, args.text)
         started = time.perf_counter()
@@ -92,6 +95,18 @@ def main() -> None:
         _print(figures, notifications=len(channels) * accounts, parts=parts, bare=bare)
 
 
+@contextmanager
+def _database(args: argparse.Namespace, directory: Path) -> Iterator[str]:
+    """The one given; with workers a fresh PostgreSQL database (dropped after); else a SQLite file."""
+    if args.database_url:
+        yield args.database_url
+    elif args.workers:
+        with scratch_postgres(args.postgres_admin) as url:
+            yield url
+    else:
+        yield f"sqlite:///{directory / 'bench.db'}"
+
+
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, default=1000)
@@ -99,7 +114,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--channels", default="sms", help="the campaign's channel chain, e.g. sms, email or sms,email")
     parser.add_argument("--text", choices=["one-part", "ucs2", "template"], default="one-part",
                         help="one-part: a short GSM-7 SMS; ucs2/template: the real 3-part Vietnamese text")
-    parser.add_argument("--database-url", help="an empty database to use (default: a temporary SQLite file)")
+    parser.add_argument("--database-url", help="an empty database to use (default: a temporary SQLite file; "
+                        "with --workers, a PostgreSQL database made next to --postgres-admin and dropped after)")
+    parser.add_argument("--postgres-admin", default=POSTGRES_ADMIN)
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--workers", type=int, default=0, help="`notifier worker` processes (needs PostgreSQL)")
     parser.add_argument("--first-submit", action="store_true",

@@ -58,6 +58,7 @@ from notifier.identifiers import ip_key  # noqa: E402
 from notifier.identity.matching import match_feed  # noqa: E402
 from notifier.importing import import_assignments, import_feed  # noqa: E402
 from notifier.models import OPEN_END, Account, Feed, FeedItem, IpAssignment  # noqa: E402
+from scratch_db import POSTGRES_ADMIN, scratch_postgres  # noqa: E402
 
 LOCAL = timedelta(hours=7)  # Asia/Ho_Chi_Minh, no daylight saving
 DAY = 86_400
@@ -416,18 +417,8 @@ def database(args: argparse.Namespace, directory: Path) -> Iterator[str]:
         yield f"sqlite:///{directory / 'bench.db'}"
         dispose_engines()
     else:
-        import psycopg
-
-        name = f"notifier_bench_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(args.postgres_admin, autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')
-        base = args.postgres_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-        try:
-            yield f"{base}/{name}"
-        finally:
-            dispose_engines()
-            with psycopg.connect(args.postgres_admin, autocommit=True) as connection:
-                connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with scratch_postgres(args.postgres_admin) as url:
+            yield url
 
 
 def parse() -> argparse.Namespace:
@@ -437,7 +428,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--feed-rows", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="small sizes: " + str(QUICK))
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
-    parser.add_argument("--postgres-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--postgres-admin", default=POSTGRES_ADMIN)
     parser.add_argument("--database-url", help="an empty database to use instead (it is left as is)")
     parser.add_argument("--load", choices=["import", "direct"], default="import",
                         help="import: time import_assignments on a generated file; direct: bulk insert, untimed")

@@ -47,11 +47,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scratch_db import POSTGRES_ADMIN, scratch_postgres  # noqa: E402
+
 MAX_SECONDS, MAX_WORKERS = 120.0, 8
 BATCH = 20  # --channel-only: messages per send_many, like a claimed batch
 START_DELAY_SECONDS = 3.0  # --channel-only: workers bind to the SMSC, then all start at the same instant
 EXTRA_ROWS = 1.05  # the campaign holds 5% more than --seconds at the limit, so the run outlasts the span
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def worst_window(times: list[float], width: float = 1.0) -> int:
@@ -292,20 +293,8 @@ def database(given: str | None, admin_url: str) -> Iterator[str]:
     if given:
         yield given
         return
-    import psycopg
-
-    from notifier.db import dispose_engines
-
-    name = f"notifier_bench_rate_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        dispose_engines()
-        with psycopg.connect(admin_url, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres(admin_url, prefix="notifier_bench_rate") as url:
+        yield url
 
 
 def _epoch(iso: str) -> float:

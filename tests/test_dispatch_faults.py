@@ -32,7 +32,7 @@ from notifier.demo_data import load_uniform_campaign
 from notifier.dispatch.loops import run_campaign
 from notifier.models import Notification
 from notifier.peers import free_port, wait_for_port
-from notifier.peers.smsc import SmscPeer
+from notifier.peers.smsc import RESPONSE_TIMEOUT_SECONDS, SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
 from notifier.settings import Settings
 from tests.conftest import POSTGRES_ADMIN_URL, make_settings
@@ -299,8 +299,12 @@ def test_kill_9_one_of_two_workers(postgres_url: str, redis_url: str, redis_name
     their receipts (or resent after the unknown wait, only when no receipt came)."""
     campaign_id = load_uniform_campaign(postgres_url, tmp_path / "inputs", accounts=ACCOUNTS, channels=["sms", "email"])
     with SmscPeer(tmp_path / "smsc.jsonl") as smsc, SmtpSink() as smtp:
+        # A receipt on its way to the victim when it died reaches the survivor once the SMSC gives up
+        # on the victim's answer (the peer waits up to RESPONSE_TIMEOUT_SECONDS, like a real one):
+        # `campaign run` waits longer than that for the last receipts.
         settings = _production(postgres_url, smsc, smtp, redis_url, redis_namespace, requeue_after_seconds=3,
-                               sms_per_second=40, email_per_second=40)
+                               sms_per_second=40, email_per_second=40,
+                               receipt_wait_seconds=RESPONSE_TIMEOUT_SECONDS + 5)
         with _workers(settings, 2) as [victim, survivor]:
             _wait_for_heartbeats(redis_url, redis_namespace, 2)
             run = _Run(settings, campaign_id)
