@@ -324,10 +324,17 @@ class MessagePart(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_utc_column(nullable=False))
 
 
+RESENT_EVENT = sa.text("from_state = 'unknown' AND to_state = 'queued'")  # a row sent again after `unknown`
+
+
 class DeliveryEvent(SQLModel, table=True):
     """One state transition of a notification, or one receipt: the proof of delivery."""
 
     __tablename__ = "delivery_event"
+    # Resends after `unknown` (rare) have their own small index: the campaign status counts them on
+    # every poll, which joined all of a campaign's events before (0012).
+    __table_args__ = (sa.Index("ix_delivery_event_resent", "notification_id", postgresql_where=RESENT_EVENT,
+                               sqlite_where=RESENT_EVENT),)
 
     id: int | None = Field(default=None, primary_key=True)
     notification_id: int = Field(foreign_key="notification.id", index=True)

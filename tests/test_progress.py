@@ -126,3 +126,15 @@ def test_watch_for_people_shows_counts_rate_and_eta(cli_db: str) -> None:
     assert "settled: nothing left to send" in result.stdout
     plain = runner.invoke(app, ["campaign", "status", str(campaign_id), "--json"])
     assert "rate" not in json.loads(plain.stdout)  # --json without --watch is unchanged
+
+
+def test_campaign_run_polls_a_campaign_that_is_slow_to_count_less_often() -> None:
+    """The poll cadence (1 s, 0.1 s for the last rows) unless counting the campaign took long:
+    then at most STATUS_SHARE of the time goes to counting (a national campaign's count, seconds)."""
+    from notifier.dispatch.loops import FINAL_POLL_SECONDS, POLL_SECONDS, STATUS_SHARE, _poll_seconds
+
+    busy, last = {"queued": 50_000}, {"sent": 10}
+    assert _poll_seconds(busy, None, counted_in=0.01) == POLL_SECONDS
+    assert _poll_seconds(last, None, counted_in=0.005) == FINAL_POLL_SECONDS
+    assert _poll_seconds(busy, None, counted_in=0.8) == 0.8 / STATUS_SHARE
+    assert _poll_seconds(last, None, counted_in=0.8) == 0.8 / STATUS_SHARE

@@ -51,6 +51,9 @@ MAINTENANCE_SECONDS = 1.0
 EMBEDDED_WORKER_TIMEOUT_MS = 100
 FINAL_POLL_SECONDS = 0.1  # `campaign run` polls this often once at most FINAL_ROWS rows are left
 FINAL_ROWS = 2000
+# The share of the time `campaign run` may spend counting its campaign's rows: a count that took
+# 0.5 s (millions of rows) is repeated every 5 s, not every second.
+STATUS_SHARE = 0.1
 # Rows queued (and handed to the broker) per transaction when a run starts: the workers start on
 # the first chunk while the rest is queued, instead of after one transaction over every row.
 QUEUE_CHUNK = 2000
@@ -250,7 +253,7 @@ def _follow(settings: Settings, campaign_id: int, actor: dramatiq.Actor,
         maintain = maintained_at is None or time.monotonic() - maintained_at >= MAINTENANCE_SECONDS
         if maintain:
             maintained_at = time.monotonic()
-        status = _pass(settings, campaign_id, enqueue, watch, outages, maintain=maintain)
+        status, counted_in = _pass(settings, campaign_id, enqueue, watch, outages, maintain=maintain)
         if status is None:  # the database is away: wait for it
             time.sleep(POLL_SECONDS)
             continue
@@ -275,7 +278,7 @@ def _follow(settings: Settings, campaign_id: int, actor: dramatiq.Actor,
                 if watch is not None:
                     watch.poll(watch.down, force=True)  # close the log of an outage that ended
                 return status
-        time.sleep(_poll_seconds(states, watch))
+        time.sleep(_poll_seconds(states, watch, counted_in=counted_in))
 
 
 def without_handed_over(status: dict[str, object]) -> dict[str, object]:
@@ -290,12 +293,15 @@ def without_handed_over(status: dict[str, object]) -> dict[str, object]:
     return {**status, "by_channel": by_channel, "states": states}
 
 
-def _poll_seconds(states: dict[str, int], watch: RouteWatch | None) -> float:
+def _poll_seconds(states: dict[str, int], watch: RouteWatch | None, *, counted_in: float = 0.0) -> float:
     """Once a second while much is left or a route is down; ten times a second for the last rows
-    and receipts, so the run ends within ~0.1 s of its last receipt, not up to a second later."""
+    and receipts, so the run ends within ~0.1 s of its last receipt, not up to a second later.
+    Never more often than STATUS_SHARE allows: counting a campaign of millions of rows by state
+    takes the database a while, and polling it as often as a small one would keep a core busy."""
     left = sum(states.get(state, 0) for state in PENDING_STATES) + states.get(SENT, 0)
     route_down = watch is not None and bool(watch.down)
-    return FINAL_POLL_SECONDS if left <= FINAL_ROWS and not route_down else POLL_SECONDS
+    cadence = FINAL_POLL_SECONDS if left <= FINAL_ROWS and not route_down else POLL_SECONDS
+    return max(cadence, counted_in / STATUS_SHARE)
 
 
 def _queue(settings: Settings, campaign_id: int, *, first: bool) -> tuple[list[int], bool]:
@@ -323,19 +329,21 @@ def _until_database_answers(settings: Settings, outages: _Outages, step: Callabl
 
 
 def _pass(settings: Settings, campaign_id: int, enqueue: Callable[[list[int]], object],
-          watch: RouteWatch | None, outages: _Outages, *, maintain: bool) -> dict[str, object] | None:
-    """Maintenance (when `maintain`) and the campaign's status; None while the database does not answer."""
+          watch: RouteWatch | None, outages: _Outages, *, maintain: bool) -> tuple[dict[str, object] | None, float]:
+    """Maintenance (when `maintain`) and the campaign's status, and how long the status took to
+    count; None while the database does not answer."""
     if maintain:
         run_maintenance(settings, enqueue, skip_channels=watch.down if watch else (),
                         database=outages.database, broker=outages.broker)
+    began = time.monotonic()
     try:
         with session_scope(settings.database_url) as session:
             status = campaign_status(session, campaign_id)
     except outage_errors() as exc:
         outages.database.failed(exc)
-        return None
+        return None, 0.0
     outages.database.ok()
-    return status
+    return status, time.monotonic() - began
 
 
 class _embedded_worker:

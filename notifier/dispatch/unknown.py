@@ -90,9 +90,13 @@ def decide_unknown(session: Session, campaign_id: int, *, resend: bool, actor: s
 
 
 def resent_after_unknown(session: Session, campaign_id: int) -> int:
-    """How many times the campaign's rows were sent again after being `unknown`."""
+    """How many times the campaign's rows were sent again after being `unknown`: counted from the
+    partial index of such events (`ix_delivery_event_resent`, `models.RESENT_EVENT`), whose
+    condition is written out as literals — with bound states a prepared (generic) plan could not use it and would join every
+    event of the campaign on every status poll."""
     return int(session.execute(
         sa.select(sa.func.count()).select_from(DeliveryEvent)
         .join(Notification, Notification.id == DeliveryEvent.notification_id)
-        .where(Notification.campaign_id == campaign_id, DeliveryEvent.from_state == UNKNOWN,
-               DeliveryEvent.to_state == QUEUED)).scalar() or 0)
+        .where(Notification.campaign_id == campaign_id,
+               DeliveryEvent.from_state == sa.literal_column(f"'{UNKNOWN}'"),
+               DeliveryEvent.to_state == sa.literal_column(f"'{QUEUED}'"))).scalar() or 0)
