@@ -131,7 +131,8 @@ def test_watch_for_people_shows_counts_rate_and_eta(cli_db: str) -> None:
 def test_campaign_run_polls_a_campaign_that_is_slow_to_count_less_often() -> None:
     """The poll cadence (1 s, 0.1 s for the last rows) unless counting the campaign took long:
     then at most STATUS_SHARE of the time goes to counting (a national campaign's count, seconds)."""
-    from notifier.dispatch.loops import FINAL_POLL_SECONDS, POLL_SECONDS, STATUS_SHARE, _poll_seconds
+    from notifier.dispatch.loops import FINAL_POLL_SECONDS, POLL_SECONDS, _poll_seconds
+    from notifier.dispatch.progress import STATUS_SHARE
 
     busy, last = {"queued": 50_000}, {"sent": 10}
     assert _poll_seconds(busy, None, counted_in=0.01) == POLL_SECONDS

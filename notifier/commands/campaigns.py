@@ -160,9 +160,10 @@ def campaign_reconcile(
 def campaign_status_cmd(
     campaign_id: IdArgument,
     as_json: JsonOption = False,
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second until the campaign is settled "
-                                        "(Ctrl-C stops): counts, the rate over the last 10 s and an ETA; "
-                                        "with --json, one JSON line per refresh.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second (less often for a campaign "
+                                        "that takes long to count) until it is settled (Ctrl-C stops): counts, "
+                                        "the rate over the last 10 s and an ETA; with --json, one JSON line per "
+                                        "refresh.")] = False,
 ) -> None:
     """Counts per state and per channel; --watch follows a running campaign."""
     from notifier.campaigns import campaign_status
@@ -180,18 +181,28 @@ def campaign_status_cmd(
 
 
 def _watch_status(campaign_id: int, *, as_json: bool, interval_seconds: float = 1.0) -> None:
-    """`campaign status --watch`: one refresh a second (notifier/dispatch/progress.py) until settled."""
+    """`campaign status --watch`: one refresh a second (notifier/dispatch/progress.py) until settled,
+    paced like `campaign run` when counting the campaign takes long (`poll_pause`)."""
     import time
 
     from rich.console import Group
     from rich.live import Live
 
     from notifier.db import session_scope
-    from notifier.dispatch.progress import campaign_progress, describe_eta, describe_rate
+    from notifier.dispatch.progress import campaign_progress, describe_eta, describe_rate, poll_pause
+
+    counted_in = 0.0
 
     def refresh() -> Any:
+        nonlocal counted_in
+        began = time.monotonic()
         with session_scope(get_settings().database_url) as session:
-            return campaign_progress(session, campaign_id)
+            progress = campaign_progress(session, campaign_id)
+        counted_in = time.monotonic() - began
+        return progress
+
+    def pause() -> None:
+        time.sleep(poll_pause(interval_seconds, counted_in))
 
     def view(progress: Any) -> Group:
         status = progress.status
@@ -204,13 +215,13 @@ def _watch_status(campaign_id: int, *, as_json: bool, interval_seconds: float = 
             while not (progress := refresh()).settled:
                 sys.stdout.write(json.dumps(progress.as_json(), ensure_ascii=False, default=json_value) + "\n")
                 sys.stdout.flush()
-                time.sleep(interval_seconds)
+                pause()
             sys.stdout.write(json.dumps(progress.as_json(), ensure_ascii=False, default=json_value) + "\n")
             return
         with Live(console=out, auto_refresh=False) as live:
             while not (progress := refresh()).settled:
                 live.update(view(progress), refresh=True)
-                time.sleep(interval_seconds)
+                pause()
             live.update(view(progress), refresh=True)
     except KeyboardInterrupt:
         return

@@ -38,6 +38,7 @@ from notifier.dispatch.delivery import HELD_CAMPAIGN_STATES
 from notifier.errors import ConfigError, NotifierError, RouteUnreachableError
 from notifier.models import Campaign, Notification, utcnow
 from notifier.dispatch.outbox import PENDING_STATES, PLANNED, QUEUED, SENT, transition_many
+from notifier.dispatch.progress import poll_pause
 from notifier.dispatch.recovery import run_maintenance
 from notifier.dispatch.redrive import Availability, hand_over, mark_enqueued, outage_errors
 from notifier.dispatch.runtime import Runtime, activate, deactivate, make_runtime
@@ -51,9 +52,6 @@ MAINTENANCE_SECONDS = 1.0
 EMBEDDED_WORKER_TIMEOUT_MS = 100
 FINAL_POLL_SECONDS = 0.1  # `campaign run` polls this often once at most FINAL_ROWS rows are left
 FINAL_ROWS = 2000
-# The share of the time `campaign run` may spend counting its campaign's rows: a count that took
-# 0.5 s (millions of rows) is repeated every 5 s, not every second.
-STATUS_SHARE = 0.1
 # Rows queued (and handed to the broker) per transaction when a run starts: the workers start on
 # the first chunk while the rest is queued, instead of after one transaction over every row.
 QUEUE_CHUNK = 2000
@@ -295,13 +293,11 @@ def without_handed_over(status: dict[str, object]) -> dict[str, object]:
 
 def _poll_seconds(states: dict[str, int], watch: RouteWatch | None, *, counted_in: float = 0.0) -> float:
     """Once a second while much is left or a route is down; ten times a second for the last rows
-    and receipts, so the run ends within ~0.1 s of its last receipt, not up to a second later.
-    Never more often than STATUS_SHARE allows: counting a campaign of millions of rows by state
-    takes the database a while, and polling it as often as a small one would keep a core busy."""
+    and receipts, so the run ends within ~0.1 s of its last receipt, not up to a second later;
+    less often when counting the campaign took long (`progress.poll_pause`)."""
     left = sum(states.get(state, 0) for state in PENDING_STATES) + states.get(SENT, 0)
     route_down = watch is not None and bool(watch.down)
-    cadence = FINAL_POLL_SECONDS if left <= FINAL_ROWS and not route_down else POLL_SECONDS
-    return max(cadence, counted_in / STATUS_SHARE)
+    return poll_pause(FINAL_POLL_SECONDS if left <= FINAL_ROWS and not route_down else POLL_SECONDS, counted_in)
 
 
 def _queue(settings: Settings, campaign_id: int, *, first: bool) -> tuple[list[int], bool]:

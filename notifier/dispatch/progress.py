@@ -47,6 +47,18 @@ class Progress:
                 "settled": self.settled}
 
 
+# The share of the time a poller (`campaign run`, `campaign status --watch`) may spend counting a
+# campaign's rows: a count that took 0.5 s (millions of rows) is repeated every 5 s, not every second.
+STATUS_SHARE = 0.1
+
+
+def poll_pause(cadence: float, counted_in: float) -> float:
+    """Seconds to wait before counting again: `cadence`, or longer when the last count took long
+    (counting a campaign of millions of rows by state takes the database a while, and polling it as
+    often as a small one would keep a core busy)."""
+    return max(cadence, counted_in / STATUS_SHARE)
+
+
 def campaign_progress(session: Session, campaign_id: int, *, now: datetime | None = None,
                       window_seconds: float = RATE_WINDOW_SECONDS) -> Progress:
     """Counts, the rate over the last `window_seconds` and the ETA of campaign `campaign_id`."""
