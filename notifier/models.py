@@ -254,6 +254,9 @@ class Campaign(SQLModel, table=True):
         return [name for name in self.channels.split(",") if name]
 
 
+IN_FLIGHT_ROWS = sa.text("state IN ('queued', 'sending', 'unknown')")  # ix_notification_in_flight (PostgreSQL)
+
+
 class Notification(SQLModel, table=True):
     """One message to one account on one channel step: the outbox row.
 
@@ -266,6 +269,12 @@ class Notification(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("campaign_id", "account_id", "channel", name="uq_notification_step"),
         sa.Index("ix_notification_campaign_state", "campaign_id", "state"),
+        # What maintenance looks for every second in every process (`queued` not handed over,
+        # `sending` whose sender died, `unknown` due for a resend), across all campaigns: without it
+        # each pass read the whole table, every campaign ever sent. PostgreSQL indexes only those
+        # rows (the queries write the state as a literal: `outbox.in_flight`); SQLite, whose planner
+        # cannot match `state = 'x'` to `state IN (…)`, indexes every row (0013).
+        sa.Index("ix_notification_in_flight", "state", "id", postgresql_where=IN_FLIGHT_ROWS),
         sa.Index("ix_notification_destination", "destination"),
     )
 

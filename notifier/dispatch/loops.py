@@ -37,7 +37,7 @@ from notifier.db import session_scope
 from notifier.dispatch.delivery import HELD_CAMPAIGN_STATES
 from notifier.errors import ConfigError, NotifierError, RouteUnreachableError
 from notifier.models import Campaign, Notification, utcnow
-from notifier.dispatch.outbox import PENDING_STATES, PLANNED, QUEUED, SENT, transition_many
+from notifier.dispatch.outbox import PENDING_STATES, PLANNED, QUEUED, SENT, in_flight, transition_many
 from notifier.dispatch.progress import poll_pause
 from notifier.dispatch.recovery import run_maintenance
 from notifier.dispatch.redrive import Availability, hand_over, mark_enqueued, outage_errors
@@ -136,7 +136,7 @@ def channels_with_work(session: Session, campaign_id: int, channels: list[str]) 
 def queued_ids(session: Session, *, channel: str, campaign_id: int | None = None) -> list[int]:
     """`queued` rows on `channel` in running campaigns (or in one of them)."""
     query = (select(Notification.id).join(Campaign, Campaign.id == Notification.campaign_id)
-             .where(Notification.state == QUEUED, Notification.channel == channel, Campaign.state == "running"))
+             .where(in_flight(QUEUED), Notification.channel == channel, Campaign.state == "running"))
     if campaign_id is not None:
         query = query.where(Notification.campaign_id == campaign_id)
     return list(session.exec(query).all())

@@ -39,6 +39,19 @@ ALL_STATES = (
     PLANNED, SCHEDULED, QUEUED, SENDING, SENT, DELIVERED,
     SUPPRESSED, CANCELLED, FAILED, UNDELIVERED, EXPIRED, UNKNOWN,
 )
+# States maintenance looks for in every campaign (models.IN_FLIGHT_ROWS, ix_notification_in_flight).
+IN_FLIGHT_STATES = (QUEUED, SENDING, UNKNOWN)
+
+
+def in_flight(state: str) -> sa.ColumnElement[bool]:
+    """`notification.state = '<state>'` with the state written as a literal, for a state
+    `ix_notification_in_flight` holds: bound as a parameter, a prepared (generic) plan could not
+    prove the partial index applies, and each maintenance pass would read every campaign's rows."""
+    if state not in IN_FLIGHT_STATES:
+        raise ValueError(f"{state!r} is not an in-flight state")
+    return Notification.__table__.c.state == sa.literal_column(f"'{state}'")
+
+
 # Rows that still need work from us before the campaign is done.
 PENDING_STATES = frozenset({PLANNED, SCHEDULED, QUEUED, SENDING, UNKNOWN})
 # Rows the provider accepted: they count as sent in reports.

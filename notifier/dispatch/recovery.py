@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from notifier.db import session_scope
 from notifier.models import Notification, utcnow
-from notifier.dispatch.outbox import SENDING, UNKNOWN, transition
+from notifier.dispatch.outbox import SENDING, UNKNOWN, in_flight, transition
 from notifier.dispatch.receipts import ID_MATCH_GRACE_SECONDS, apply_pending_receipts
 from notifier.dispatch.redrive import Availability, broker_errors, hand_over, outage_errors, redrive_stale
 from notifier.dispatch.runtime import host_name
@@ -111,7 +111,7 @@ def mark_orphans_unknown(session: Session, *, lease_seconds: int) -> int:
     # second cost a worker ~7% of its CPU at 1,000 notifications/s.
     owner_gone = functools.cache(_owner_gone)  # hundreds of rows in `sending`, a few owners: ask once each
     for notification in session.execute(sa.select(Notification.id, Notification.campaign_id, Notification.claimed_by,
-                                                  Notification.claimed_at).where(Notification.state == SENDING)):
+                                                  Notification.claimed_at).where(in_flight(SENDING))):
         if not owner_gone(notification.claimed_by) and (notification.claimed_at or utcnow()) > lease_start:
             continue
         if transition(session, notification.id or 0, expected=SENDING, to_state=UNKNOWN, source="recovery",

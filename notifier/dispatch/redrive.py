@@ -29,7 +29,7 @@ from sqlmodel import Session
 
 from notifier.db import session_scope
 from notifier.models import Campaign, Notification, utcnow
-from notifier.dispatch.outbox import QUEUED
+from notifier.dispatch.outbox import QUEUED, in_flight
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def redrive_stale(session: Session, *, after_seconds: float, skip_channels: Coll
     cutoff = utcnow() - timedelta(seconds=after_seconds)
     stale = (sa.select(Notification.id)
              .join(Campaign, Campaign.id == Notification.campaign_id)
-             .where(Notification.state == QUEUED, Campaign.state == "running",
+             .where(in_flight(QUEUED), Campaign.state == "running",
                     sa.or_(Notification.enqueued_at.is_(None), Notification.enqueued_at <= cutoff))
              .order_by(Notification.id).limit(limit))
     if skip_channels:

@@ -20,7 +20,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from notifier.dispatch.outbox import FAILED, QUEUED, UNKNOWN, transition
+from notifier.dispatch.outbox import FAILED, QUEUED, UNKNOWN, in_flight, transition
 from notifier.dispatch.receipt_batch import ID_MATCH_GRACE_SECONDS
 from notifier.dispatch.receipts import latest_session_alive
 from notifier.identifiers import mask_identifier
@@ -44,7 +44,7 @@ def requeue_stale_unknown(session: Session, *, after_seconds: int) -> list[int]:
     stale = session.execute(
         sa.select(Notification.id, Notification.channel, Notification.updated_at)
         .join(Campaign, Campaign.id == Notification.campaign_id)
-        .where(Notification.state == UNKNOWN, Notification.updated_at <= cutoff, ~pending_receipt,
+        .where(in_flight(UNKNOWN), Notification.updated_at <= cutoff, ~pending_receipt,
                Campaign.state.notin_(("paused", "cancelled")))
         .order_by(Notification.id)).all()
     requeued = []
