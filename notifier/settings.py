@@ -118,6 +118,10 @@ class SmppSettings(BaseModel):
     tls_verify: bool = True  # False skips certificate and host-name checks: a lab SMSC only
     # A long subscriber reply still missing a part this long after its first part is stored as it is.
     reply_timeout_seconds: PositiveFloat = 10.0
+    # How long the SMSC may keep a receipt it sent to a session that died before answering it (its
+    # deliver_sm response timer) before it offers the receipt to another bind: an `unknown` SMS is
+    # resent only after a session has heard the SMSC this long after the row became unknown.
+    receipt_redelivery_seconds: PositiveFloat = 60.0
 
     @field_validator("timezone")
     @classmethod

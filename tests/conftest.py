@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from notifier.db import dispose_engines, upgrade
-from notifier.peers.smsc import SmscPeer
+from notifier.peers.smsc import RESPONSE_TIMEOUT_SECONDS, SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
 from notifier.settings import DispatchSettings, Settings, SmppSettings, SmtpSettings, reset_settings
 
@@ -105,7 +105,9 @@ def make_settings(database_url: str, *, smsc: SmscPeer | None = None, smtp: Smtp
                                    **overrides.pop("dispatch", {})})  # type: ignore[dict-item]
     return Settings(
         database_url=database_url,
-        smpp=SmppSettings(port=smsc.port if smsc else 1, system_id="notifier-test"),
+        # The loopback SMSC offers a dead session's receipt elsewhere after RESPONSE_TIMEOUT_SECONDS.
+        smpp=SmppSettings(port=smsc.port if smsc else 1, system_id="notifier-test",
+                          receipt_redelivery_seconds=RESPONSE_TIMEOUT_SECONDS + 2),
         smtp=SmtpSettings(port=smtp.port if smtp else 1),
         dispatch=dispatch,
         **overrides,  # type: ignore[arg-type]

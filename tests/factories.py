@@ -64,6 +64,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "NOTIFIER_DATABASE_URL": settings.database_url,
         "NOTIFIER_SMPP__PORT": str(settings.smpp.port),
         "NOTIFIER_SMPP__SYSTEM_ID": settings.smpp.system_id,
+        "NOTIFIER_SMPP__RECEIPT_REDELIVERY_SECONDS": str(settings.smpp.receipt_redelivery_seconds),
         "NOTIFIER_SMTP__PORT": str(settings.smtp.port),
         "NOTIFIER_DISPATCH__RECEIPT_WAIT_SECONDS": str(settings.dispatch.receipt_wait_seconds),
         "NOTIFIER_DISPATCH__UNKNOWN_RESEND_AFTER_SECONDS": str(settings.dispatch.unknown_resend_after_seconds),

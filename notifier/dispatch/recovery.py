@@ -60,7 +60,8 @@ def run_maintenance(settings: Settings, enqueue: Callable[[list[int]], object] |
         url, _apply_waiting_receipts))
     report.requeued = _guarded(report, database, "unknown", [], lambda: _in_session(
         url, lambda session: requeue_stale_unknown(
-            session, after_seconds=settings.dispatch.unknown_resend_after_seconds)))
+            session, after_seconds=settings.dispatch.unknown_resend_after_seconds,
+            smsc_hold_seconds=settings.smpp.receipt_redelivery_seconds)))
     report.redriven = _guarded(report, database, "redrive", [], lambda: _in_session(
         url, lambda session: redrive_stale(session, after_seconds=settings.dispatch.requeue_after_seconds,
                                            skip_channels=skip_channels)))
@@ -122,12 +123,12 @@ def mark_orphans_unknown(session: Session, *, lease_seconds: int) -> int:
     return moved
 
 
-def requeue_stale_unknown(session: Session, *, after_seconds: int) -> list[int]:
+def requeue_stale_unknown(session: Session, *, after_seconds: int, smsc_hold_seconds: float = 0.0) -> list[int]:
     """`unknown` rows no receipt resolved in time → `queued` again, once their receipts had their
     chance (see `notifier.dispatch.unknown`: stored receipts applied first, an SMSC heard since)."""
     from notifier.dispatch.unknown import requeue_stale_unknown as decide
 
-    return decide(session, after_seconds=after_seconds)
+    return decide(session, after_seconds=after_seconds, smsc_hold_seconds=smsc_hold_seconds)
 
 
 def _owner_gone(owner: str | None) -> bool:

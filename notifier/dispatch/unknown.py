@@ -32,10 +32,17 @@ SESSION_SETTLE_SECONDS = ID_MATCH_GRACE_SECONDS + 1
 RESENT_DETAIL = "resent after unknown"
 
 
-def requeue_stale_unknown(session: Session, *, after_seconds: int) -> list[int]:
+def requeue_stale_unknown(session: Session, *, after_seconds: int, smsc_hold_seconds: float = 0.0) -> list[int]:
     """`unknown` rows whose receipts had their chance and none came → `queued` again (in campaigns
-    still running). Returns the ids to hand to the broker once this transaction commits."""
+    still running). Returns the ids to hand to the broker once this transaction commits.
+
+    An SMS's receipts had their chance once a session has heard the SMSC `smsc_hold_seconds`
+    (`smpp.receipt_redelivery_seconds`, at least SESSION_SETTLE_SECONDS) after the row became
+    unknown: a receipt the SMSC sent to the session that died is offered to another bind only when
+    the SMSC's response timer gives up on the dead one, and resending before that sent the message
+    twice (a test SMSC that waits 10 s for a killed worker's answer, against a 5 s resend wait)."""
     after_seconds = max(after_seconds, ID_MATCH_GRACE_SECONDS + 1)
+    settle = timedelta(seconds=max(SESSION_SETTLE_SECONDS, smsc_hold_seconds))
     cutoff = utcnow() - timedelta(seconds=after_seconds)
     heard = latest_session_alive(session)
     pending_receipt = sa.exists().where(
@@ -49,7 +56,7 @@ def requeue_stale_unknown(session: Session, *, after_seconds: int) -> list[int]:
         .order_by(Notification.id)).all()
     requeued = []
     for nid, channel, since in stale:
-        if channel == "sms" and (heard is None or heard < since + timedelta(seconds=SESSION_SETTLE_SECONDS)):
+        if channel == "sms" and (heard is None or heard < since + settle):
             continue  # no SMSC has talked to us since: its receipts may still be on their way
         if transition(session, nid, expected=UNKNOWN, to_state=QUEUED, source="recovery",
                       detail=f"{RESENT_DETAIL}: no receipt within {after_seconds}s although the SMSC could "

@@ -238,9 +238,13 @@ class _Smsc:
         if outcome == "refused" and esme.session_id in self._sessions:  # "try again later"
             self._spawn(self._deliver(esme.session_id, system_id, receipt, delay=self._args.receipt_retry))
             return
-        if outcome == "gone" and esme is not None:
+        # The session is gone — or refused while it was going away (killed mid-push: the error says
+        # "refused" but the session is no longer bound): another bind of the system_id takes it, else
+        # it waits for the next bind. Before, such a receipt waited for a bind that never came while
+        # the other worker's session stayed bound, and its message stayed `sent` for good.
+        if esme is not None:
             self._sessions.pop(esme.session_id, None)
-        sibling = self._receiving(None, system_id) if outcome == "gone" else None
+        sibling = self._receiving(None, system_id)
         if sibling is not None:
             self._spawn(self._deliver(sibling.session_id, system_id, receipt, delay=0.0))
         else:
@@ -301,12 +305,25 @@ class _Smsc:
             return "unanswered"
         except smpp34.SmppError:
             return "refused" if esme.can_receive else "gone"
+        except Exception as exc:  # noqa: BLE001 - the session broke mid-push (reset, closed transport)
+            # Like a real SMSC whose write to a dead bind fails: the receipt is not lost, it goes
+            # to another bind or waits (`_deliver`). Before, such an error ended the task and the
+            # receipt with it: nobody ever received it.
+            print(f"smsc: deliver_sm to {esme.session_id} failed ({type(exc).__name__}: {exc}); offered again",
+                  file=sys.stderr, flush=True)
+            return "unanswered"
         return "delivered" if response.is_success else "refused"
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        """Forget the task; say so on stderr if it died (a receipt it carried would be lost)."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            print(f"smsc: a delivery task failed: {task.exception()!r}", file=sys.stderr, flush=True)
 
 
 async def _run(args: argparse.Namespace, log_file: IO[str], on_ready: Callable[[], None] | None = None) -> None:
