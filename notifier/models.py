@@ -254,7 +254,9 @@ class Campaign(SQLModel, table=True):
         return [name for name in self.channels.split(",") if name]
 
 
-IN_FLIGHT_ROWS = sa.text("state IN ('queued', 'sending', 'unknown')")  # ix_notification_in_flight (PostgreSQL)
+# The states maintenance looks for in every campaign, and ix_notification_in_flight's condition (PostgreSQL).
+IN_FLIGHT_STATES = ("queued", "sending", "unknown")
+IN_FLIGHT_ROWS = sa.text("state IN ({})".format(", ".join(f"'{state}'" for state in IN_FLIGHT_STATES)))
 
 
 class Notification(SQLModel, table=True):

@@ -129,6 +129,23 @@ def test_an_unknown_sms_is_resent_only_after_an_smsc_was_heard_since(database_ur
         assert campaign_status(session, row.campaign_id)["resent_after_unknown"] == 1
 
 
+def test_an_unknown_sms_waits_for_the_smscs_redelivery_timer_before_a_resend(database_url: str) -> None:
+    """A session heard the SMSC 30 s after the row became unknown: enough for the 3 s settle, not for
+    an SMSC that keeps a dead bind's receipt 60 s before offering it to another bind."""
+    from datetime import timedelta
+
+    from notifier.dispatch.receipts import record_session_alive
+    from notifier.dispatch.recovery import requeue_stale_unknown
+
+    with session_scope(database_url) as session:
+        row = _unknown_sms(session, seconds_ago=120)
+        record_session_alive(session, owner="h:1:1", system_id="t", bound_at=row.updated_at,
+                             alive_at=row.updated_at + timedelta(seconds=30))
+    with session_scope(database_url) as session:
+        assert requeue_stale_unknown(session, after_seconds=60, smsc_hold_seconds=60) == []
+        assert requeue_stale_unknown(session, after_seconds=60, smsc_hold_seconds=20) == [row.id]
+
+
 def test_stored_receipts_for_an_unknown_sms_are_applied_before_any_resend(database_url: str) -> None:
     from channels.base import Receipt
     from notifier.dispatch.receipts import record_receipt, record_session_alive

@@ -117,3 +117,14 @@ def _captured(session: sa.orm.Session, run: object, marker: str) -> str:
         sa.event.remove(engine, "before_cursor_execute", capture)
     assert captured, f"no statement with {marker!r} ran"
     return captured[-1]
+
+
+def test_only_in_flight_states_are_written_as_literals() -> None:
+    """`in_flight` is for the states the partial index holds: another state would read the table."""
+    import pytest
+
+    from notifier.dispatch.outbox import in_flight
+
+    assert "'sending'" in str(in_flight("sending"))
+    with pytest.raises(ValueError, match="not an in-flight state"):
+        in_flight("delivered")

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from notifier.models import DeliveryEvent, Notification, utcnow
+from notifier.models import IN_FLIGHT_STATES, DeliveryEvent, Notification, utcnow
 
 PLANNED = "planned"
 SCHEDULED = "scheduled"
@@ -39,10 +39,6 @@ ALL_STATES = (
     PLANNED, SCHEDULED, QUEUED, SENDING, SENT, DELIVERED,
     SUPPRESSED, CANCELLED, FAILED, UNDELIVERED, EXPIRED, UNKNOWN,
 )
-# States maintenance looks for in every campaign (models.IN_FLIGHT_ROWS, ix_notification_in_flight).
-IN_FLIGHT_STATES = (QUEUED, SENDING, UNKNOWN)
-
-
 def in_flight(state: str) -> sa.ColumnElement[bool]:
     """`notification.state = '<state>'` with the state written as a literal, for a state
     `ix_notification_in_flight` holds: bound as a parameter, a prepared (generic) plan could not

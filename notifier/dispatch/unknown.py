@@ -24,7 +24,7 @@ from notifier.dispatch.outbox import FAILED, QUEUED, UNKNOWN, in_flight, transit
 from notifier.dispatch.receipt_batch import ID_MATCH_GRACE_SECONDS
 from notifier.dispatch.receipts import latest_session_alive
 from notifier.identifiers import mask_identifier
-from notifier.models import Campaign, DeliveryEvent, InboundReceipt, Notification, utcnow
+from notifier.models import RESENT_EVENT, Campaign, DeliveryEvent, InboundReceipt, Notification, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,10 @@ def decide_unknown(session: Session, campaign_id: int, *, resend: bool, actor: s
 
 def resent_after_unknown(session: Session, campaign_id: int) -> int:
     """How many times the campaign's rows were sent again after being `unknown`: counted from the
-    partial index of such events (`ix_delivery_event_resent`, `models.RESENT_EVENT`), whose
-    condition is written out as literals — with bound states a prepared (generic) plan could not use it and would join every
-    event of the campaign on every status poll."""
+    partial index of such events (`ix_delivery_event_resent`), whose own condition is the WHERE
+    (`models.RESENT_EVENT`, states as literals): with bound states a prepared (generic) plan could
+    not use it and would join every event of the campaign on every status poll."""
     return int(session.execute(
         sa.select(sa.func.count()).select_from(DeliveryEvent)
         .join(Notification, Notification.id == DeliveryEvent.notification_id)
-        .where(Notification.campaign_id == campaign_id,
-               DeliveryEvent.from_state == sa.literal_column(f"'{UNKNOWN}'"),
-               DeliveryEvent.to_state == sa.literal_column(f"'{QUEUED}'"))).scalar() or 0)
+        .where(Notification.campaign_id == campaign_id, RESENT_EVENT)).scalar() or 0)
