@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -53,10 +54,11 @@ import sqlalchemy as sa
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from notifier.batching import chunks  # noqa: E402
 from notifier.db import dispose_engines, get_engine, session_scope, upgrade  # noqa: E402
 from notifier.identifiers import ip_key  # noqa: E402
-from notifier.identity.matching import match_feed  # noqa: E402
-from notifier.importing import import_assignments, import_feed  # noqa: E402
+from notifier.identity.matching import ItemResolver, match_feed  # noqa: E402
+from notifier.importing import STORE_BATCH_ROWS, import_assignments, import_feed  # noqa: E402
 from notifier.models import OPEN_END, Account, Feed, FeedItem, IpAssignment  # noqa: E402
 from scratch_db import POSTGRES_ADMIN, scratch_postgres  # noqa: E402
 
@@ -73,6 +75,7 @@ POOL_BASE = int.from_bytes(bytes([14, 160, 0, 0]), "big")
 OUTSIDE_BASE = int.from_bytes(bytes([27, 64, 0, 0]), "big")  # addresses nobody held
 MAX_ASSIGNMENTS = 20_000_000
 MAX_EVENTS = 2_000_000
+OUTCOMES = ("matched", "unmatched", "ambiguous")
 QUICK = {"assignments": 200_000, "events": 50_000, "feed_rows": 50_000}
 
 
@@ -256,10 +259,15 @@ def insert_pending_feed(url: str, layout: Layout, count: int) -> int:
 
 
 class Clock:
-    """Wall and CPU time of this process (and, on PostgreSQL, of the server backends) for a step."""
+    """Wall and CPU time of this process (and, on PostgreSQL, of the server backends) for a step.
+
+    Entered once for a step, or once per batch of a step whose untimed work (generating its input)
+    happens in between: the times add up."""
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.wall = self.cpu = 0.0
+        self.server: float | None = None
 
     def __enter__(self) -> Clock:
         self.server_before = server_cpu(self.url)
@@ -268,10 +276,11 @@ class Clock:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.wall = time.perf_counter() - self.wall_before
-        self.cpu = time.process_time() - self.cpu_before
+        self.wall += time.perf_counter() - self.wall_before
+        self.cpu += time.process_time() - self.cpu_before
         after = server_cpu(self.url)
-        self.server = None if after is None or self.server_before is None else after - self.server_before
+        if after is not None and self.server_before is not None:
+            self.server = (self.server or 0.0) + after - self.server_before
 
     def line(self, label: str, units: int, unit: str) -> str:
         server = "" if self.server is None else f", server CPU {self.server / units * 1e6:6.1f} µs/{unit}"
@@ -310,7 +319,7 @@ def baseline(url: str, feed_id: int, sample: int) -> tuple[Clock, dict[int, tupl
     ).bindparams(sa.bindparam("seen_lo", type_=IpAssignment.__table__.c.started_at.type),
                  sa.bindparam("seen_hi", type_=IpAssignment.__table__.c.started_at.type))
     with session_scope(url) as session:
-        items = session.execute(sa.select(FeedItem.id, FeedItem.identifier, FeedItem.seen_at)
+        items = session.execute(sa.select(FeedItem.line, FeedItem.identifier, FeedItem.seen_at)
                                 .where(FeedItem.feed_id == feed_id).order_by(FeedItem.id).limit(sample)).all()
         skew = timedelta(seconds=SKEW_SECONDS)
         found: dict[int, tuple[str, int | None]] = {}
@@ -319,7 +328,7 @@ def baseline(url: str, feed_id: int, sample: int) -> tuple[Clock, dict[int, tupl
                 accounts = session.execute(query, {"key": ip_key(item.identifier), "seen_lo": item.seen_at - skew,
                                                    "seen_hi": item.seen_at + skew}).scalars().all()
                 status = "matched" if len(accounts) == 1 else "ambiguous" if accounts else "unmatched"
-                found[item.id] = (status, accounts[0] if len(accounts) == 1 else None)
+                found[item.line] = (status, accounts[0] if len(accounts) == 1 else None)
     return clock, found
 
 
@@ -337,11 +346,35 @@ def settle(url: str) -> None:
     print(f"    VACUUM (ANALYZE) after the load: {time.perf_counter() - started:.1f} s (untimed)", flush=True)
 
 
-def set_based_outcomes(url: str, ids: list[int]) -> dict[int, tuple[str, int | None]]:
+def stored_outcomes(url: str, feed_id: int, lines: list[int]) -> dict[int, tuple[str, int | None]]:
+    """line → (status, account) of a matched feed's items on these lines."""
     with session_scope(url) as session:
-        rows = session.execute(sa.select(FeedItem.id, FeedItem.status, FeedItem.account_id)
-                               .where(FeedItem.id.in_(ids))).all()
-    return {row.id: (row.status, row.account_id) for row in rows}
+        rows = session.execute(sa.select(FeedItem.line, FeedItem.status, FeedItem.account_id)
+                               .where(FeedItem.feed_id == feed_id, FeedItem.line.in_(lines))).all()
+    return {row.line: (row.status, row.account_id) for row in rows}
+
+
+def decide_events(url: str, layout: Layout, count: int, sample: int
+                  ) -> tuple[Clock, Counter[str], dict[int, tuple[str, int | None]]]:
+    """(c): the outcome of `count` events, decided a batch at a time by `ItemResolver.outcomes`
+    exactly as `import_feed` decides each batch of a file before storing it; only those calls are
+    timed (the events are generated in between, the same ones `insert_pending_feed` stores, one
+    per line from 2). Returns the clock, the totals and the outcomes of the first `sample` lines."""
+    clock = Clock(url)
+    totals: Counter[str] = Counter()
+    first: dict[int, tuple[str, int | None]] = {}
+    line = 2
+    with session_scope(url) as session, ItemResolver(session, skew_seconds=SKEW_SECONDS) as resolver:
+        for chunk in chunks(events(layout, count, seed=13), STORE_BATCH_ROWS):
+            rows = [(line + offset, "ip", ip, port, resolver.own_time(seen))
+                    for offset, (ip, seen, port) in enumerate(chunk)]
+            line += len(chunk)
+            with clock:
+                outcomes = resolver.outcomes(rows)
+            totals.update(status for status, _, _ in outcomes.values())
+            first.update((ref, (status, account_id)) for ref, (status, account_id, _) in outcomes.items()
+                         if ref < sample + 2)
+    return clock, totals, first
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -378,19 +411,27 @@ def run(url: str, directory: Path, args: argparse.Namespace) -> None:
         counts = result.counts or {}
         print(clock.line("(b) import_feed (match on store)", args.feed_rows, "row"),
               f"peak RSS {peak_rss_mib():.0f} MiB; {counts}", flush=True)
+    sample = min(BASELINE_SAMPLE, args.events)
+    settle(url)
+    decide_clock, totals, decided = decide_events(url, layout, args.events, sample)
+    print(decide_clock.line("(c) match (decide, as imports do)", args.events, "event"),
+          f"peak RSS {peak_rss_mib():.0f} MiB; " + " ".join(f"{status} {totals[status]:,}" for status in OUTCOMES),
+          flush=True)
     feed_id = insert_pending_feed(url, layout, args.events)
     settle(url)
     with Clock(url) as clock, session_scope(url) as session:
         counts = match_feed(session, feed_id, skew_seconds=SKEW_SECONDS)
-    print(clock.line("(c) match_feed (set-based)", args.events, "event"), f"peak RSS {peak_rss_mib():.0f} MiB; "
+    print(clock.line("(c2) match_feed (stored, UPDATE)", args.events, "event"),
+          f"peak RSS {peak_rss_mib():.0f} MiB; "
           f"matched {counts.matched:,} unmatched {counts.unmatched:,} ambiguous {counts.ambiguous:,}", flush=True)
-    sample = min(BASELINE_SAMPLE, args.events)
     base_clock, base_outcomes = baseline(url, feed_id, sample)
     print(base_clock.line("(d) one query per event (sample)", sample, "event"), flush=True)
-    agree = base_outcomes == set_based_outcomes(url, list(base_outcomes))
-    print(f"speed ratio (c)/(d): {(args.events / clock.wall) / (sample / base_clock.wall):.1f}x wall, "
-          f"{(base_clock.cpu / sample) / (clock.cpu / args.events):.1f}x our CPU; "
-          f"outcomes agree on the sample: {'yes' if agree else 'NO'}")
+    agree = base_outcomes == decided == stored_outcomes(url, feed_id, list(base_outcomes))
+    per_query = sample / base_clock.wall
+    print(f"speed ratio (c)/(d): {(args.events / decide_clock.wall) / per_query:.1f}x wall, "
+          f"{(base_clock.cpu / sample) / (decide_clock.cpu / args.events):.1f}x our CPU; "
+          f"(c2)/(d): {(args.events / clock.wall) / per_query:.1f}x wall; "
+          f"(c), (c2) and (d) agree on the sample: {'yes' if agree else 'NO'}")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB")
 
 
