@@ -223,6 +223,21 @@ def plan_each_execution(session: Session) -> None:
         session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
+def empty_scratch_tables(connection: sa.Connection, *names: str) -> None:
+    """Empty a connection's temporary tables between the batches of one transaction.
+
+    PostgreSQL: TRUNCATE. A DELETE leaves every row dead in the table (and its index) until a
+    vacuum, which never comes inside the job's transaction, so each later batch scanned all the
+    earlier ones again: matching a 1-million-row feed fell from 99,000 to 40,000 events/s, 8.5 →
+    23 µs of server CPU an event. SQLite empties a table on an unqualified DELETE.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"TRUNCATE {', '.join(names)}")
+    else:
+        for name in names:
+            connection.exec_driver_sql(f"DELETE FROM {name}")
+
+
 def alembic_config(database_url: str) -> Config:
     """Alembic configuration pointing at the packaged migrations."""
     config = Config()

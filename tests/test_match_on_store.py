@@ -113,6 +113,29 @@ def test_a_feed_stored_in_many_batches_gets_the_same_outcomes(database_url: str,
         assert batched.counts == {"matched": 4, "unmatched": 2, "ambiguous": 2}
 
 
+def test_each_batch_starts_from_empty_scratch_pages_on_postgresql(postgres_url: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between batches the probe table is truncated, not deleted from: deleted rows stay in its pages
+    until a vacuum that never comes inside the import's transaction, and every later batch read them
+    all again (a 1-million-row feed matched at 40,000 instead of 127,000 events/s)."""
+    from notifier.identity import matching
+
+    sizes: list[int] = []
+    cleared = matching._Transport.clear
+
+    def clear_and_measure(transport: matching._Transport) -> None:
+        cleared(transport)
+        sizes.append(transport.connection.exec_driver_sql("SELECT pg_relation_size('match_probe')").scalar_one())
+
+    monkeypatch.setattr(matching._Transport, "clear", clear_and_measure)
+    monkeypatch.setattr("notifier.importing.STORE_BATCH_ROWS", 3)
+    with session_scope(postgres_url) as session:
+        _world(session)
+        result = import_feed(session, _sinkhole(tmp_path), fmt="shadowserver")
+    assert result.counts == {"matched": 4, "unmatched": 2, "ambiguous": 2}
+    assert len(sizes) >= 3 and set(sizes) == {0}, sizes
+
+
 @pytest.mark.parametrize("text", [
     "14.160.1.2", "0.0.0.0", "255.255.255.255", " 14.160.1.2", "014.160.1.2", "14.160.1", "256.1.1.1",
     "::ffff:14.160.1.2", "2402:800:6310:5600::1", "14.160.1.2/32", "14.160.1.2%eth0", "", "١٤.١٦٠.١.٢",

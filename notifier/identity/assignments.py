@@ -47,7 +47,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from notifier.batching import chunks
-from notifier.db import plan_each_execution, sqlite_page_cache
+from notifier.db import empty_scratch_tables, plan_each_execution, sqlite_page_cache
 from notifier.errors import InputError
 from notifier.identifiers import parse_timestamp
 from notifier.import_result import ImportResult
@@ -547,7 +547,7 @@ class _SqliteWriter(_Writer):
         self.cursor.executemany(self.update_sql, changes)
 
     def _fill_ranges(self, since: list[tuple[str, int, Any]]) -> None:
-        self.cursor.execute("DELETE FROM assignment_batch_range")
+        empty_scratch_tables(self.session.connection(), "assignment_batch_range")
         self.cursor.executemany("INSERT INTO assignment_batch_range VALUES (?, ?, ?)", since)
 
     def tuned(self) -> AbstractContextManager[None]:
@@ -600,8 +600,7 @@ class _PostgresWriter(_Writer):
             cursor.executemany(self.update_sql, changes)
 
     def _fill_ranges(self, since: list[tuple[str, int, Any]]) -> None:
-        with self.dbapi.cursor() as cursor:
-            cursor.execute("TRUNCATE assignment_batch_range")
+        empty_scratch_tables(self.session.connection(), "assignment_batch_range")
         self._copy("assignment_batch_range", ("range_start", "prefix_len", "since"),
                    ["text", "int4", "timestamptz"], since)
 

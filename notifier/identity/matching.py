@@ -35,16 +35,17 @@ outcome (the update rewrote each row and, on PostgreSQL, added a new entry to ea
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from notifier.db import sqlite_page_cache
+from notifier.db import empty_scratch_tables, sqlite_page_cache
 from notifier.errors import MatchError
 from notifier.identifiers import key_ip, key_network_start, stored_ip_key
 from notifier.models import ContactPoint, FeedItem, IpAssignment, NatBlock, UtcDateTime
@@ -78,12 +79,13 @@ _SCRATCH = sa.MetaData()
 _PROBE = sa.Table(
     "match_probe", _SCRATCH,
     sa.Column("seq", sa.Integer, nullable=False),  # the sighting's rank in address order
-    sa.Column("prefix_len", sa.Integer, nullable=False),
+    # Defaults: the usual probe (a single address, no CGNAT) is loaded without these two columns.
+    sa.Column("prefix_len", sa.Integer, nullable=False, server_default=sa.text(str(SINGLE_ADDRESS))),
     sa.Column("ref", sa.Integer, nullable=False),
     sa.Column("net_start", sa.String(32), nullable=False),
     sa.Column("seen_lo", UtcDateTime(), nullable=False),  # seen_at − skew
     sa.Column("seen_hi", UtcDateTime(), nullable=False),  # seen_at + skew
-    sa.Column("via", sa.String(64), nullable=True),  # the private address a CGNAT block led to
+    sa.Column("via", sa.String(64), nullable=True, server_default=sa.null()),  # the private address a CGNAT block led to
     # Stored in address order (SQLite: WITHOUT ROWID on this key): the join then walks the lookup
     # index in its own order, so each index page is read once per batch, not once per sighting
     # (at 10 million intervals the index is four times the page cache: 5.6 → 2.9 µs per probe),
@@ -92,6 +94,7 @@ _PROBE = sa.Table(
     prefixes=["TEMPORARY"],
     sqlite_with_rowid=False,
 )
+_USUAL_PROBE_COLUMNS = ("seq", "ref", "net_start", "seen_lo", "seen_hi")
 _NAT_PROBE = sa.Table(
     "match_nat_probe", _SCRATCH,
     sa.Column("ref", sa.Integer, nullable=False),
@@ -192,8 +195,12 @@ class _Transport:
         self.postgres = self.connection.dialect.name == "postgresql"
         self.driver = self.connection.connection.driver_connection
         self.skew = skew
-        self._text_clock = None if self.postgres else _TextClock(skew)
+        # (seen − skew, seen + skew) of a raw time, ready to load: called once per sighting, so it
+        # is the clock's own method, not a wrapper around it.
+        self.bounds: Callable[[Any], tuple[Any, Any]] = self._aware_bounds if self.postgres else _TextClock(skew).bounds
         self._keys: dict[str, str] = {}
+        self.cached_key = self._keys.get  # `cached_key(ip) or key(ip)`: no call when remembered
+        self._sql: dict[str, str] = {}
 
     def fetch(self, sql: str, parameters: tuple[object, ...]) -> list[tuple]:  # type: ignore[type-arg]
         """Rows of a driver-level query (`?` marks), as the driver returns them."""
@@ -207,20 +214,23 @@ class _Transport:
     def execute(self, statement: sa.Executable) -> sa.CursorResult:  # type: ignore[type-arg]
         return self.connection.execute(statement)
 
-    def compiled(self, statement: sa.ClauseElement) -> str:
-        """The SQL text of a statement whose only parameters are constants (rendered inline), for `fetch`."""
-        return str(statement.compile(dialect=self.connection.dialect, compile_kwargs={"literal_binds": True}))
+    def compiled(self, name: str, build: Callable[[], sa.ClauseElement]) -> str:
+        """The SQL text of the statement `build` makes, whose only parameters are constants (rendered
+        inline), for `fetch`: compiled once per transport, not once per batch."""
+        sql = self._sql.get(name)
+        if sql is None:
+            statement = build()
+            sql = self._sql[name] = str(statement.compile(dialect=self.connection.dialect,
+                                                          compile_kwargs={"literal_binds": True}))
+        return sql
 
     def own_time(self, moment: datetime) -> object:
         """An aware datetime from a caller → the backend's raw form."""
         moment = moment.astimezone(UTC)
         return moment if self.postgres else moment.replace(tzinfo=None).isoformat(" ", "microseconds")
 
-    def bounds(self, seen: object) -> tuple[object, object]:
-        """(seen − skew, seen + skew) of a raw time, ready to load."""
-        if self._text_clock is not None:
-            return self._text_clock.bounds(seen)  # type: ignore[arg-type]
-        return seen - self.skew, seen + self.skew  # type: ignore[operator]
+    def _aware_bounds(self, seen: datetime) -> tuple[datetime, datetime]:
+        return seen - self.skew, seen + self.skew
 
     def key(self, ip: str) -> str:
         """`stored_ip_key`, remembered: a feed names the same infected address many times."""
@@ -264,8 +274,8 @@ class _Transport:
                     self.session.execute(sa.schema.DropTable(table, if_exists=True))
 
     def clear(self) -> None:
-        for table in _SCRATCH.sorted_tables:
-            self.connection.exec_driver_sql(f"DELETE FROM {table.name}")
+        """Empty the scratch tables for the next batch (`db.empty_scratch_tables`)."""
+        empty_scratch_tables(self.connection, *(table.name for table in _SCRATCH.sorted_tables))
 
 
 def clock_skew(skew_seconds: float | None = None) -> timedelta:
@@ -353,11 +363,11 @@ def resolve_ips(session: Session, sightings: Sequence[Sighting], *, lengths: lis
         return outcomes
 
 
-def _decided_addresses(transport: _Transport) -> Iterator[tuple[int, Outcome]]:
-    """(ref, outcome) of every probed sighting, read from the outcome statement (not written)
+def _decided_addresses(transport: _Transport) -> dict[int, Outcome]:
+    """ref → outcome of every probed sighting, read from the outcome statement (not written)
     through the driver's cursor: a result row through SQLAlchemy cost about a microsecond."""
-    for ref, status, account_id, reason in transport.fetch(transport.compiled(_address_outcomes()), ()):
-        yield ref, (status, account_id, reason)
+    rows = transport.fetch(transport.compiled("address outcomes", _address_outcomes), ())
+    return {ref: (status, account_id, reason) for ref, status, account_id, reason in rows}
 
 
 # (ref, normalised ip, seen_at in the backend's raw form, source port): a tuple, not an object,
@@ -371,8 +381,8 @@ def _probe_addresses(transport: _Transport, sightings: Sequence[_SightingRow], l
                      nat: bool) -> dict[int, Outcome]:
     """Load the probe table for every sighting still to look up in `ip_assignment`; returns the
     outcomes CGNAT decided on its own (no block held the port, a shared address without a port)."""
-    key = transport.key
-    targets: list[_TargetRow] = [(ref, key(ip), seen, None) for ref, ip, seen, _ in sightings]
+    cached, key = transport.cached_key, transport.key
+    targets: list[_TargetRow] = [(ref, cached(ip) or key(ip), seen, None) for ref, ip, seen, _ in sightings]
     decided: dict[int, Outcome] = {}
     if nat:
         targets, decided = _through_nat(transport, sightings, targets)
@@ -436,7 +446,13 @@ def _load_probes(transport: _Transport, targets: Iterable[_TargetRow], lengths: 
     the sightings ranked by address (see `_PROBE`). Rows are generated as they are loaded."""
     bounds = transport.bounds
     ranked = sorted(targets, key=itemgetter(1))
-    if lengths == [SINGLE_ADDRESS]:  # the usual case (no static prefixes): no arithmetic on keys
+    if lengths == [SINGLE_ADDRESS] and not any(target[3] for target in ranked):
+        # The usual case (no static prefixes, no CGNAT): no arithmetic on keys, and the two
+        # columns every probe would repeat are left to their defaults.
+        transport.load(_PROBE, ((seq, ref, key, *bounds(seen)) for seq, (ref, key, seen, _) in enumerate(ranked)),
+                       _USUAL_PROBE_COLUMNS)
+        return
+    if lengths == [SINGLE_ADDRESS]:
         rows: Iterable[tuple[object, ...]] = ((seq, SINGLE_ADDRESS, ref, key, *bounds(seen), via)
                                               for seq, (ref, key, seen, via) in enumerate(ranked))
     else:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
+from notifier.db import empty_scratch_tables
 from notifier.identifiers import stored_ip_key
 from notifier.import_result import ImportResult
 from notifier.ingest.records import NatEventRecord, Rejection
@@ -115,7 +116,7 @@ def _fill_pair_table(session: Session, pairs: set[Pair]) -> None:
     """Make the connection's temporary pair table hold exactly `pairs` (SQLite and PostgreSQL alike)."""
     session.execute(sa.text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_PAIR_TABLE.name} (public_key VARCHAR(32) "
                             "NOT NULL, port_start INTEGER NOT NULL, PRIMARY KEY (public_key, port_start))"))
-    session.execute(sa.delete(_PAIR_TABLE))
+    empty_scratch_tables(session.connection(), _PAIR_TABLE.name)
     session.execute(sa.insert(_PAIR_TABLE), [{"public_key": key, "port_start": port} for key, port in pairs])
 
 
