@@ -97,6 +97,12 @@ class ContactPoint(SQLModel, table=True):
     position: int = 0  # order in the subscriber record: the first is the primary contact
 
 
+SINGLE_ADDRESS = 128  # prefix length of one address in `ip_key` space
+# Assignments of a network rather than one address (static prefixes, delegated IPv6): few rows, and
+# the only ones `ix_ip_assignment_prefix` holds. A literal, so both planners can prove the index applies.
+NETWORK_ROWS = sa.text(f"prefix_len <> {SINGLE_ADDRESS}")
+
+
 class IpAssignment(SQLModel, table=True):
     """Which account used which address (or prefix) when.
 
@@ -116,6 +122,8 @@ class IpAssignment(SQLModel, table=True):
         # Only rows with a session id (RADIUS): the other sources have none to look up (0010).
         sa.Index("ix_ip_assignment_session_ref", "session_ref", postgresql_where=sa.text("session_ref IS NOT NULL"),
                  sqlite_where=sa.text("session_ref IS NOT NULL")),
+        # Which prefix lengths matching must probe, without reading the cover index (migration 0014).
+        sa.Index("ix_ip_assignment_prefix", "prefix_len", postgresql_where=NETWORK_ROWS, sqlite_where=NETWORK_ROWS),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -125,7 +133,7 @@ class IpAssignment(SQLModel, table=True):
     network: str = Field(max_length=64)  # as given: "14.160.1.2" or "2402:800::/56"
     range_start: str = Field(max_length=32)
     range_end: str = Field(max_length=32)
-    prefix_len: int = 128  # in ip_key space: 128 = one address, 120 = an IPv4 /24, 56 = an IPv6 /56
+    prefix_len: int = SINGLE_ADDRESS  # in ip_key space: 128 = one address, 120 = an IPv4 /24, 56 = an IPv6 /56
     started_at: datetime = Field(sa_column=_utc_column(nullable=False))
     ended_at: datetime | None = Field(default=None, sa_column=_utc_column())
     source: str = Field(default="sessions-csv", max_length=32)

@@ -3,7 +3,8 @@
 `campaign status` (polled by `campaign run`) counts resends after `unknown` from their own partial
 index, `ix_delivery_event_resent`, instead of joining every delivery event of the campaign; every
 process's maintenance finds `queued`, `sending` and `unknown` rows through `ix_notification_in_flight`
-instead of reading every campaign's notifications. Each test builds many settled rows and a few in
+instead of reading every campaign's notifications; every feed import learns the prefix lengths in use
+from `ix_ip_assignment_prefix` (network rows only) instead of the cover index. Each test builds many settled rows and a few in
 flight, and reads the plan each database actually runs — on PostgreSQL after psycopg has prepared
 the statement (a generic plan cannot use a partial index whose condition it cannot prove, which is
 why the queries write the states as literals).
@@ -128,3 +129,48 @@ def test_only_in_flight_states_are_written_as_literals() -> None:
     assert "'sending'" in str(in_flight("sending"))
     with pytest.raises(ValueError, match="not an in-flight state"):
         in_flight("delivered")
+
+
+def test_the_prefix_lengths_to_probe_come_from_the_network_rows_alone(database_url: str) -> None:
+    """Every feed import asks which prefix lengths are in use: the answer is read from the partial
+    index of network rows, not from the cover index's entry for every single address."""
+    from datetime import UTC, datetime
+
+    from notifier.identifiers import ip_key
+    from notifier.identity.matching import prefix_lengths
+    from notifier.models import IpAssignment
+
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    rows = [{"account_id": 1, "network": f"14.160.{n // 256}.{n % 256}", "range_start": ip_key(f"14.160.{n // 256}.{n % 256}"),
+             "prefix_len": 128, "started_at": start, "covers_until": start, "source": "sessions-csv"}
+            for n in range(NOTIFICATIONS)]
+    rows += [{"account_id": 2, "network": network, "range_start": ip_key(address), "prefix_len": length,
+              "started_at": start, "covers_until": start, "source": "static-csv"}
+             for network, address, length in [("113.160.0.0/24", "113.160.0.0", 120),
+                                               ("113.161.0.0/24", "113.161.0.0", 120),
+                                               ("2402:800:6310::/56", "2402:800:6310::", 56)]]
+    with session_scope(database_url) as session:
+        session.execute(sa.insert(IpAssignment.__table__), [{**row, "range_end": row["range_start"]} for row in rows])
+        session.execute(sa.text("ANALYZE"))
+        assert prefix_lengths(session) == [128, 120, 56]
+        statement = _captured(session, lambda: prefix_lengths(session), "prefix_len")
+        plan = _sqlite_plan(session, statement) if database_url.startswith("sqlite") else "\n".join(
+            session.connection().exec_driver_sql(f"EXPLAIN {statement}").scalars())
+    assert "ix_ip_assignment_prefix" in plan and "ix_ip_assignment_cover" not in plan, plan
+
+
+def test_single_addresses_are_probed_when_only_networks_are_stored(database_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from notifier.identifiers import ip_key
+    from notifier.identity.matching import prefix_lengths
+    from notifier.models import IpAssignment
+
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    with session_scope(database_url) as session:
+        assert prefix_lengths(session) == [128]
+        session.execute(sa.insert(IpAssignment.__table__), [{
+            "account_id": 2, "network": "113.160.0.0/24", "range_start": ip_key("113.160.0.0"),
+            "range_end": ip_key("113.160.0.255"), "prefix_len": 120, "started_at": start, "covers_until": start,
+            "source": "static-csv"}])
+        assert prefix_lengths(session) == [128, 120]

@@ -48,13 +48,20 @@ from sqlmodel import Session, select
 from notifier.db import empty_scratch_tables, sqlite_page_cache
 from notifier.errors import MatchError
 from notifier.identifiers import key_ip, key_network_start, stored_ip_key
-from notifier.models import ContactPoint, FeedItem, IpAssignment, NatBlock, UtcDateTime
+from notifier.models import (
+    NETWORK_ROWS,
+    SINGLE_ADDRESS,
+    ContactPoint,
+    FeedItem,
+    IpAssignment,
+    NatBlock,
+    UtcDateTime,
+)
 from notifier.settings import get_settings
 
 # Items per round trip: large enough that per-statement costs vanish, small enough that a batch's
 # probes and fetched rows stay a few megabytes whatever the feed's size.
 MATCH_BATCH = 50_000
-SINGLE_ADDRESS = 128  # prefix length of one address in `ip_key` space
 # SQLite page cache of the matching connection while it matches (KiB, negative = size, not pages):
 # the default 2 MB holds none of a 10-million-interval index, so every probe re-read its pages
 # from the OS. Restored afterwards, so the pooled connection keeps its usual footprint.
@@ -184,7 +191,7 @@ class _Transport:
     The statements that decide outcomes are the same on both backends; only the bulk movement of
     rows differs, because per-row parameter processing would cost more than the matching itself:
     pending items are read through the driver's own cursor, probe rows go in by one `executemany`
-    of plain tuples on SQLite and one `COPY` on PostgreSQL. A time inside a batch stays in the
+    of plain tuples on SQLite and one binary `COPY` on PostgreSQL. A time inside a batch stays in the
     backend's raw form (SQLite's stored text, PostgreSQL's aware datetime), so none is converted
     twice, and the time bounds of a probe are computed in that form.
     """
@@ -246,7 +253,10 @@ class _Transport:
         columns = [column.name for column in table.columns] if columns is None else columns
         names = ", ".join(columns)
         if self.postgres:
-            with self.driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:  # type: ignore[union-attr]
+            types = [_binary_type(table.c[name].type) for name in columns]
+            with self.driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
+                    f"COPY {table.name} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(types)
                 for row in rows:
                     copy.write_row(row)
         else:
@@ -276,6 +286,23 @@ class _Transport:
     def clear(self) -> None:
         """Empty the scratch tables for the next batch (`db.empty_scratch_tables`)."""
         empty_scratch_tables(self.connection, *(table.name for table in _SCRATCH.sorted_tables))
+
+
+def _binary_type(column_type: sa.types.TypeEngine[Any]) -> str:
+    """The PostgreSQL type a column's values are sent as in a binary COPY. Binary, because psycopg
+    then sends a time as eight bytes instead of formatting its text: matching 1 million events,
+    4.4 → 2.5 µs of our CPU an event (140,000 → 180,000 events/s against 1 million intervals)."""
+    if isinstance(column_type, UtcDateTime):
+        return "timestamptz"
+    if isinstance(column_type, sa.types.TypeDecorator):  # sqlmodel's AutoString: a String underneath
+        column_type = column_type.impl_instance
+    if isinstance(column_type, sa.BigInteger):
+        return "int8"
+    if isinstance(column_type, sa.Integer):
+        return "int4"
+    if isinstance(column_type, sa.String):
+        return "text"
+    raise TypeError(f"no binary COPY type for {column_type!r}")
 
 
 def clock_skew(skew_seconds: float | None = None) -> timedelta:
@@ -317,8 +344,12 @@ def _no_contact_reason(identifier_kind: str) -> str:
 
 
 def prefix_lengths(session: Session) -> list[int]:
-    """The prefix lengths assignments use (128 for single addresses): few, so each is one probe."""
-    return sorted(session.exec(select(IpAssignment.prefix_len).distinct()).all(), reverse=True)
+    """The prefix lengths to probe, longest first: single addresses (128) always, and each shorter
+    one an assignment uses, read from `ix_ip_assignment_prefix`, which holds only network rows (a
+    DISTINCT over every row read the whole cover index once per feed). Few, so each is one probe;
+    probing 128 when no single address is stored finds nothing and changes no outcome."""
+    networks = session.exec(select(IpAssignment.prefix_len).where(NETWORK_ROWS).distinct()).all()
+    return sorted({SINGLE_ADDRESS, *networks}, reverse=True)
 
 
 def nat_in_use(session: Session) -> bool:

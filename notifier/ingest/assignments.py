@@ -51,6 +51,7 @@ from notifier.ingest.nat import build_session, parse_cgnat_csv, parse_static_csv
 from notifier.ingest.radius import parse_radius_detail
 from notifier.ingest.records import Parser, Rejection, SessionRecord, bound_raw, find_parser
 from notifier.ingest.subscribers import MAX_ACCOUNT_REF_CHARS, MAX_USERNAME_CHARS
+from notifier.models import SINGLE_ADDRESS
 
 
 def session_columns(tz: str) -> tuple[Column, ...]:
@@ -79,7 +80,6 @@ def parse_sessions_csv(path: Path | str, *, tz: str = LOCAL_TIMEZONE) -> Iterato
 
 # --- rows for the store ----------------------------------------------------------------------------
 
-SINGLE_ADDRESS = 128  # prefix length of one address in `ip_key` space
 _IPV4_KEY_PREFIX = "00000000000000000000ffff"  # ip_key of an IPv4 address: ::ffff:0:0/96 + 8 hex digits
 
 
