@@ -57,7 +57,10 @@ from notifier.ingest.records import NatEventRecord, Rejection, SessionRecord
 from notifier.models import OPEN_END, IpAssignment, NatBlock
 from notifier.settings import Settings, get_settings
 
-BATCH_ROWS = 10_000  # rows per statement: per-statement costs vanish, a batch stays a few MB
+# Rows per statement. Each batch is written in address order, so a larger one visits the pages of the
+# cover index more in order (3 million records into SQLite: 17.4 µs a record at 10,000, 14.9 at
+# 50,000, 14.0 at 100,000, which took peak RSS near 500 MB); a batch stays ~20 MB.
+BATCH_ROWS = 50_000
 LOOKUP_CHUNK = 5_000  # values per IN (…) when loading account ids
 MAX_CACHED_ACCOUNTS = 250_000  # ~40 MB of ids; emptied past it, so memory stays flat for any file
 # Page cache while importing (the default is 2 MiB), the same 256 MiB as matching's: every row lands at
