@@ -62,7 +62,7 @@ from notifier.settings import Settings, get_settings
 # 50,000, 14.0 at 100,000, which took peak RSS near 500 MB); a batch stays ~20 MB.
 BATCH_ROWS = 50_000
 LOOKUP_CHUNK = 5_000  # values per IN (…) when loading account ids
-MAX_CACHED_ACCOUNTS = 250_000  # ~40 MB of ids; emptied past it, so memory stays flat for any file
+MAX_CACHED_ACCOUNTS = 100_000  # ~16 MB of ids; emptied past it, so memory stays flat for any file
 # Page cache while importing (the default is 2 MiB), the same 256 MiB as matching's: every row lands at
 # a random page of the cover index, which past a few million rows outgrew 128 MiB (measured, 3 M rows:
 # 24.6 → 20.5 µs a record, 34.3 → 27.1 into the filled table; peak RSS 257 → 400 MiB).
