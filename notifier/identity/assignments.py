@@ -59,7 +59,7 @@ from notifier.settings import Settings, get_settings
 
 # Rows per statement. Each batch is written in address order, so a larger one visits the pages of the
 # cover index more in order (3 million records into SQLite: 17.4 µs a record at 10,000, 14.9 at
-# 50,000, 14.0 at 100,000, which took peak RSS near 500 MB); a batch stays ~20 MB.
+# 50,000, 14.0 at 100,000, which took peak RSS near 500 MB); a batch holds ~40 MB of Python objects.
 BATCH_ROWS = 50_000
 LOOKUP_CHUNK = 5_000  # values per IN (…) when loading account ids
 MAX_CACHED_ACCOUNTS = 100_000  # ~16 MB of ids; emptied past it, so memory stays flat for any file
