@@ -4,10 +4,10 @@
 index, `ix_delivery_event_resent`, instead of joining every delivery event of the campaign; every
 process's maintenance finds `queued`, `sending` and `unknown` rows through `ix_notification_in_flight`
 instead of reading every campaign's notifications; every feed import learns the prefix lengths in use
-from `ix_ip_assignment_prefix` (network rows only) instead of the cover index. Each test builds many settled rows and a few in
-flight, and reads the plan each database actually runs — on PostgreSQL after psycopg has prepared
-the statement (a generic plan cannot use a partial index whose condition it cannot prove, which is
-why the queries write the states as literals).
+from `ix_ip_assignment_prefix` (network rows only) instead of the cover index. Each test builds many
+settled rows and a few in flight, and reads the plan each database actually runs — on PostgreSQL
+after psycopg has prepared the statement (a generic plan cannot use a partial index whose condition
+it cannot prove, which is why the queries write the states as literals).
 """
 
 from __future__ import annotations
@@ -141,9 +141,9 @@ def test_the_prefix_lengths_to_probe_come_from_the_network_rows_alone(database_u
     from notifier.models import IpAssignment
 
     start = datetime(2026, 11, 1, tzinfo=UTC)
-    rows = [{"account_id": 1, "network": f"14.160.{n // 256}.{n % 256}", "range_start": ip_key(f"14.160.{n // 256}.{n % 256}"),
-             "prefix_len": 128, "started_at": start, "covers_until": start, "source": "sessions-csv"}
-            for n in range(NOTIFICATIONS)]
+    addresses = [f"14.160.{n // 256}.{n % 256}" for n in range(NOTIFICATIONS)]
+    rows = [{"account_id": 1, "network": address, "range_start": ip_key(address), "prefix_len": 128,
+             "started_at": start, "covers_until": start, "source": "sessions-csv"} for address in addresses]
     rows += [{"account_id": 2, "network": network, "range_start": ip_key(address), "prefix_len": length,
               "started_at": start, "covers_until": start, "source": "static-csv"}
              for network, address, length in [("113.160.0.0/24", "113.160.0.0", 120),

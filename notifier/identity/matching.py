@@ -92,7 +92,8 @@ _PROBE = sa.Table(
     sa.Column("net_start", sa.String(32), nullable=False),
     sa.Column("seen_lo", UtcDateTime(), nullable=False),  # seen_at − skew
     sa.Column("seen_hi", UtcDateTime(), nullable=False),  # seen_at + skew
-    sa.Column("via", sa.String(64), nullable=True, server_default=sa.null()),  # the private address a CGNAT block led to
+    # the private address a CGNAT block led to
+    sa.Column("via", sa.String(64), nullable=True, server_default=sa.null()),
     # Stored in address order (SQLite: WITHOUT ROWID on this key): the join then walks the lookup
     # index in its own order, so each index page is read once per batch, not once per sighting
     # (at 10 million intervals the index is four times the page cache: 5.6 → 2.9 µs per probe),
