@@ -39,6 +39,13 @@ ALL_STATES = (
     PLANNED, SCHEDULED, QUEUED, SENDING, SENT, DELIVERED,
     SUPPRESSED, CANCELLED, FAILED, UNDELIVERED, EXPIRED, UNKNOWN,
 )
+# Rows that still need work from us before the campaign is done.
+PENDING_STATES = frozenset({PLANNED, SCHEDULED, QUEUED, SENDING, UNKNOWN})
+# Rows the provider accepted: they count as sent in reports.
+ACCEPTED_STATES = frozenset({SENT, DELIVERED, UNDELIVERED, EXPIRED})
+FINAL_STATES = frozenset({DELIVERED, SUPPRESSED, CANCELLED, FAILED, UNDELIVERED, EXPIRED})
+
+
 def in_flight(state: str) -> sa.ColumnElement[bool]:
     """`notification.state = '<state>'` with the state written as a literal, for a state
     `ix_notification_in_flight` holds: bound as a parameter, a prepared (generic) plan could not
@@ -46,13 +53,6 @@ def in_flight(state: str) -> sa.ColumnElement[bool]:
     if state not in IN_FLIGHT_STATES:
         raise ValueError(f"{state!r} is not an in-flight state")
     return Notification.__table__.c.state == sa.literal_column(f"'{state}'")
-
-
-# Rows that still need work from us before the campaign is done.
-PENDING_STATES = frozenset({PLANNED, SCHEDULED, QUEUED, SENDING, UNKNOWN})
-# Rows the provider accepted: they count as sent in reports.
-ACCEPTED_STATES = frozenset({SENT, DELIVERED, UNDELIVERED, EXPIRED})
-FINAL_STATES = frozenset({DELIVERED, SUPPRESSED, CANCELLED, FAILED, UNDELIVERED, EXPIRED})
 
 
 def transition(
