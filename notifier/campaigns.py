@@ -25,10 +25,11 @@ from notifier.errors import InputError, NotFoundError
 from notifier.identifiers import LOCAL_TIMEZONE, get_zone, mask_identifier
 from notifier.ingest.records import DATE_PRECISION
 from notifier.models import (
-    Account, Campaign, ContactPoint, Feed, FeedItem, MessagePart, Notification, NotificationItem, utcnow,
+    Account, Campaign, ContactPoint, Feed, FeedItem, Notification, NotificationItem, utcnow,
 )
 from notifier.dispatch.outbox import (
-    ALL_STATES, CANCELLED, EXPIRED, FAILED, PLANNED, QUEUED, SCHEDULED, SUPPRESSED, UNDELIVERED, transition_many,
+    ALL_STATES, CANCELLED, EXPIRED, FAILED, PLANNED, QUEUED, SCHEDULED, SUPPRESSED, UNDELIVERED, drop_parts,
+    transition_many,
 )
 from notifier.ingest.ais import ADVISORY
 from notifier.template_catalog import TemplateCatalog, load_catalog
@@ -639,8 +640,7 @@ def retry_campaign(session: Session, campaign_id: int, states: list[str]) -> int
                 detail=f"sent again on an operator's request (was {state})",
                 values={"attempts": 0, "reason": None, "claimed_by": None, "sent_at": None,
                         "delivered_at": None, "enqueued_at": None})
-    for chunk in chunks(moved, PLAN_BATCH):
-        session.execute(sa.delete(MessagePart).where(MessagePart.notification_id.in_(chunk)))
+    drop_parts(session, moved)
     if moved and campaign.state == "done":
         campaign.state, campaign.finished_at = "planned", None
     return len(moved)

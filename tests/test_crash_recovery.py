@@ -24,6 +24,7 @@ from notifier.peers.smtp_sink import SmtpSink
 from tests.conftest import make_settings
 from notifier.demo_data import load_uniform_campaign
 from tests.factories import settings_env
+from tests.peer_counts import assert_one_sms_each
 
 ACCOUNTS = 120
 KILL_AFTER_SUBMITS = 60
@@ -75,11 +76,7 @@ def test_kill_9_mid_campaign_then_rerun_sends_each_notification_once(sqlite_url:
         assert status["by_channel"]["email"] == {"delivered": ACCOUNTS}, status
 
         # SMS: each subscriber got exactly one message, complete, whatever the kill interrupted.
-        messages = smsc.messages()
-        per_destination = collections.Counter(m["destination"] for m in messages)
-        assert len(per_destination) == ACCOUNTS
-        assert set(per_destination.values()) == {1}
-        assert all(m["parts"] == len(m["message_ids"]) for m in messages)
+        assert_one_sms_each(smsc, ACCOUNTS)
 
         # E-mail: every notification arrived; a message whose acceptance the killed process could
         # not record is sent again with the same Message-ID, so mail stores keep one copy.

@@ -38,6 +38,7 @@ from notifier.settings import Settings
 from tests.conftest import POSTGRES_ADMIN_URL, make_settings
 from tests.factories import settings_env
 from tests.test_operator_views import CuttableRoute
+from tests.peer_counts import assert_one_sms_each
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,9 +167,7 @@ def _assert_each_once(database_url: str, smsc: SmscPeer, smtp: SmtpSink | None, 
     """Every row delivered; one complete SMS per number and one e-mail per address at the peers."""
     channels = 2 if smtp is not None else 1
     assert _states(database_url) == {"delivered": channels * accounts}
-    per_number = collections.Counter(m["destination"] for m in smsc.messages())
-    assert len(per_number) == accounts and set(per_number.values()) == {1}, per_number.most_common(3)
-    assert all(m["parts"] == len(m["message_ids"]) for m in smsc.messages())
+    assert_one_sms_each(smsc, accounts)
     if smtp is not None:
         per_address = collections.Counter(str(mail.message["To"]) for mail in smtp.wait_for(accounts, 30))
         assert len(per_address) == accounts and set(per_address.values()) == {1}, per_address.most_common(3)

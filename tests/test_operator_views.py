@@ -42,6 +42,7 @@ from notifier.dispatch.routes import RouteWatch
 from notifier.dispatch.runtime import make_runtime
 from notifier.settings import Settings, SmppSettings, SmtpSettings, reset_settings
 from tests.factories import add_account
+from tests.peer_counts import assert_one_sms_each
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS = 8
@@ -220,9 +221,7 @@ def _rows(database_url: str) -> tuple[list[tuple[int, str, int]], int, str]:
 
 def _assert_each_sent_once(smsc: SmscPeer, smtp: SmtpSink, accounts: int) -> None:
     """Counted at the peers: one complete SMS and one e-mail per subscriber, none twice."""
-    per_number = collections.Counter(m["destination"] for m in smsc.messages())
-    assert len(per_number) == accounts and set(per_number.values()) == {1}, per_number
-    assert all(m["parts"] == len(m["message_ids"]) for m in smsc.messages())
+    assert_one_sms_each(smsc, accounts)
     per_address = collections.Counter(str(mail.message["To"]) for mail in smtp.wait_for(accounts, WAIT_SECONDS))
     assert len(per_address) == accounts and set(per_address.values()) == {1}, per_address
 

@@ -144,6 +144,51 @@ def test_a_dead_senders_row_becomes_unknown_and_a_receipt_resolves_it_by_destina
         assert session.get(InboundReceipt, row.id).outcome == "resolved_unknown"
 
 
+def test_a_long_sms_stays_unknown_until_a_receipt_accounts_for_every_part(database_url: str) -> None:
+    """An SMSC that died between the parts took only the first ones: one receipt must not make the
+    row `sent` (it would wait for ever for the others); the row goes again whole, its old parts
+    dropped so the new attempt's parts are numbered afresh."""
+    with session_scope(database_url) as session:
+        notification = add_notification(session, add_account(session, "A1"), state="unknown")
+        notification.parts = 3
+        notification.claimed_at = utcnow() - timedelta(seconds=200)
+        notification.updated_at = utcnow() - timedelta(seconds=120)
+        record_session_alive(session, owner="test", system_id="t", bound_at=utcnow())
+    with session_scope(database_url) as session:
+        for provider_id in ("ee01", "ee02"):
+            row = record_receipt(session, _receipt(provider_id, destination="+84912345678"))
+            row.received_at = utcnow() - timedelta(seconds=60)
+    with session_scope(database_url) as session:
+        assert apply_pending_receipts(session) == 2
+        stored = session.get(Notification, notification.id)
+        assert stored.state == "unknown"  # two of three parts proved, the third never taken
+        assert len(session.exec(select(MessagePart).where(MessagePart.notification_id == notification.id)).all()) == 2
+    with session_scope(database_url) as session:
+        assert requeue_stale_unknown(session, after_seconds=60) == []  # the receipts just restarted its wait
+        session.get(Notification, notification.id).updated_at = utcnow() - timedelta(seconds=120)
+    with session_scope(database_url) as session:
+        assert requeue_stale_unknown(session, after_seconds=60) == [notification.id]
+        assert session.get(Notification, notification.id).state == "queued"
+        assert session.exec(select(MessagePart).where(MessagePart.notification_id == notification.id)).all() == []
+
+
+def test_the_receipt_of_a_long_sms_last_part_makes_it_sent(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        notification = add_notification(session, add_account(session, "A1"), state="unknown")
+        notification.parts = 2
+        notification.claimed_at = utcnow() - timedelta(seconds=200)
+    with session_scope(database_url) as session:
+        for provider_id, status in (("ef01", "delivered"), ("ef02", "delivered")):
+            row = record_receipt(session, _receipt(provider_id, destination="+84912345678", status=status))
+            row.received_at = utcnow() - timedelta(seconds=60)
+    with session_scope(database_url) as session:
+        assert apply_pending_receipts(session) == 2
+        assert session.get(Notification, notification.id).state == "delivered"
+        moves = [(e.from_state, e.to_state) for e in session.exec(
+            select(DeliveryEvent).where(DeliveryEvent.notification_id == notification.id).order_by(DeliveryEvent.id))]
+        assert ("unknown", "sent") in moves and ("sent", "delivered") in moves
+
+
 def test_a_live_senders_row_is_left_alone(database_url: str) -> None:
     with session_scope(database_url) as session:
         notification = add_notification(session, add_account(session, "A1"), state="sending")

@@ -33,18 +33,11 @@ from notifier.peers.smtp_sink import SmtpSink
 from notifier.settings import SmppSettings
 from tests.conftest import make_settings
 from tests.factories import add_account, add_notification, settings_env
+from tests.peer_counts import assert_one_sms_each
 from tests.waiting import wait_until
 
 PROJECT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_SECONDS = 240
-
-
-def _exactly_once(smsc: SmscPeer, destinations: int) -> None:
-    messages = smsc.messages()
-    per_destination = collections.Counter(m["destination"] for m in messages)
-    assert len(per_destination) == destinations, (len(per_destination), destinations)
-    assert set(per_destination.values()) == {1}, [d for d, n in per_destination.items() if n > 1]
-    assert all(m["parts"] == len(m["message_ids"]) for m in messages)
 
 
 # --- 4 processes applying receipts at once (PostgreSQL) --------------------------------------
@@ -185,7 +178,7 @@ def test_a_locked_database_does_not_block_the_smpp_reader(sqlite_url: str, tmp_p
 
         wait_until(lambda: stored() >= wanted, "every receipt stored once the lock is gone")
         channel.close()
-    _exactly_once(smsc, len(sent))
+    assert_one_sms_each(smsc, len(sent))
 
 
 def _message(n: int):  # type: ignore[no-untyped-def]
@@ -239,7 +232,7 @@ def test_smsc_frozen_longer_than_the_submit_timeout(sqlite_url: str, tmp_path: P
         smsc.thaw()
         status = _finish(run)
         assert status["by_channel"]["sms"] == {"delivered": ACCOUNTS}, status  # type: ignore[index]
-    _exactly_once(smsc, ACCOUNTS)
+    assert_one_sms_each(smsc, ACCOUNTS)
 
 
 def test_smsc_killed_and_restarted_mid_campaign(sqlite_url: str, tmp_path: Path) -> None:
@@ -257,7 +250,30 @@ def test_smsc_killed_and_restarted_mid_campaign(sqlite_url: str, tmp_path: Path)
         assert status["by_channel"]["sms"] == {"delivered": ACCOUNTS}, status  # type: ignore[index]
     finally:
         smsc.stop()
-    _exactly_once(smsc, ACCOUNTS)
+    assert_one_sms_each(smsc, ACCOUNTS)
+
+
+def test_smsc_dies_between_the_parts_of_a_long_sms(sqlite_url: str, tmp_path: Path) -> None:
+    """The SMSC takes the first part of a message and dies before reading the next: the parts it
+    took are proved by their receipts after the restart, the others never will be. The row stays
+    `unknown` until the receipts had their chance, then the whole message goes again (a fresh
+    concatenation reference: the handset shows the whole text once, never a fragment alone)."""
+    smsc = SmscPeer(tmp_path / "smsc.jsonl", receipt_delay=0.3, crash_after=11).start()
+    try:
+        settings = make_settings(sqlite_url, smsc=smsc, dispatch={"sms_per_second": 40,
+                                                                  "unknown_resend_after_seconds": 4})
+        campaign_id = load_uniform_campaign(sqlite_url, tmp_path / "in", accounts=ACCOUNTS, channels=["sms"])
+        run = _run(campaign_id, _env(settings))
+        wait_until(lambda: not smsc.running, "the SMSC's crash")
+        smsc.crash_after = None
+        smsc.start()  # same port, same log; the receipts of what it took come back from its journal
+        status = _finish(run)
+        assert status["by_channel"]["sms"] == {"delivered": ACCOUNTS}, status  # type: ignore[index]
+        assert status["resent_after_unknown"] >= 1, status
+    finally:
+        smsc.stop()
+    assert smsc.fragments(), "the crash was meant to fall between two parts of one message"
+    assert_one_sms_each(smsc, ACCOUNTS)
 
 
 def test_kill_9_with_receipts_stored_but_not_applied_then_rerun(postgres_url: str, tmp_path: Path) -> None:
@@ -276,4 +292,4 @@ def test_kill_9_with_receipts_stored_but_not_applied_then_rerun(postgres_url: st
         with session_scope(postgres_url) as session:
             assert session.exec(select(sa.func.count()).select_from(InboundReceipt)
                                 .where(InboundReceipt.applied_at.is_(None))).one() == 0
-    _exactly_once(smsc, ACCOUNTS)
+    assert_one_sms_each(smsc, ACCOUNTS)

@@ -4,8 +4,9 @@
     exits: suppressed, cancelled, failed, undelivered, expired, unknown
 
 `unknown` marks a row whose sender died between handing the message to the provider and recording
-that it did: a receipt resolves it (`notifier.dispatch.receipts`) or, failing that, it is sent again after
-`dispatch.unknown_resend_after_seconds` (`notifier.dispatch.recovery`).
+that it did: a receipt resolves it (`notifier.dispatch.receipts`; a long SMS once receipts account
+for every part) or, failing that, it is sent again after `dispatch.unknown_resend_after_seconds`
+(`notifier.dispatch.unknown`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from notifier.models import IN_FLIGHT_STATES, DeliveryEvent, Notification, utcnow
+from notifier.models import IN_FLIGHT_STATES, DeliveryEvent, MessagePart, Notification, utcnow
 
 PLANNED = "planned"
 SCHEDULED = "scheduled"
@@ -297,6 +298,16 @@ def _unnest_insert(table: sa.Table, keys: tuple[str, ...]) -> sa.Insert:
     """INSERT INTO table (keys) SELECT unnest(:a_key), …: built once per shape (see `_unnest_update`)."""
     given = _unnest(table, tuple((key, key) for key in keys))
     return sa.insert(table).from_select(list(keys), sa.select(*[given.c[key] for key in keys]))
+
+
+def drop_parts(session: Session, notification_ids: Sequence[int]) -> None:
+    """Forget the recorded parts of rows about to be sent again as a whole: the next attempt
+    numbers its parts from 1, and a receipt must never count an old attempt's part as the new
+    one's. The row's events keep the old provider ids."""
+    ids = sorted(set(notification_ids))
+    for start in range(0, len(ids), BULK_CHUNK):
+        session.execute(sa.delete(MessagePart.__table__).where(
+            among(session, MessagePart.__table__.c.notification_id, ids[start:start + BULK_CHUNK])))
 
 
 def is_postgresql(session: Session) -> bool:

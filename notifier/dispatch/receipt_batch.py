@@ -177,12 +177,9 @@ def _find_parts(session: Session, receipts: list[dict[str, Any]]) -> dict[int, i
 
 
 def _open_by_destination() -> sa.ColumnElement[bool]:
-    """A row a receipt naming an unrecorded message id may belong to: `unknown`, or `sent` with
-    parts still unaccounted for (an earlier such receipt resolved it)."""
-    part_count = (sa.select(sa.func.count()).select_from(MessagePart)
-                  .where(MessagePart.notification_id == Notification.id).scalar_subquery())
-    return sa.or_(Notification.state == UNKNOWN,
-                  sa.and_(Notification.state == SENT, part_count < sa.func.coalesce(Notification.parts, 1)))
+    """A row a receipt naming an unrecorded message id may belong to: `unknown` (a long SMS stays
+    `unknown` until a receipt accounts for each of its parts, see `_resolve_unknown_by_destination`)."""
+    return Notification.state == UNKNOWN
 
 
 def _destinations_with_open_rows(session: Session, receipts: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -201,31 +198,42 @@ def _destinations_with_open_rows(session: Session, receipts: list[dict[str, Any]
 
 
 def _resolve_unknown_by_destination(session: Session, receipt: dict[str, Any]) -> int | None:
-    """A receipt for a message we never recorded: it belongs to the row sent to that address whose
-    send was not recorded (`unknown`), or that such a receipt already resolved but whose other
-    parts are still unaccounted for. Returns the part created for it."""
+    """A receipt for a message we never recorded belongs to the row sent to that address whose
+    send was not recorded (`unknown`). Returns the part created for it.
+
+    The row becomes `sent` only once receipts account for every part: an SMSC that died between
+    the parts of a long SMS took the first ones and never the rest, and a row made `sent` by the
+    first receipt would wait for ever for the others. Until then it stays `unknown` (its wait
+    restarting with each receipt), so `unknown.requeue_stale_unknown` sends the whole message
+    again once the receipts had their chance."""
     from notifier.dispatch.outbox import transition
 
     part_count = (sa.select(sa.func.count()).select_from(MessagePart)
                   .where(MessagePart.notification_id == Notification.id).scalar_subquery())
     candidate = session.execute(
-        sa.select(Notification.id, Notification.claimed_at, part_count)
+        sa.select(Notification.id, Notification.claimed_at, Notification.parts, part_count)
         .where(Notification.channel == receipt["channel"], Notification.destination == receipt["destination"],
                _open_by_destination())
         .order_by(Notification.claimed_at.desc(), Notification.id.desc()).limit(1)
         .with_for_update(key_share=True, skip_locked=True)).first()
     if candidate is None:
         return None
-    notification_id, claimed_at, known_parts = candidate
+    notification_id, claimed_at, parts, known_parts = candidate
+    now = utcnow()
     part_id = session.execute(sa.insert(MessagePart).values(
         notification_id=notification_id, part_no=known_parts + 1, channel=receipt["channel"],
-        provider_message_id=receipt["provider_message_id"], state="sent", updated_at=utcnow())
+        provider_message_id=receipt["provider_message_id"], state="sent", updated_at=now)
         .returning(MessagePart.id)).scalar_one()
+    receipt["outcome"] = "resolved_unknown"
+    if known_parts + 1 < (parts or 1):
+        session.execute(sa.update(_NOTIFICATIONS).where(_NOTIFICATIONS.c.id == notification_id)
+                        .values(updated_at=now))
+        return int(part_id)
     transition(session, notification_id, expected=UNKNOWN, to_state=SENT, source="recovery",
                provider_status=receipt["raw_status"],
-               detail=f"a receipt for {receipt['provider_message_id']} proves the provider took it",
-               values={"sent_at": claimed_at or utcnow(), "claimed_by": None})
-    receipt["outcome"] = "resolved_unknown"
+               detail=f"a receipt for {receipt['provider_message_id']} proves the provider took it"
+                      + (f" (with {known_parts} earlier one(s): all {parts} parts)" if known_parts else ""),
+               values={"sent_at": claimed_at or now, "claimed_by": None})
     return int(part_id)
 
 

@@ -1,13 +1,16 @@
 """Deciding `unknown` rows once: a submit the provider may have taken is never simply sent again.
 
 An `unknown` row (the sender died, or the SMSC did not answer a submit in time) is settled by:
-- its receipt (`receipt_batch` resolves it by destination), or
+- its receipt (`receipt_batch` resolves it by destination; a long SMS needs one for every part:
+  an SMSC that died between the parts took only the first ones), or
 - an operator (`notifier campaign reconcile ID --resend | --mark-failed`), or
 - `requeue_stale_unknown`, after `dispatch.unknown_resend_after_seconds`, and only when the
   receipts had their chance: no receipt stored for that destination is still unapplied, and (for
   SMS) some SMPP session heard its SMSC at least `SESSION_SETTLE_SECONDS` after the row became
   unknown — an SMSC hands the receipts it kept for a dead session to the next bind, and a frozen
   SMSC sends nothing, so before that a missing receipt proves nothing.
+A resend sends the whole message again (under a fresh concatenation reference, so a handset
+never joins old and new parts); the parts recorded for the old attempt are dropped.
 Every resend is recorded as a DeliveryEvent `unknown → queued` whose detail starts with
 "resent after unknown", and counted in `campaign status`.
 """
@@ -20,7 +23,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from notifier.dispatch.outbox import FAILED, QUEUED, UNKNOWN, in_flight, transition
+from notifier.dispatch.outbox import FAILED, QUEUED, UNKNOWN, drop_parts, in_flight, transition
 from notifier.dispatch.receipt_batch import ID_MATCH_GRACE_SECONDS
 from notifier.dispatch.receipts import latest_session_alive
 from notifier.identifiers import mask_identifier
@@ -63,6 +66,7 @@ def requeue_stale_unknown(session: Session, *, after_seconds: int, smsc_hold_sec
                              f"hand them over; the provider most likely never took it",
                       values={"queued_at": utcnow(), "claimed_by": None}):
             requeued.append(nid)
+    drop_parts(session, requeued)  # a long SMS some of whose parts were taken goes again whole
     if requeued:
         log.warning("%d unknown notification(s) resent after %ds without a receipt", len(requeued), after_seconds)
     return requeued
@@ -92,8 +96,11 @@ def decide_unknown(session: Session, campaign_id: int, *, resend: bool, actor: s
     detail = (f"{RESENT_DETAIL}: decided by {actor}" if resend
               else f"marked failed by {actor}: the provider's answer was never known")
     values = {"queued_at": utcnow(), "claimed_by": None} if resend else {"reason": "unknown; marked failed by operator"}
-    return [nid for nid in ids if transition(session, nid, expected=UNKNOWN, to_state=to_state, source="operator",
-                                             detail=detail[:500], values=values)]
+    moved = [nid for nid in ids if transition(session, nid, expected=UNKNOWN, to_state=to_state, source="operator",
+                                              detail=detail[:500], values=values)]
+    if resend:
+        drop_parts(session, moved)
+    return moved
 
 
 def resent_after_unknown(session: Session, campaign_id: int) -> int:

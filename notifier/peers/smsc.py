@@ -8,7 +8,8 @@ including store-and-forward: receipts for an ESME that has gone wait for the nex
 same system_id (our crash recovery depends on that). Like a real SMSC it keeps those receipts
 across its own restart (a journal next to the log, `<log>.receipts`), answers a receipt refused
 with a temporary error again after `--receipt-retry` seconds, can answer submits late
-(`--answer-delay`), and sets TCP_NODELAY on its connections (smpp34 leaves Nagle on, which costs
+(`--answer-delay`), can die right after the N-th submit it takes, inside a long SMS
+(`--crash-after`), and sets TCP_NODELAY on its connections (smpp34 leaves Nagle on, which costs
 ~40 ms per multi-part message). Tests freeze it with SIGSTOP and kill/restart it by pid.
 
 A control port (`--control-port`, JSON lines) lets tests make it act like the network: `mo` sends a
@@ -37,7 +38,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -172,6 +173,8 @@ class _Smsc:
             return  # the session went away before we answered: not taken
         self._accepted += 1
         self._write_log(event, system_id, message_id, smpp34.ESME_ROK)
+        if self._args.crash_after is not None and self._accepted >= self._args.crash_after:
+            os._exit(137)  # a crash between two submits: what it took is logged and journaled, no more
         if receipt is not None:
             self._spawn(self._deliver(event.session_id, system_id, receipt, delay=self._args.receipt_delay))
 
@@ -358,6 +361,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="answer ESME_RTHROTTLED once N submits were accepted (a quota)")
     parser.add_argument("--throttle-above", type=int, default=None, metavar="R",
                         help="answer ESME_RTHROTTLED to submits beyond R accepted in the last second")
+    parser.add_argument("--crash-after", type=int, default=None, metavar="N",
+                        help="die (like kill -9) right after accepting the N-th submit, e.g. inside a long SMS")
     parser.add_argument("--control-port", type=int, default=None, help="JSON-lines control (mo, inject)")
     parser.add_argument("--relay", action="store_true",
                         help="front end on --port: logs binds, allows receiver/transmitter binds, inject")
@@ -560,7 +565,7 @@ class SmscPeer:
                  reject: dict[str, int] | None = None, reject_after: int | None = None,
                  throttle_above: int | None = None, answer_delay: float = 0.0,
                  receipt_retry: float = 1.0, relay: bool = False, tls_cert: Path | None = None,
-                 tls_key: Path | None = None) -> None:
+                 tls_key: Path | None = None, crash_after: int | None = None) -> None:
         self.log_path = Path(log_path).resolve()  # the server runs with the project as cwd
         self.port = port or free_port()
         self.fail_suffix = fail_suffix
@@ -572,6 +577,7 @@ class SmscPeer:
         self.answer_delay = answer_delay
         self.receipt_retry = receipt_retry
         self.relay = relay
+        self.crash_after = crash_after
         self.tls_cert, self.tls_key = tls_cert, tls_key
         self.control_port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
@@ -599,6 +605,8 @@ class SmscPeer:
             command += ["--reject-after", str(self.reject_after)]
         if self.throttle_above is not None:
             command += ["--throttle-above", str(self.throttle_above)]
+        if self.crash_after is not None:
+            command += ["--crash-after", str(self.crash_after)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
         self.log_path.touch()
@@ -610,6 +618,11 @@ class SmscPeer:
             self.stop()
             raise
         return self
+
+    @property
+    def running(self) -> bool:
+        """False once the server process has ended (`crash_after`, a kill)."""
+        return self._process is not None and self._process.poll() is None
 
     def freeze(self) -> None:
         """SIGSTOP: a hung SMSC (connections stay open, nothing is read or answered)."""
@@ -720,6 +733,15 @@ class SmscPeer:
             group.append(submit)
         return [_message(group) for group in groups]
 
+    def reassembled(self) -> Counter[str]:
+        """Complete messages per destination: what each handset shows as one whole SMS (a long
+        SMS of which some part never arrived is a fragment, not a message)."""
+        return Counter(message["destination"] for message in self.messages() if message["complete"])
+
+    def fragments(self) -> list[dict[str, Any]]:
+        """Long SMS of which some part never arrived (an SMSC that died between its parts)."""
+        return [message for message in self.messages() if not message["complete"]]
+
 
 def _encode_reply(text: str) -> tuple[int, bytes]:
     """(data_coding, payload) as a handset would send it: GSM-7 septets, one per octet, else UCS-2."""
@@ -755,7 +777,9 @@ def _message(group: list[dict[str, Any]]) -> dict[str, Any]:
     ordered = sorted(group, key=_seq)
     text = decode_parts([_part(submit) for submit in ordered], first["data_coding"],
                         esm_class=first["esm_class"])
+    header = _concat(first)
     return {"destination": first["destination_addr"], "text": text, "parts": len(group),
+            "complete": header is None or len({_seq(submit) for submit in group}) == header[1],
             "data_coding": first["data_coding"], "message_ids": [submit["message_id"] for submit in ordered]}
 
 
