@@ -60,15 +60,19 @@ _CONNECTION_ERRORS = (exceptions.ConnectionError, exceptions.PDUError, OSError)
 
 
 class PartiallySentError(TransientChannelError):
-    """A later part of a long SMS failed after earlier parts were accepted.
+    """A later part of a long SMS was refused after earlier parts were accepted.
 
-    Transient, because the message as a whole did not go out; `accepted_ids` lets the caller record
-    the parts the subscriber will receive anyway, so their receipts still match.
+    `accepted_ids` lets the caller record the parts the subscriber will receive anyway, so their
+    receipts still match; `retryable` says whether the refusal was temporary (a throttling SMSC
+    refusing the third part of a message at its rate limit): then the whole message can go again
+    later, under a fresh concatenation reference, and the handset shows it once, whole.
     """
 
-    def __init__(self, message: str, *, provider_status: str | None, accepted_ids: list[str]) -> None:
+    def __init__(self, message: str, *, provider_status: str | None, accepted_ids: list[str],
+                 retryable: bool = False) -> None:
         super().__init__(message, provider_status=provider_status)
         self.accepted_ids = accepted_ids
+        self.retryable = retryable
 
 
 
@@ -846,7 +850,8 @@ def _judge(outcomes: list[tuple[int, Any]]) -> list[str]:
     error = _status_error(refused[0])
     if ids:
         raise PartiallySentError(f"{len(refused)} of {len(outcomes)} part(s) refused: {error}",
-                                 provider_status=error.provider_status, accepted_ids=ids)
+                                 provider_status=error.provider_status, accepted_ids=ids,
+                                 retryable=isinstance(error, TransientChannelError))
     raise error
 
 

@@ -129,7 +129,7 @@ def test_a_dead_senders_row_becomes_unknown_and_a_receipt_resolves_it_by_destina
     with session_scope(database_url) as session:
         notification = add_notification(session, add_account(session, "A1"), state="sending")
         notification.claimed_by = f"{os.uname().nodename}:{dead.pid}"
-        notification.claimed_at = utcnow()
+        notification.claimed_at = utcnow() - timedelta(seconds=120)
         notification.parts = 1
     with session_scope(database_url) as session:
         assert mark_orphans_unknown(session, lease_seconds=600) == 1
@@ -187,6 +187,27 @@ def test_the_receipt_of_a_long_sms_last_part_makes_it_sent(database_url: str) ->
         moves = [(e.from_state, e.to_state) for e in session.exec(
             select(DeliveryEvent).where(DeliveryEvent.notification_id == notification.id).order_by(DeliveryEvent.id))]
         assert ("unknown", "sent") in moves and ("sent", "delivered") in moves
+
+
+def test_a_receipt_older_than_the_rows_claim_is_for_an_earlier_attempt(database_url: str) -> None:
+    """The first parts of a long SMS that a throttling SMSC cut short are not recorded (the whole
+    message goes again): their receipts must not settle the new attempt if it becomes unknown."""
+    with session_scope(database_url) as session:
+        notification = add_notification(session, add_account(session, "A1"), state="unknown")
+        notification.parts = 1
+        notification.claimed_at = utcnow() - timedelta(seconds=30)
+        old = record_receipt(session, _receipt("ab01", destination="+84912345678"))
+        old.received_at = utcnow() - timedelta(seconds=60)
+    with session_scope(database_url) as session:
+        assert apply_pending_receipts(session) == 0
+        assert session.get(Notification, notification.id).state == "unknown"
+    with session_scope(database_url) as session:
+        new = record_receipt(session, _receipt("ab02", destination="+84912345678"))
+        new.received_at = utcnow() - timedelta(seconds=10)
+    with session_scope(database_url) as session:
+        assert apply_pending_receipts(session) == 1
+        assert session.get(Notification, notification.id).state == "delivered"
+        assert session.get(InboundReceipt, old.id).applied_at is None  # an orphan once a day old
 
 
 def test_a_live_senders_row_is_left_alone(database_url: str) -> None:

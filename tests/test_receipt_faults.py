@@ -276,6 +276,21 @@ def test_smsc_dies_between_the_parts_of_a_long_sms(sqlite_url: str, tmp_path: Pa
     assert_one_sms_each(smsc, ACCOUNTS)
 
 
+def test_a_throttling_smsc_that_refuses_a_later_part_gets_the_whole_message_again(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """Our route allows more than the SMSC takes (it refuses parts beyond 11 in a second with
+    ESME_RTHROTTLED): some long SMS have their first parts accepted and a later one refused. Such a
+    message goes again whole after the backoff (a refusal is retryable) — never `failed` while the
+    SMSC would take it — and each handset joins exactly one complete message."""
+    with SmscPeer(tmp_path / "smsc.jsonl", receipt_delay=0.2, throttle_above=11) as smsc:
+        settings = make_settings(sqlite_url, smsc=smsc, dispatch={"sms_per_second": 60, "max_retries": 12})
+        campaign_id = load_uniform_campaign(sqlite_url, tmp_path / "in", accounts=30, channels=["sms"])
+        status = _finish(_run(campaign_id, _env(settings)))
+        assert status["by_channel"]["sms"] == {"delivered": 30}, status  # type: ignore[index]
+    assert smsc.fragments(), "the SMSC was meant to refuse a part inside some message"
+    assert_one_sms_each(smsc, 30)
+
+
 def test_kill_9_with_receipts_stored_but_not_applied_then_rerun(postgres_url: str, tmp_path: Path) -> None:
     with SmscPeer(tmp_path / "smsc.jsonl", receipt_delay=0.5) as smsc, SmtpSink() as smtp:
         settings = make_settings(postgres_url, smsc=smsc, smtp=smtp,

@@ -262,6 +262,7 @@ def test_throttling_is_transient_and_keeps_the_accepted_parts(start_peer, open_c
     assert partial.value.accepted_ids == [normalise_message_id(accepted["message_id"])]
     assert partial.value.provider_status == throttled.value.provider_status == "0x00000058"
     assert not isinstance(throttled.value, PartiallySentError)
+    assert partial.value.retryable  # the whole message may go again later
 
 
 def test_invalid_destination_is_permanent(start_peer, open_channel) -> None:

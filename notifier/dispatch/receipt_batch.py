@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 # `unknown` notification by destination instead (a normal race resolves in milliseconds).
 ID_MATCH_GRACE_SECONDS = 2
 ORPHAN_AFTER_SECONDS = 24 * 3600
+# How far the clocks of the host that claimed a row and the host that stored a receipt may differ.
+# A resend after a refusal waits at least 2 s, after `unknown` much longer: an earlier attempt's
+# receipts are older than the new claim by more than this.
+CLAIM_CLOCK_TOLERANCE_SECONDS = 1
 PENDING_BATCH = 500
 MAX_PAGES = 20  # per call: bounds one transaction; the next pass goes on
 # How far an SMSC's clock may run ahead of ours before its done time is not believed.
@@ -182,6 +186,14 @@ def _open_by_destination() -> sa.ColumnElement[bool]:
     return Notification.state == UNKNOWN
 
 
+def _claimed_before(received_at: datetime) -> sa.ColumnElement[bool]:
+    """The row's current attempt was claimed before the receipt came: an older receipt is for an
+    earlier attempt (the first parts of a long SMS whose last part a throttling SMSC refused, or
+    that an SMSC took before it died) and must not settle the attempt being sent now."""
+    return sa.or_(Notification.claimed_at.is_(None),
+                  Notification.claimed_at <= received_at + timedelta(seconds=CLAIM_CLOCK_TOLERANCE_SECONDS))
+
+
 def _destinations_with_open_rows(session: Session, receipts: list[dict[str, Any]]) -> set[tuple[str, str]]:
     """(channel, destination) of the receipts that have such a row, one query per chunk: a receipt
     that merely beat its send's recording (a loaded host: seconds) costs no query of its own on
@@ -213,7 +225,7 @@ def _resolve_unknown_by_destination(session: Session, receipt: dict[str, Any]) -
     candidate = session.execute(
         sa.select(Notification.id, Notification.claimed_at, Notification.parts, part_count)
         .where(Notification.channel == receipt["channel"], Notification.destination == receipt["destination"],
-               _open_by_destination())
+               _open_by_destination(), _claimed_before(receipt["received_at"]))
         .order_by(Notification.claimed_at.desc(), Notification.id.desc()).limit(1)
         .with_for_update(key_share=True, skip_locked=True)).first()
     if candidate is None:

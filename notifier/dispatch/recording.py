@@ -149,14 +149,19 @@ def _sort(send: Send, outcome: SendOutcome, moves: _Moves, *, max_attempts: int,
         # The provider may have it: sending again now could deliver it twice. Like a sender that
         # died mid-send, the row is `unknown` until its receipt or the resend delay (recovery).
         moves.unknown.append(RowMove(nid, provider_status=status, detail=f"outcome unknown: {outcome}"))
-    elif getattr(outcome, "accepted_ids", None):
-        # Part of a long SMS went out: sending it all again would duplicate those parts.
+    elif getattr(outcome, "accepted_ids", None) and (not getattr(outcome, "retryable", False)
+                                                     or send.attempt >= max_attempts):
+        # Part of a long SMS went out and the rest was refused for good: the row fails, the parts
+        # that went out are recorded so their receipts still match.
         accepted = list(outcome.accepted_ids)  # type: ignore[attr-defined]
         _fail(moves, nid, f"only {len(accepted)} part(s) accepted: {outcome}", status)
         moves.parts += [{"notification_id": nid, "part_no": number, "channel": send.channel,
                          "provider_message_id": message_id, "state": "sent"}
                         for number, message_id in enumerate(accepted, start=1)]
     elif isinstance(outcome, TransientChannelError):
+        # A temporary refusal — also of a later part of a long SMS (a throttling SMSC at its rate):
+        # the whole message goes again after the backoff, under a fresh concatenation reference, so
+        # the handset joins only the new parts; the first parts stay an unjoined fragment.
         if send.attempt >= max_attempts:
             _fail(moves, nid, f"gave up after {send.attempt} attempts: {outcome}", status)
         else:

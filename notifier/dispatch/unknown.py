@@ -5,9 +5,9 @@ An `unknown` row (the sender died, or the SMSC did not answer a submit in time) 
   an SMSC that died between the parts took only the first ones), or
 - an operator (`notifier campaign reconcile ID --resend | --mark-failed`), or
 - `requeue_stale_unknown`, after `dispatch.unknown_resend_after_seconds`, and only when the
-  receipts had their chance: no receipt stored for that destination is still unapplied, and (for
-  SMS) some SMPP session heard its SMSC at least `SESSION_SETTLE_SECONDS` after the row became
-  unknown — an SMSC hands the receipts it kept for a dead session to the next bind, and a frozen
+  receipts had their chance: no receipt stored for that destination since the row was claimed
+  is still unapplied, and (for SMS) some SMPP session heard its SMSC at least
+  `SESSION_SETTLE_SECONDS` after the row became unknown — an SMSC hands the receipts it kept for a dead session to the next bind, and a frozen
   SMSC sends nothing, so before that a missing receipt proves nothing.
 A resend sends the whole message again (under a fresh concatenation reference, so a handset
 never joins old and new parts); the parts recorded for the old attempt are dropped.
@@ -18,13 +18,13 @@ Every resend is recorded as a DeliveryEvent `unknown → queued` whose detail st
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from notifier.dispatch.outbox import FAILED, QUEUED, UNKNOWN, drop_parts, in_flight, transition
-from notifier.dispatch.receipt_batch import ID_MATCH_GRACE_SECONDS
+from notifier.dispatch.outbox import FAILED, QUEUED, UNKNOWN, among, drop_parts, in_flight, transition
+from notifier.dispatch.receipt_batch import CLAIM_CLOCK_TOLERANCE_SECONDS, ID_MATCH_GRACE_SECONDS
 from notifier.dispatch.receipts import latest_session_alive
 from notifier.identifiers import mask_identifier
 from notifier.models import RESENT_EVENT, Campaign, DeliveryEvent, InboundReceipt, Notification, utcnow
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 SESSION_SETTLE_SECONDS = ID_MATCH_GRACE_SECONDS + 1
 RESENT_DETAIL = "resent after unknown"
+CLAIM_CLOCK_TOLERANCE = timedelta(seconds=CLAIM_CLOCK_TOLERANCE_SECONDS)
+_CHUNK = 500
 
 
 def requeue_stale_unknown(session: Session, *, after_seconds: int, smsc_hold_seconds: float = 0.0) -> list[int]:
@@ -48,19 +50,21 @@ def requeue_stale_unknown(session: Session, *, after_seconds: int, smsc_hold_sec
     settle = timedelta(seconds=max(SESSION_SETTLE_SECONDS, smsc_hold_seconds))
     cutoff = utcnow() - timedelta(seconds=after_seconds)
     heard = latest_session_alive(session)
-    pending_receipt = sa.exists().where(
-        InboundReceipt.applied_at.is_(None), InboundReceipt.channel == Notification.channel,
-        InboundReceipt.destination == Notification.destination)
     stale = session.execute(
-        sa.select(Notification.id, Notification.channel, Notification.updated_at)
+        sa.select(Notification.id, Notification.channel, Notification.destination, Notification.claimed_at,
+                  Notification.updated_at)
         .join(Campaign, Campaign.id == Notification.campaign_id)
-        .where(in_flight(UNKNOWN), Notification.updated_at <= cutoff, ~pending_receipt,
+        .where(in_flight(UNKNOWN), Notification.updated_at <= cutoff,
                Campaign.state.notin_(("paused", "cancelled")))
         .order_by(Notification.id)).all()
+    waiting = _latest_pending_receipts(session, [(row.channel, row.destination) for row in stale])
     requeued = []
-    for nid, channel, since in stale:
+    for nid, channel, destination, claimed_at, since in stale:
         if channel == "sms" and (heard is None or heard < since + settle):
             continue  # no SMSC has talked to us since: its receipts may still be on their way
+        latest = waiting.get((channel, destination))
+        if latest is not None and (claimed_at is None or claimed_at <= latest + CLAIM_CLOCK_TOLERANCE):
+            continue  # a receipt stored since the claim is not applied yet: it may settle the row
         if transition(session, nid, expected=UNKNOWN, to_state=QUEUED, source="recovery",
                       detail=f"{RESENT_DETAIL}: no receipt within {after_seconds}s although the SMSC could "
                              f"hand them over; the provider most likely never took it",
@@ -70,6 +74,24 @@ def requeue_stale_unknown(session: Session, *, after_seconds: int, smsc_hold_sec
     if requeued:
         log.warning("%d unknown notification(s) resent after %ds without a receipt", len(requeued), after_seconds)
     return requeued
+
+
+def _latest_pending_receipts(session: Session, keys: list[tuple[str, str | None]]) -> dict[tuple[str, str], datetime]:
+    """(channel, destination) → when its newest unapplied receipt came, for these rows' addresses.
+    Compared with each row's claim in Python (clock tolerance included): a receipt older than the
+    claim is an earlier attempt's and waits as an orphan (`receipt_batch._claimed_before`)."""
+    found: dict[tuple[str, str], datetime] = {}
+    wanted = sorted({(channel, destination) for channel, destination in keys if destination})
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = set(wanted[start:start + _CHUNK])
+        rows = session.execute(
+            sa.select(InboundReceipt.channel, InboundReceipt.destination, sa.func.max(InboundReceipt.received_at))
+            .where(InboundReceipt.applied_at.is_(None),
+                   among(session, InboundReceipt.destination, sorted({d for _, d in chunk})))
+            .group_by(InboundReceipt.channel, InboundReceipt.destination))
+        found.update({(channel, destination): latest for channel, destination, latest in rows
+                      if (channel, destination) in chunk})
+    return found
 
 
 def unknown_notifications(session: Session, campaign_id: int) -> list[dict[str, object]]:
