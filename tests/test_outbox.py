@@ -65,6 +65,13 @@ def _receipt(message_id: str, status: str = "delivered", raw: str = "DELIVRD", *
     return Receipt(channel="sms", provider_message_id=message_id, status=status, raw_status=raw, **extra)
 
 
+def _stored_receipt(session, message_id: str, *, seconds_ago: float, status: str = "delivered") -> InboundReceipt:  # type: ignore[no-untyped-def]
+    """A receipt for the factory's number, as if it had come `seconds_ago` (past the id grace)."""
+    row = record_receipt(session, _receipt(message_id, status=status, destination="+84912345678"))
+    row.received_at = utcnow() - timedelta(seconds=seconds_ago)
+    return row
+
+
 def test_a_long_sms_is_delivered_only_when_every_part_is(database_url: str) -> None:
     with session_scope(database_url) as session:
         notification = _sent_with_parts(session, 3)
@@ -135,8 +142,7 @@ def test_a_dead_senders_row_becomes_unknown_and_a_receipt_resolves_it_by_destina
         assert mark_orphans_unknown(session, lease_seconds=600) == 1
         assert session.get(Notification, notification.id).state == "unknown"
     with session_scope(database_url) as session:
-        row = record_receipt(session, _receipt("ff01", destination="+84912345678"))
-        row.received_at = utcnow() - timedelta(seconds=60)
+        row = _stored_receipt(session, "ff01", seconds_ago=60)
     with session_scope(database_url) as session:
         assert apply_pending_receipts(session) == 1
         stored = session.get(Notification, notification.id)
@@ -156,8 +162,7 @@ def test_a_long_sms_stays_unknown_until_a_receipt_accounts_for_every_part(databa
         record_session_alive(session, owner="test", system_id="t", bound_at=utcnow())
     with session_scope(database_url) as session:
         for provider_id in ("ee01", "ee02"):
-            row = record_receipt(session, _receipt(provider_id, destination="+84912345678"))
-            row.received_at = utcnow() - timedelta(seconds=60)
+            _stored_receipt(session, provider_id, seconds_ago=60)
     with session_scope(database_url) as session:
         assert apply_pending_receipts(session) == 2
         stored = session.get(Notification, notification.id)
@@ -178,9 +183,8 @@ def test_the_receipt_of_a_long_sms_last_part_makes_it_sent(database_url: str) ->
         notification.parts = 2
         notification.claimed_at = utcnow() - timedelta(seconds=200)
     with session_scope(database_url) as session:
-        for provider_id, status in (("ef01", "delivered"), ("ef02", "delivered")):
-            row = record_receipt(session, _receipt(provider_id, destination="+84912345678", status=status))
-            row.received_at = utcnow() - timedelta(seconds=60)
+        for provider_id in ("ef01", "ef02"):
+            _stored_receipt(session, provider_id, seconds_ago=60)
     with session_scope(database_url) as session:
         assert apply_pending_receipts(session) == 2
         assert session.get(Notification, notification.id).state == "delivered"
@@ -196,14 +200,12 @@ def test_a_receipt_older_than_the_rows_claim_is_for_an_earlier_attempt(database_
         notification = add_notification(session, add_account(session, "A1"), state="unknown")
         notification.parts = 1
         notification.claimed_at = utcnow() - timedelta(seconds=30)
-        old = record_receipt(session, _receipt("ab01", destination="+84912345678"))
-        old.received_at = utcnow() - timedelta(seconds=60)
+        old = _stored_receipt(session, "ab01", seconds_ago=60)
     with session_scope(database_url) as session:
         assert apply_pending_receipts(session) == 0
         assert session.get(Notification, notification.id).state == "unknown"
     with session_scope(database_url) as session:
-        new = record_receipt(session, _receipt("ab02", destination="+84912345678"))
-        new.received_at = utcnow() - timedelta(seconds=10)
+        _stored_receipt(session, "ab02", seconds_ago=10)
     with session_scope(database_url) as session:
         assert apply_pending_receipts(session) == 1
         assert session.get(Notification, notification.id).state == "delivered"
