@@ -65,9 +65,9 @@ def _receipt(message_id: str, status: str = "delivered", raw: str = "DELIVRD", *
     return Receipt(channel="sms", provider_message_id=message_id, status=status, raw_status=raw, **extra)
 
 
-def _stored_receipt(session, message_id: str, *, seconds_ago: float, status: str = "delivered") -> InboundReceipt:  # type: ignore[no-untyped-def]
-    """A receipt for the factory's number, as if it had come `seconds_ago` (past the id grace)."""
-    row = record_receipt(session, _receipt(message_id, status=status, destination="+84912345678"))
+def _stored_receipt(session, message_id: str, *, seconds_ago: float) -> InboundReceipt:  # type: ignore[no-untyped-def]
+    """A delivery receipt for the factory's number, as if it had come `seconds_ago` (past the id grace)."""
+    row = record_receipt(session, _receipt(message_id, destination="+84912345678"))
     row.received_at = utcnow() - timedelta(seconds=seconds_ago)
     return row
 

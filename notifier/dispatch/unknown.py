@@ -7,8 +7,9 @@ An `unknown` row (the sender died, or the SMSC did not answer a submit in time) 
 - `requeue_stale_unknown`, after `dispatch.unknown_resend_after_seconds`, and only when the
   receipts had their chance: no receipt stored for that destination since the row was claimed
   is still unapplied, and (for SMS) some SMPP session heard its SMSC at least
-  `SESSION_SETTLE_SECONDS` after the row became unknown — an SMSC hands the receipts it kept for a dead session to the next bind, and a frozen
-  SMSC sends nothing, so before that a missing receipt proves nothing.
+  `SESSION_SETTLE_SECONDS` after the row became unknown — an SMSC hands the receipts it kept for
+  a dead session to the next bind, and a frozen SMSC sends nothing, so before that a missing
+  receipt proves nothing.
 A resend sends the whole message again (under a fresh concatenation reference, so a handset
 never joins old and new parts); the parts recorded for the old attempt are dropped.
 Every resend is recorded as a DeliveryEvent `unknown → queued` whose detail starts with
