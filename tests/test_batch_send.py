@@ -19,11 +19,12 @@ from sqlmodel import select
 
 from notifier.db import get_engine, session_scope
 from notifier.dispatch.delivery import claim_batch, deliver_batch
-from notifier.dispatch.recording import Send
+from notifier.dispatch.recording import BatchReport, Send, record_outcomes
 from notifier.dispatch.runtime import Runtime, make_runtime
-from notifier.models import Campaign, DeliveryEvent, Notification
+from notifier.models import Campaign, DeliveryEvent, MessagePart, Notification
 from notifier.peers.smsc import SmscPeer
 from channels.base import OutgoingMessage
+from channels.smpp import PartiallySentError
 from tests.conftest import make_settings
 from tests.factories import add_account, add_notification
 
@@ -272,3 +273,28 @@ def test_a_chunk_is_granted_before_its_claim_in_one_call(
     assert limiter.grants == [float(sum(parts))]
     per_destination = _once_each(smsc, 6)
     assert len(per_destination) == 6 and set(per_destination.values()) == {1}
+
+
+def test_a_later_part_refused_fails_for_good_only_when_the_refusal_is(database_url: str) -> None:
+    """The first part of a long SMS accepted, a later one refused: a lasting refusal fails the row
+    (its accepted part recorded, so the receipt still matches); a temporary one (a throttling SMSC)
+    puts it back in `queued` for the whole message to go again, until the attempts run out."""
+    ids = _add_rows(database_url, 3, state="sending")
+    refused = [PartiallySentError("1 of 2 part(s) refused", provider_status="0x00000045", accepted_ids=["a1"]),
+               PartiallySentError("1 of 2 part(s) refused", provider_status="0x00000058", accepted_ids=["b1"],
+                                  retryable=True),
+               PartiallySentError("1 of 2 part(s) refused", provider_status="0x00000058", accepted_ids=["c1"],
+                                  retryable=True)]
+    sends = [Send(nid, 0, "sms", attempt, OutgoingMessage(notification_id=nid, destination=_number(i), body="x"), 2)
+             for i, (nid, attempt) in enumerate(zip(ids, (1, 1, 6)))]
+    report = BatchReport()
+    with session_scope(database_url) as session:
+        record_outcomes(session, sends, refused, max_attempts=6, route_down_ms=1000,
+                        email_accepted_is_delivery=False, report=report)
+    with session_scope(database_url) as session:
+        states = [session.get(Notification, nid).state for nid in ids]
+        parts = {nid: [p.provider_message_id for p in session.exec(
+            select(MessagePart).where(MessagePart.notification_id == nid))] for nid in ids}
+    assert states == ["failed", "queued", "failed"]
+    assert parts == {ids[0]: ["a1"], ids[1]: [], ids[2]: ["c1"]}
+    assert any(ids[1] in retried for retried in report.retry.values())

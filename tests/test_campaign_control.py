@@ -16,6 +16,7 @@ from notifier.errors import InputError
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
 from tests.conftest import make_settings
+from tests.peer_counts import assert_one_sms_each
 from tests.test_crash_recovery import ACCOUNTS, _campaign
 
 
@@ -44,8 +45,7 @@ def _pause_and_resume(sqlite_url: str, tmp_path: Path, smsc: SmscPeer, smtp: Smt
     resumed = run_campaign(settings, campaign_id)
     assert resumed["state"] == "done"
     assert resumed["by_channel"]["sms"] == {"delivered": ACCOUNTS}
-    per_destination = collections.Counter(m["destination"] for m in smsc.messages())
-    assert len(per_destination) == ACCOUNTS and set(per_destination.values()) == {1}
+    assert_one_sms_each(smsc, ACCOUNTS)
 
 
 def test_cancel_stops_what_was_not_sent(database_url: str, tmp_path: Path) -> None:
@@ -90,8 +90,7 @@ def test_pause_reaches_every_worker_within_2_s_and_resume_sends_the_rest_once(
             resumed = run_campaign(settings, campaign_id)
         assert resumed["state"] == "done"
         assert resumed["by_channel"] == {"sms": {"delivered": ACCOUNTS}, "email": {"delivered": ACCOUNTS}}
-        per_destination = collections.Counter(m["destination"] for m in smsc.messages())
-        assert len(per_destination) == ACCOUNTS and set(per_destination.values()) == {1}
+        assert_one_sms_each(smsc, ACCOUNTS)
 
 
 def test_retry_sends_again_only_what_the_operator_chose(sqlite_url: str, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ ORPHAN_AFTER_SECONDS = 24 * 3600
 # How far the clocks of the host that claimed a row and the host that stored a receipt may differ.
 # A resend after a refusal waits at least 2 s, after `unknown` much longer: an earlier attempt's
 # receipts are older than the new claim by more than this.
-CLAIM_CLOCK_TOLERANCE_SECONDS = 1
+_CLAIM_CLOCK_TOLERANCE = timedelta(seconds=1)
 PENDING_BATCH = 500
 MAX_PAGES = 20  # per call: bounds one transaction; the next pass goes on
 # How far an SMSC's clock may run ahead of ours before its done time is not believed.
@@ -186,12 +186,18 @@ def _open_by_destination() -> sa.ColumnElement[bool]:
     return Notification.state == UNKNOWN
 
 
+def from_earlier_attempt(received_at: datetime, claimed_at: datetime | None) -> bool:
+    """A receipt that came before the row's current attempt was claimed (beyond the clocks'
+    tolerance) is for an earlier attempt — the first parts of a long SMS whose later part a
+    throttling SMSC refused, or that an SMSC took before it died — and must not settle, nor hold
+    back, the attempt being sent now. `_claimed_before` is the same rule in SQL."""
+    return claimed_at is not None and claimed_at > received_at + _CLAIM_CLOCK_TOLERANCE
+
+
 def _claimed_before(received_at: datetime) -> sa.ColumnElement[bool]:
-    """The row's current attempt was claimed before the receipt came: an older receipt is for an
-    earlier attempt (the first parts of a long SMS whose last part a throttling SMSC refused, or
-    that an SMSC took before it died) and must not settle the attempt being sent now."""
+    """`not from_earlier_attempt(received_at, notification.claimed_at)`, as a condition on rows."""
     return sa.or_(Notification.claimed_at.is_(None),
-                  Notification.claimed_at <= received_at + timedelta(seconds=CLAIM_CLOCK_TOLERANCE_SECONDS))
+                  Notification.claimed_at <= received_at + _CLAIM_CLOCK_TOLERANCE)
 
 
 def _destinations_with_open_rows(session: Session, receipts: list[dict[str, Any]]) -> set[tuple[str, str]]:

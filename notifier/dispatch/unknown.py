@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from notifier.dispatch.outbox import FAILED, QUEUED, UNKNOWN, among, drop_parts, in_flight, transition
-from notifier.dispatch.receipt_batch import CLAIM_CLOCK_TOLERANCE_SECONDS, ID_MATCH_GRACE_SECONDS
+from notifier.dispatch.receipt_batch import ID_MATCH_GRACE_SECONDS, from_earlier_attempt
 from notifier.dispatch.receipts import latest_session_alive
 from notifier.identifiers import mask_identifier
 from notifier.models import RESENT_EVENT, Campaign, DeliveryEvent, InboundReceipt, Notification, utcnow
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 SESSION_SETTLE_SECONDS = ID_MATCH_GRACE_SECONDS + 1
 RESENT_DETAIL = "resent after unknown"
-CLAIM_CLOCK_TOLERANCE = timedelta(seconds=CLAIM_CLOCK_TOLERANCE_SECONDS)
 _CHUNK = 500
 
 
@@ -64,7 +63,7 @@ def requeue_stale_unknown(session: Session, *, after_seconds: int, smsc_hold_sec
         if channel == "sms" and (heard is None or heard < since + settle):
             continue  # no SMSC has talked to us since: its receipts may still be on their way
         latest = waiting.get((channel, destination))
-        if latest is not None and (claimed_at is None or claimed_at <= latest + CLAIM_CLOCK_TOLERANCE):
+        if latest is not None and not from_earlier_attempt(latest, claimed_at):
             continue  # a receipt stored since the claim is not applied yet: it may settle the row
         if transition(session, nid, expected=UNKNOWN, to_state=QUEUED, source="recovery",
                       detail=f"{RESENT_DETAIL}: no receipt within {after_seconds}s although the SMSC could "
@@ -79,8 +78,8 @@ def requeue_stale_unknown(session: Session, *, after_seconds: int, smsc_hold_sec
 
 def _latest_pending_receipts(session: Session, keys: list[tuple[str, str | None]]) -> dict[tuple[str, str], datetime]:
     """(channel, destination) → when its newest unapplied receipt came, for these rows' addresses.
-    Compared with each row's claim in Python (clock tolerance included): a receipt older than the
-    claim is an earlier attempt's and waits as an orphan (`receipt_batch._claimed_before`)."""
+    Compared with each row's claim in Python: an earlier attempt's receipt waits as an orphan
+    (`receipt_batch.from_earlier_attempt`)."""
     found: dict[tuple[str, str], datetime] = {}
     wanted = sorted({(channel, destination) for channel, destination in keys if destination})
     for start in range(0, len(wanted), _CHUNK):
