@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 import functools
 import json
 import os
@@ -171,6 +172,21 @@ def sqlite_page_cache(driver_connection: Any, kib: int) -> Iterator[None]:
         yield
     finally:
         driver_connection.execute(f"PRAGMA main.cache_size = {int(previous)}")
+
+
+def sqlite_time(moment: datetime | None) -> str | None:
+    """A time as SQLAlchemy's SQLite `DateTime` stores it (naive UTC, always with microseconds).
+
+    SQLite compares stored times as text, so every writer that goes past SQLAlchemy's types (bulk
+    paths handing tuples to the driver) must write exactly this form; a naive time is refused, as
+    `models.UtcDateTime` refuses it."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime given to the database; use aware UTC datetimes")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 def dispose_engines() -> None:

@@ -6,14 +6,18 @@ import os
 import subprocess
 import sys
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
 
 from sqlmodel import select
 
 from channels.base import Receipt
 from notifier.db import session_scope
 from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, utcnow
-from notifier.dispatch.outbox import transition
+from notifier.dispatch.outbox import bulk_insert, bulk_update, transition
 from notifier.dispatch.receipts import (
     ReceiptStore, apply_pending_receipts, apply_receipt, record_receipt, record_session_alive,
 )
@@ -49,6 +53,31 @@ def test_transition_refuses_an_unexpected_state(database_url: str) -> None:
         notification = add_notification(session, add_account(session, "A1"), state="sent")
         assert not transition(session, notification.id, expected="queued", to_state="sending", source="test")
         assert session.get(Notification, notification.id).state == "sent"
+
+
+def test_bulk_writes_store_times_exactly_as_the_orm_does(database_url: str) -> None:
+    """The bulk paths hand SQLite plain tuples (`bulk_insert`, `bulk_update`): a time they write must
+    be the text SQLAlchemy writes, or comparisons between the two (a receipt's `received_at` against a
+    row's `claimed_at`) would be wrong by the format, not the clock."""
+    moment = datetime(2026, 12, 1, 3, 4, 5, tzinfo=UTC)  # no microseconds: the form most easily lost
+    local = moment.astimezone(ZoneInfo("Asia/Ho_Chi_Minh"))
+    with session_scope(database_url) as session:
+        notification = add_notification(session, add_account(session, "A1"))
+        session.add(DeliveryEvent(notification_id=notification.id, at=moment, from_state="a", to_state="b",
+                                  source="orm"))
+        bulk_insert(session, DeliveryEvent.__table__, [{"notification_id": notification.id, "at": local,
+                                                        "from_state": "a", "to_state": "b", "source": "bulk"}])
+        bulk_update(session, Notification.__table__, [{"b_id": notification.id, "b_at": local}],
+                    match={"id": "b_id"}, assign={"updated_at": "b_at"})
+    with session_scope(database_url) as session:
+        stored = session.execute(sa.text("SELECT source, CAST(at AS TEXT) FROM delivery_event ORDER BY id")).all()
+        assert stored[0][1] == stored[1][1]
+        assert sorted(session.exec(select(DeliveryEvent.source).where(DeliveryEvent.at == moment))) == ["bulk", "orm"]
+        assert session.exec(select(Notification.id).where(Notification.updated_at == moment)).all() == [notification.id]
+        with pytest.raises((ValueError, sa.exc.StatementError), match="naive datetime"):
+            bulk_insert(session, DeliveryEvent.__table__, [{"notification_id": notification.id,
+                                                            "at": moment.replace(tzinfo=None), "from_state": "a",
+                                                            "to_state": "b", "source": "naive"}])
 
 
 def _sent_with_parts(session, parts: int) -> Notification:  # type: ignore[no-untyped-def]

@@ -39,7 +39,7 @@ import operator
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from notifier.batching import chunks
-from notifier.db import empty_scratch_tables, plan_each_execution, sqlite_page_cache
+from notifier.db import empty_scratch_tables, plan_each_execution, sqlite_page_cache, sqlite_time
 from notifier.errors import InputError
 from notifier.identifiers import parse_timestamp
 from notifier.import_result import ImportResult
@@ -527,15 +527,7 @@ class _SqliteWriter(_Writer):
         self.cursor.execute("CREATE TEMP TABLE IF NOT EXISTS assignment_batch_range "
                             "(range_start TEXT, prefix_len INTEGER, since TEXT)")
 
-    @staticmethod
-    def time(moment: datetime | None) -> str | None:
-        """A time as SQLAlchemy's SQLite DateTime stores it (naive UTC, always with microseconds):
-        stored times are compared as text, so every writer must use this exact form."""
-        if moment is None:
-            return None
-        if moment.tzinfo is not UTC:
-            moment = moment.astimezone(UTC)
-        return moment.isoformat(" ", "microseconds")[:26]
+    time = staticmethod(sqlite_time)  # stored times are compared as text: SQLAlchemy's exact form
 
     def _fetch(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[Stored]:
         return self.cursor.execute(sql, parameters).fetchall()

@@ -45,7 +45,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from notifier.db import empty_scratch_tables, sqlite_page_cache
+from notifier.db import empty_scratch_tables, sqlite_page_cache, sqlite_time
 from notifier.errors import MatchError
 from notifier.identifiers import key_ip, key_network_start, stored_ip_key
 from notifier.models import (
@@ -234,8 +234,7 @@ class _Transport:
 
     def own_time(self, moment: datetime) -> object:
         """An aware datetime from a caller → the backend's raw form."""
-        moment = moment.astimezone(UTC)
-        return moment if self.postgres else moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return moment.astimezone(UTC) if self.postgres else sqlite_time(moment)
 
     def _aware_bounds(self, seen: datetime) -> tuple[datetime, datetime]:
         return seen - self.skew, seen + self.skew
