@@ -7,6 +7,7 @@ module only decides which device kind applies.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -17,19 +18,11 @@ DEFAULT_LANGUAGE = "vi"
 DEFAULT_KIND = "default"
 
 
+@functools.lru_cache(maxsize=64)
 def _language(language: str | None) -> str:
     """`vi-VN`, `EN` → `vi`, `en`; the default for anything else."""
     key = re.split(r"[-_]", (language or "").strip().lower(), maxsplit=1)[0]
     return key if key in DEVICE_HINTS else DEFAULT_LANGUAGE
-
-
-def _threat_words(threat: Mapping[str, Any] | str | None, category: str | None) -> set[str]:
-    """Lower-case words of a threat's name and category (`Android.Banker.FluBot` → 3 words)."""
-    if isinstance(threat, Mapping):
-        category = category or threat.get("category")
-        threat = threat.get("name")
-    text = " ".join(part for part in (threat, category) if part)
-    return {word for word in re.split(r"[^a-z0-9]+", text.lower()) if word}
 
 
 def device_kind(threat: Mapping[str, Any] | str | Iterable[str] | None, category: str | None = None) -> str:
@@ -37,10 +30,20 @@ def device_kind(threat: Mapping[str, Any] | str | Iterable[str] | None, category
 
     A list whose threats point at different devices gives `default`: the advice then covers all.
     """
-    if threat is not None and not isinstance(threat, (str, Mapping)):
+    if isinstance(threat, Mapping):
+        return _named_kind(threat.get("name"), category or threat.get("category"))
+    if threat is not None and not isinstance(threat, str):
         kinds = {device_kind(name, category) for name in threat if name}
         return kinds.pop() if len(kinds) == 1 else DEFAULT_KIND
-    words = _threat_words(threat, category)
+    return _named_kind(threat, category)
+
+
+@functools.lru_cache(maxsize=4096)
+def _named_kind(name: str | None, category: str | None) -> str:
+    """`device_kind` of one threat name and category, remembered: an SMS template asks for the
+    advice of the same threats once per variant it tries, thousands of messages a second."""
+    text = " ".join(str(part) for part in (name, category) if part)
+    words = {word for word in re.split(r"[^a-z0-9]+", text.lower()) if word}
     return next((kind for kind in DEVICE_ORDER if words & DEVICE_KEYWORDS[kind]), DEFAULT_KIND)
 
 

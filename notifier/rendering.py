@@ -19,6 +19,7 @@ without diacritics (`strip_sms_diacritics=True`) to fit in fewer GSM-7 parts.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import unicodedata
@@ -97,6 +98,7 @@ def tidy_plain_text(text: str) -> str:
     return unicodedata.normalize("NFC", joined)
 
 
+@functools.lru_cache(maxsize=64)
 def _language_key(language: str | None) -> str:
     """`vi-VN`, `VI`, `vi_VN` → `vi`; anything unusable → empty string."""
     if not language:
@@ -134,7 +136,20 @@ def format_localtime(
     `style` "short" drops the year (`21:14 ngày 19/11`), "compact" also the words (`21:14 19/11`).
     A date without a time (`date`, or an ISO `2026-11-02`) prints as a date (`02/11/2026`): it is
     already the subscriber's local day, and a made-up "00:00" would claim a time nobody gave.
+    Remembered (a pure function): an SMS template formats the same time once per variant it tries.
     """
+    try:
+        return _remembered_localtime(value, zone, language, style)
+    except TypeError:  # not hashable (a template passed a list): `parse_moment` decides
+        return _local_text(value, zone, language, style)
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_localtime(value: object, zone: ZoneInfo, language: str, style: str) -> str:
+    return _local_text(value, zone, language, style)
+
+
+def _local_text(value: object, zone: ZoneInfo, language: str, style: str) -> str:
     moment = parse_moment(value)
     if moment is None:
         return ""

@@ -317,6 +317,20 @@ def test_dates_format_without_a_time() -> None:
     assert format_localtime("2026-11-01T17:00:00+00:00", zone) == "00:00 ngày 02/11/2026"  # a real midnight
 
 
+def test_remembered_local_times_follow_the_instant_and_the_kind_of_value() -> None:
+    """`format_localtime` is remembered: the same instant written in another zone gives the same
+    text, a date is never mistaken for the midnight datetime that equals it in no zone, and a
+    value that cannot be remembered (a list a template passed by mistake) prints nothing."""
+    zone = Renderer(TEMPLATES_DIR).zone
+    moment = datetime(2026, 11, 30, 3, 4, tzinfo=UTC)
+    assert format_localtime(moment, zone) == "10:04 ngày 30/11/2026"
+    assert format_localtime(moment.astimezone(zone), zone) == "10:04 ngày 30/11/2026"
+    assert format_localtime(datetime(2026, 11, 2, tzinfo=UTC), zone) == "07:00 ngày 02/11/2026"
+    assert format_localtime(date(2026, 11, 2), zone) == "02/11/2026"
+    assert format_localtime(moment, zone, "en", "short") == "10:04 on 30 Nov"
+    assert format_localtime(["2026-11-02"], zone) == ""  # type: ignore[arg-type]
+
+
 # --- 4, 5, 6 on a real database: a leak list through import, matching, planning and rendering ----
 
 SUBSCRIBERS = [
