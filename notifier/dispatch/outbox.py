@@ -368,11 +368,15 @@ def _sqlite_update(dialect: sa.Dialect, table: sa.Table, assign: tuple[tuple[str
     return sql, _row_tuple(dialect, [(table.c[column].type, key) for column, key in (*assign, *match)])
 
 
+# A batch's rows share their times (the moment of the move, of the receipt pass): formatted once.
+_stored_time = functools.lru_cache(maxsize=512)(sqlite_time)
+
+
 def _row_tuple(dialect: sa.Dialect, columns: list[tuple[sa.types.TypeEngine[Any], str]]) -> Callable[[Any], tuple[Any, ...]]:
     """row dict → the driver's tuple: the values of `columns`' keys, each as its type binds it."""
     keys = [key for _, key in columns]
     pick = operator.itemgetter(*keys)
-    convert = [(position, sqlite_time if isinstance(type_, UtcDateTime) else type_._cached_bind_processor(dialect))
+    convert = [(position, _stored_time if isinstance(type_, UtcDateTime) else type_._cached_bind_processor(dialect))
                for position, (type_, _) in enumerate(columns)]
     convert = [(position, processor) for position, processor in convert if processor is not None]
     if len(keys) == 1:
