@@ -14,6 +14,7 @@ receipts (`channels.smpp_inbound`). `smpp.tls` runs both over TLS (`channels.smp
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -257,6 +258,9 @@ class SmppChannel:
         self._next_attempt = 0.0
         self._last_bind_failure = "not connected yet"  # why the last bind failed, for people
         self._stop = threading.Event()
+        # close() writes a byte here so the reader's select returns at once instead of after its
+        # poll (`_POLL_SECONDS`): that wait was part of the end of every `campaign run`.
+        self._waker, self._wake_reader = socket.socketpair()
         self._reader: threading.Thread | None = None
         self._writer = (ReceiptWriter(on_receipt, system_id=settings.system_id, current_client=lambda: self._client,
                                       reply_sink=on_reply, reply_timeout=settings.reply_timeout_seconds)
@@ -327,9 +331,14 @@ class SmppChannel:
     def close(self) -> None:
         """Stop the reader, unbind briefly (smpp34 never answers unbind) and fail waiting sends."""
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_reader.send(b"\0")
         reader = self._reader
         if reader is not None and reader is not threading.current_thread():
             reader.join(timeout=self._settings.connect_timeout_seconds + 1)
+        if reader is None or not reader.is_alive():
+            self._waker.close()
+            self._wake_reader.close()
         if self._writer is not None:  # store and answer what was read while the session is still up
             self._writer.stop(timeout=self._settings.connect_timeout_seconds + 1)
         with self._conn_lock:
@@ -632,8 +641,8 @@ class SmppChannel:
         sock = client.socket
         if sock is None:
             raise exceptions.ConnectionError("socket closed")
-        readable, _, _ = select.select([sock], [], [], _POLL_SECONDS)
-        if readable:
+        readable, _, _ = select.select([sock, self._waker], [], [], _POLL_SECONDS)
+        if sock in readable:
             self._read_from(client)
         self._keep_alive(client)
 
@@ -648,8 +657,8 @@ class SmppChannel:
             sockets[sock.fileno()] = session
         ready = [session for session in sessions if session.tls_context is not None and session.socket.pending()]
         if not ready:
-            readable, _, _ = select.select(list(sockets), [], [], _POLL_SECONDS)
-            ready = [sockets[fd] for fd in readable]
+            readable, _, _ = select.select([*sockets, self._waker.fileno()], [], [], _POLL_SECONDS)
+            ready = [sockets[fd] for fd in readable if fd in sockets]
         for session in ready:
             self._read_from(session)
         for session in sessions:

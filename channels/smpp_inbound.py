@@ -20,6 +20,7 @@ unanswered until its reply is stored (or given up on after `reply_timeout` and s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -49,6 +50,7 @@ RECEIPT_BATCH = 500
 RECEIPT_GAP_SECONDS = 0.005
 RECEIPT_LINGER_SECONDS = 0.05
 HEARTBEAT_SECONDS = 1.0
+IDLE_WAIT_SECONDS = 0.5  # an idle writer looks up this often (heartbeat, replies given up on)
 _RETRY_LATER = int(consts.SMPP_ESME_RX_T_APPN)
 _BACKOFF_INITIAL_SECONDS, _BACKOFF_MAX_SECONDS = 0.2, 5.0
 
@@ -62,6 +64,9 @@ class Inbound:
     client: Any  # the session it came on; the answer goes only to that session
     sequence: int
     reply: ReplyPart | None = None
+
+
+_WAKE = Inbound(receipt=None, client=None, sequence=0)  # neither receipt nor reply: stored as nothing
 
 
 class ReplySink(Protocol):
@@ -103,8 +108,11 @@ class ReceiptWriter:
         return True
 
     def stop(self, timeout: float) -> None:
-        """Store what is queued (answering the sessions still up), then end the thread."""
+        """Store what is queued (answering the sessions still up), then end the thread. Called
+        once the reader has stopped: everything to store is queued already."""
         self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_WAKE)  # a writer waiting for a first receipt ends at once
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=timeout)
@@ -128,7 +136,7 @@ class ReceiptWriter:
     def _take(self) -> list[Inbound]:
         """Wait briefly for a first receipt, then gather the ones that keep coming (see RECEIPT_GAP_SECONDS)."""
         try:
-            batch = [self._queue.get(timeout=0.1 if self._stop.is_set() else 0.5)]
+            batch = [self._queue.get_nowait() if self._stop.is_set() else self._queue.get(timeout=IDLE_WAIT_SECONDS)]
         except queue.Empty:
             return []
         closes = time.monotonic() + RECEIPT_LINGER_SECONDS

@@ -121,6 +121,30 @@ def test_receipts_arrive_with_matching_ids(start_peer, open_channel) -> None:
         assert receipt.done_at is not None and receipt.done_at.utcoffset() is not None
 
 
+@pytest.mark.parametrize("bind_mode", ["transceiver", "transmitter_receiver"])
+def test_closing_the_channel_ends_its_reader_and_writer_at_once(start_peer, open_channel, monkeypatch,
+                                                                bind_mode) -> None:
+    """`close` wakes the reader out of its select and the receipt writer out of its wait: with both
+    waits made 30 s long, a close that only set a flag would leave the threads running past its
+    joins (each waits the connect timeout + 1 s). Receipts read before the close are stored."""
+    import channels.smpp as smpp_module
+    import channels.smpp_inbound as inbound_module
+
+    monkeypatch.setattr(smpp_module, "_POLL_SECONDS", 30.0)
+    monkeypatch.setattr(inbound_module, "IDLE_WAIT_SECONDS", 30.0)
+    peer = start_peer(relay=bind_mode != "transceiver")
+    receipts = Receipts()
+    channel = open_channel(peer, receipts, bind_mode=bind_mode)
+    result = channel.send(message())
+    wait_until(lambda: set(receipts.by_id()) == set(result.provider_message_ids), "the receipt")
+    reader, writer = channel._reader, channel._writer._thread  # type: ignore[union-attr]
+
+    channel.close()
+
+    assert reader is not None and not reader.is_alive()
+    assert writer is not None and not writer.is_alive()
+
+
 def test_decimal_receipt_ids_match_through_alternative_ids(start_peer, open_channel) -> None:
     peer = start_peer(receipt_id_format="decimal")
     receipts = Receipts()

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # maintenance and progress once a second: counting a big campaign is not free
 MAINTENANCE_SECONDS = 1.0
-EMBEDDED_WORKER_TIMEOUT_MS = 100
+EMBEDDED_WORKER_TIMEOUT_MS = 20  # how long stopping the embedded worker waits for its threads' polls
 FINAL_POLL_SECONDS = 0.1  # `campaign run` polls this often once at most FINAL_ROWS rows are left
 FINAL_ROWS = 2000
 # Rows queued (and handed to the broker) per transaction when a run starts: the workers start on
