@@ -126,7 +126,7 @@ def test_closing_the_channel_ends_its_reader_and_writer_at_once(start_peer, open
                                                                 bind_mode) -> None:
     """`close` wakes the reader out of its select and the receipt writer out of its wait: with both
     waits made 30 s long, a close that only set a flag would leave the threads running past its
-    joins (each waits the connect timeout + 1 s). Receipts read before the close are stored."""
+    joins (each waits the connect timeout + 1 s)."""
     import channels.smpp as smpp_module
     import channels.smpp_inbound as inbound_module
 
@@ -143,6 +143,47 @@ def test_closing_the_channel_ends_its_reader_and_writer_at_once(start_peer, open
 
     assert reader is not None and not reader.is_alive()
     assert writer is not None and not writer.is_alive()
+
+
+class _HeldSink(Receipts):
+    """A sink whose first store waits until the test lets it go: receipts pile up behind it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release, self.holding = threading.Event(), threading.Event()
+        self.held = 0
+
+    def store(self, batch: list[Receipt]) -> None:
+        if not self.holding.is_set():
+            self.held = len(batch)
+            self.holding.set()
+            self.release.wait(60)
+        for receipt in batch:
+            self(receipt)
+
+
+def test_receipts_queued_when_the_channel_closes_are_stored(start_peer, open_channel) -> None:
+    """Receipts the reader queued while the writer was busy storing are stored by `close`, not
+    dropped: the writer drains its queue before it ends (nothing to wait for once the reader has
+    stopped)."""
+    peer = start_peer()
+    sink = _HeldSink()
+    channel = open_channel(peer, sink)
+    ids = list(channel.send(message(n=0)).provider_message_ids)
+    sink.holding.wait(60)  # the writer is inside its first store: the next receipts queue up
+    ids += [part for n in range(1, 5) for part in channel.send(message(n=n)).provider_message_ids]
+    queue = channel._writer._queue  # type: ignore[union-attr]
+    wait_until(lambda: sink.holding.is_set() and sink.held + queue.qsize() == len(ids),
+               "every receipt held or queued")
+    assert queue.qsize() > 0  # some wait in the queue when the close begins
+    closing = threading.Thread(target=channel.close)
+    closing.start()
+    wait_until(channel._writer._stop.is_set, "the writer told to stop")  # type: ignore[union-attr]
+    sink.release.set()  # only now does the writer come back for the queued receipts
+    closing.join(60)
+
+    assert not closing.is_alive()
+    assert set(sink.by_id()) == set(ids)
 
 
 def test_decimal_receipt_ids_match_through_alternative_ids(start_peer, open_channel) -> None:
