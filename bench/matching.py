@@ -19,7 +19,7 @@ Generates its data under a temporary directory, then measures, in one run:
       it; only those calls are timed (the events are generated in between). events/s and CPU µs per
       event (this process; for PostgreSQL also the server backends');
   (c2) the same M events stored pending beforehand (untimed) and matched by `match_feed`, which
-      writes each outcome by an UPDATE of the stored row: how a stored feed is matched again;
+      writes each outcome by an UPDATE of the stored row: how a stored feed is matched again (`feed match`);
   (d) the same events matched "the way an operator would write it": one indexed SQL query per
       event, on a sample (20,000 events), extrapolated; events/s and the ratios (c)/(d) and
       (c2)/(d). Like (c), the baseline decides and writes nothing.

@@ -97,8 +97,8 @@ def feed_kinds(session: Session, feed: Feed) -> frozenset[str]:
 
 def create_campaign(
     session: Session, *, feed_id: int, template: str, channels: list[str], name: str | None = None,
-    again: bool = False, catalog: TemplateCatalog | None = None, cooldown_days: float | None = None,
-    now: datetime | None = None,
+    again: bool = False, untold: bool = False, catalog: TemplateCatalog | None = None,
+    cooldown_days: float | None = None, now: datetime | None = None,
 ) -> PlanSummary:
     """Create a campaign for a feed's matched accounts and plan its notifications.
 
@@ -110,6 +110,12 @@ def create_campaign(
     A second campaign for the same feed on a channel an earlier one (not cancelled) already uses
     is refused unless `again`: it would warn the same subscribers twice on that channel.
 
+    `untold` plans only the feed's matched items that no warning tells or holds yet (none in
+    `notification_item`): items matched after an earlier campaign (`identity.rematch`), or a second
+    story an `auto` campaign left out. It may follow earlier campaigns on the same channels, since
+    it cannot tell an item twice; the cooldown then also counts this feed's own earlier warnings,
+    so an account told of a threat hours ago has its newly matched sighting of it attached there.
+
     Cooldown (`cooldown_days`, default `identity.cooldown_days`; 0 turns it off): an account whose
     new events all name threats it was already warned about, on any channel, by a warning created
     in the last `cooldown_days` (from another feed, and in a state that reaches the subscriber) gets
@@ -120,6 +126,12 @@ def create_campaign(
     feed = session.get(Feed, feed_id)
     if feed is None:
         raise NotFoundError("feed", feed_id)
+    if untold and again:
+        raise InputError("--again plans every matched account again, --untold only the events no warning "
+                         "tells yet: give one of them")
+    if untold and feed.kind == ADVISORY:
+        raise InputError(f"feed {feed_id} is an advisory: it has no events to tell later (use --again for a "
+                         "second campaign)")
     catalog = catalog or load_catalog()
     if template == AUTO:
         catalog.check_auto(feed_id=feed_id, feed_kinds=feed_kinds(session, feed))
@@ -127,20 +139,21 @@ def create_campaign(
         catalog.check_fits(template, feed_id=feed_id, feed_kinds=feed_kinds(session, feed))
     earlier = next((c for c in session.exec(select(Campaign).where(
         Campaign.feed_id == feed_id, Campaign.state != "cancelled")) if set(c.channel_list) & set(channels)), None)
-    if earlier is not None and not again:
+    if earlier is not None and not (again or untold):
         raise InputError(f"feed {feed_id} already has campaign {earlier.id} on {earlier.channels} "
                          "(use --again for a second one)")
-    campaign = Campaign(feed_id=feed_id, template=template, channels=",".join(channels),
-                        name=name or f"{template} – feed {feed_id} ({feed.filename})")
+    default_name = f"{template} – feed {feed_id} ({feed.filename})" + (", events not told before" if untold else "")
+    campaign = Campaign(feed_id=feed_id, template=template, channels=",".join(channels), name=name or default_name)
     session.add(campaign)
     session.flush()
     since = _cooldown_start(cooldown_days, now)
     request = _request_details(feed)
     totals: Counter[str] = Counter()
     templates: Counter[str] = Counter()
-    for batch in _account_batches(session, feed):  # memory holds one batch of accounts, not the feed
-        items_by_account = {} if feed.kind == ADVISORY else _matched_items(session, feed_id, batch)
-        warned = _recent_warnings(session, batch, feed_id, since) if since and items_by_account else {}
+    for batch in _account_batches(session, feed, untold):  # memory holds one batch of accounts, not the feed
+        items_by_account = {} if feed.kind == ADVISORY else _matched_items(session, feed_id, batch, untold)
+        warned = (_recent_warnings(session, batch, None if untold else feed_id, since)
+                  if since and items_by_account else {})
         accounts = {a.id: a for a in session.exec(select(Account).where(Account.id.in_(batch)))}
         contacts = _contacts(session, batch)
         rows, items_per_row, attachments = [], [], []
@@ -231,12 +244,12 @@ def _insert_plan(session: Session, rows: list[dict[str, object]], items_per_row:
         session.execute(insert_ignoring_duplicates(session, NotificationItem.__table__), links)
 
 
-def _account_batches(session: Session, feed: Feed) -> Iterator[list[int]]:
+def _account_batches(session: Session, feed: Feed, untold: bool) -> Iterator[list[int]]:
     """The accounts to plan for, PLAN_BATCH ids at a time, in id order: a feed's matched accounts,
     or an advisory's segment (read by keyset, so ten million accounts are never one list)."""
     if feed.kind != ADVISORY:
-        account_ids = session.exec(select(FeedItem.account_id).where(
-            FeedItem.feed_id == feed.id, FeedItem.status == "matched").distinct().order_by(FeedItem.account_id)).all()
+        account_ids = session.exec(select(FeedItem.account_id).where(*_plannable(feed.id or 0, untold))
+                                   .distinct().order_by(FeedItem.account_id)).all()
         yield from chunks([account_id for account_id in account_ids if account_id is not None], PLAN_BATCH)
         return
     conditions = segment_conditions(_request_details(feed).get("segment"))
@@ -325,10 +338,11 @@ def _threat_key(kind: str | None, threat: str | None) -> ThreatKey:
 
 
 def _recent_warnings(
-    session: Session, account_ids: list[int], feed_id: int, since: datetime
+    session: Session, account_ids: list[int], other_than_feed: int | None, since: datetime
 ) -> dict[int, dict[ThreatKey, int]]:
     """For each account of the batch, the threats it was warned about since `since` on any channel
-    by a campaign on another feed, each with the latest such warning's id. One query per batch."""
+    (by a campaign on another feed than `other_than_feed`, when given), each with the latest such
+    warning's id. One query per batch."""
     query = (
         sa.select(Notification.account_id, Notification.id, FeedItem.kind, FeedItem.threat)
         .join(NotificationItem, NotificationItem.notification_id == Notification.id)
@@ -336,7 +350,8 @@ def _recent_warnings(
         .join(Campaign, Campaign.id == Notification.campaign_id)
         .where(Notification.account_id.in_(account_ids), Notification.created_at >= since,
                Notification.state.not_in(NOT_REACHING_STATES),
-               sa.or_(Campaign.feed_id.is_(None), Campaign.feed_id != feed_id))
+               sa.true() if other_than_feed is None
+               else sa.or_(Campaign.feed_id.is_(None), Campaign.feed_id != other_than_feed))
         .distinct()
         .order_by(Notification.id)
     )
@@ -360,11 +375,19 @@ def _cooldown_attachments(items: list[FeedItem], warned: dict[ThreatKey, int] | 
     return links
 
 
-def _matched_items(session: Session, feed_id: int, account_ids: list[int]) -> dict[int, list[FeedItem]]:
+def _plannable(feed_id: int, untold: bool) -> list[sa.ColumnElement[bool]]:
+    """The feed's items a campaign plans for: the matched ones, with `untold` only those no
+    notification links (neither told nor attached by the cooldown)."""
+    conditions = [FeedItem.feed_id == feed_id, FeedItem.status == "matched"]
+    if untold:
+        conditions.append(~sa.exists().where(NotificationItem.feed_item_id == FeedItem.id))
+    return conditions
+
+
+def _matched_items(session: Session, feed_id: int, account_ids: list[int], untold: bool) -> dict[int, list[FeedItem]]:
     grouped: dict[int, list[FeedItem]] = defaultdict(list)
     for item in session.exec(
-        select(FeedItem).where(FeedItem.feed_id == feed_id, FeedItem.status == "matched",
-                               FeedItem.account_id.in_(account_ids)).order_by(FeedItem.id)
+        select(FeedItem).where(*_plannable(feed_id, untold), FeedItem.account_id.in_(account_ids)).order_by(FeedItem.id)
     ):
         grouped[item.account_id or 0].append(item)
     return dict(grouped)

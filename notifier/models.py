@@ -319,6 +319,9 @@ class NotificationItem(SQLModel, table=True):
     """Which feed items a notification warns about (many events aggregate into one warning)."""
 
     __tablename__ = "notification_item"
+    # The way back, item → warnings (migration 0015): a follow-up campaign (`--untold`) asks of every
+    # matched item whether a warning tells or holds it yet.
+    __table_args__ = (sa.Index("ix_notification_item_feed_item", "feed_item_id"),)
 
     notification_id: int = Field(foreign_key="notification.id", primary_key=True)
     feed_item_id: int = Field(foreign_key="feed_item.id", primary_key=True)

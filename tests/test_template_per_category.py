@@ -262,6 +262,23 @@ def test_a_device_already_warned_about_lets_the_new_leak_be_told(database_url: s
         assert len(_linked_lines(session, earlier)) == 2  # the first FluBot sighting and this one
 
 
+def test_the_story_a_campaign_left_out_is_told_by_an_untold_campaign(database_url: str, tmp_path: Path) -> None:
+    """The leak of an account told about its infected phone is left unlinked; a follow-up campaign
+    on the same feed and channel (`untold`) tells it, to that account alone, and only once."""
+    with session_scope(database_url) as session:
+        feed_id = _one_feed(session, tmp_path)
+        first = create_campaign(session, feed_id=feed_id, template="auto", channels=["sms"])
+        assert first.untold == 1
+        follow_up = create_campaign(session, feed_id=feed_id, template="auto", channels=["sms"], untold=True)
+        assert (follow_up.accounts, follow_up.planned, follow_up.attached, follow_up.untold) == (1, 1, 0, 0)
+        [(ref, told)] = _by_account(session, follow_up.campaign_id).items()
+        assert ref == "DEVICE_AND_LEAK" and json.loads(told.context)["template"] == "leaked_credentials"
+        device = _by_account(session, first.campaign_id)["DEVICE_AND_LEAK"]
+        assert set(_linked_lines(session, told)).isdisjoint(_linked_lines(session, device))
+        again = create_campaign(session, feed_id=feed_id, template="auto", channels=["sms"], untold=True)
+        assert (again.accounts, again.planned) == (0, 0)
+
+
 # --- an explicit template is unchanged ---------------------------------------------------------------
 
 

@@ -29,6 +29,9 @@ def campaign_create(
                                           help="Ordered channel chain, e.g. sms,email.")] = "sms,email",
     name: Annotated[str | None, typer.Option(parser=fits("campaign.name"), help="A name for people.")] = None,
     again: Annotated[bool, typer.Option("--again", help="Allow a second campaign on the same feed and channel.")] = False,
+    untold: Annotated[bool, typer.Option("--untold", help="Only the feed's matched events no warning tells yet "
+                                         "(matched later by `feed match`, or a story an earlier campaign left "
+                                         "out); may follow earlier campaigns on the same channels.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Plan a campaign: one notification per matched account and channel (an advisory feed: per
@@ -43,7 +46,7 @@ def campaign_create(
     catalog = check_campaign_templates(settings.templates_dir, template)
     with session_scope(settings.database_url) as session:
         plan = create_campaign(session, feed_id=feed, template=template, channels=parse_channels(channels),
-                               name=name, again=again, catalog=catalog)
+                               name=name, again=again, untold=untold, catalog=catalog)
     if as_json:
         print_json({"id": plan.campaign_id, "accounts": plan.accounts, "planned": plan.planned,
                      "suppressed": plan.suppressed, "attached": plan.attached, "templates": plan.templates,
@@ -57,7 +60,8 @@ def campaign_create(
                   markup=False, highlight=False)
     if plan.untold:
         err.print(f"{plan.untold} account(s) also have leaked-data events in this feed that their infected-device "
-                  "warning does not tell (left unlinked, so a later leak warning is not held back)",
+                  f"warning does not tell (left unlinked: `campaign create --feed {feed} --untold` warns of them "
+                  "later)",
                   markup=False, highlight=False)
 
 

@@ -123,6 +123,30 @@ def feed_import(
     err.print("matched {matched}, unmatched {unmatched}, ambiguous {ambiguous}".format(**result.counts))
 
 
+@feed_app.command("match")
+@cli_errors
+def feed_match(feed_id: IdArgument, as_json: JsonOption = False) -> None:
+    """Match a stored feed's unmatched and ambiguous events again, against the assignments and
+    subscribers stored now (logs or customers that arrived after the feed). Matched events keep
+    their account; warn the newly matched with `campaign create --feed ID --untold`."""
+    from notifier.db import session_scope
+    from notifier.identity.rematch import match_feed_again
+
+    with session_scope(get_settings().database_url) as session:
+        rematch = match_feed_again(session, feed_id)
+    totals = rematch.totals
+    if as_json:
+        print_json({"id": feed_id, "decided_again": rematch.decided_again, "newly_matched": rematch.newly_matched,
+                    "matched": totals.matched, "unmatched": totals.unmatched, "ambiguous": totals.ambiguous})
+        return
+    err.print(f"feed {feed_id}: {rematch.decided_again} unmatched or ambiguous event(s) matched again, "
+              f"{rematch.newly_matched} of them now matched; the feed now has matched {totals.matched}, "
+              f"unmatched {totals.unmatched}, ambiguous {totals.ambiguous}", markup=False, highlight=False)
+    if rematch.newly_matched:
+        err.print(f"warn the newly matched accounts with `notifier campaign create --feed {feed_id} --untold`",
+                  markup=False, highlight=False)
+
+
 @feed_app.command("show")
 @cli_errors
 def feed_show(
