@@ -5,6 +5,7 @@ logs are in (`feed match`), matched events keep their account, and a follow-up c
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from notifier.db import session_scope
 from notifier.errors import InputError
 from notifier.identity.rematch import match_feed_again
 from notifier.importing import import_assignments, import_feed
-from notifier.models import Account, Feed, FeedItem, Notification, NotificationItem
+from notifier.models import Account, Feed, FeedItem, Notification, NotificationItem, utcnow
 from tests.factories import add_account, write_csv
 
 runner = CliRunner()
@@ -175,3 +176,28 @@ def test_feed_match_and_campaign_create_untold_from_the_command_line(cli_db: str
     assert both.exit_code == 2 and both.output.startswith("error: --again plans every matched account again")
     missing = runner.invoke(app, ["feed", "match", "999"])
     assert missing.exit_code == 2 and missing.output.startswith("error:") and "Traceback" not in missing.output
+
+
+def test_recent_feeds_with_events_left_are_matched_again_in_one_command(cli_db: str, tmp_path: Path) -> None:
+    """The nightly job after the log import: every feed of the last days with unmatched or ambiguous
+    events is matched again; an older one, and one with nothing left to decide, are not touched."""
+    with session_scope(cli_db) as session:
+        waiting = _feed_before_its_logs(session, tmp_path)
+        settled = import_feed(session, write_csv(tmp_path / "2026-11-21-event4_sinkhole-vn.csv", SINKHOLE, [
+            ["2026-11-20 12:00:00", TOLD_IP, "40000", "sinkhole", "mirai", ""]]), fmt="shadowserver").id
+        old = import_feed(session, write_csv(tmp_path / "2026-11-10-event4_sinkhole-vn.csv", SINKHOLE, [
+            ["2026-11-20 12:00:00", LATE_IP, "40000", "sinkhole", "mirai", ""]]), fmt="shadowserver").id
+        session.execute(sa.update(Feed).where(Feed.id == old).values(imported_at=utcnow() - timedelta(days=10)))
+        _late_logs(session, tmp_path, [("HN1", LATE_IP)])
+    result = runner.invoke(app, ["feed", "match", "--recent-days", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [(feed["id"], feed["newly_matched"]) for feed in json.loads(result.stdout)] == [(waiting, 1)]
+    with session_scope(cli_db) as session:
+        assert session.get(Feed, old).unmatched == 1 and session.get(Feed, settled).matched == 1
+    again = runner.invoke(app, ["feed", "match", "--recent-days", "3"])  # its one unmatched line is still unmatched
+    assert again.exit_code == 0
+    assert f"feed {waiting}: 1 unmatched or ambiguous event(s) matched again, 0 of them now matched" in again.output
+    assert "--untold" not in again.output
+    for args in ([], [str(waiting), "--recent-days", "3"]):
+        refused = runner.invoke(app, ["feed", "match", *args])
+        assert refused.exit_code == 2 and "give a feed id or --recent-days N" in refused.output

@@ -90,6 +90,11 @@ def id_option(help_text: str) -> Any:
 IdArgument = Annotated[int, typer.Argument(parser=_row_id)]
 
 
+def optional_id_argument(help_text: str) -> Any:
+    """An id argument that may be left out, when an option can name the rows instead."""
+    return typer.Argument(parser=_row_id, show_default=False, help=help_text)
+
+
 def fits(column: str) -> Callable[[str], str]:
     """A parser for a text option stored in `table.column`: longer text is refused with the limit
     models.py declares, instead of a PostgreSQL error (or, on SQLite, a value kept over length)."""

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from notifier.commands.common import (IdArgument, JsonOption, TzOption, cli_errors, err, fields_table, fits,
-                                      json_value, out, print_import, print_json, table)
+                                      json_value, optional_id_argument, out, print_import, print_json, table)
 from notifier.settings import get_settings
 
 subscribers_app = typer.Typer(help="The operator's customer export.", no_args_is_help=True)
@@ -125,25 +125,48 @@ def feed_import(
 
 @feed_app.command("match")
 @cli_errors
-def feed_match(feed_id: IdArgument, as_json: JsonOption = False) -> None:
+def feed_match(
+    feed_id: Annotated[int | None, optional_id_argument("The feed (or --recent-days).")] = None,
+    recent_days: Annotated[int | None, typer.Option(
+        "--recent-days", min=1, help="Every feed imported in the last N days that still has unmatched or "
+                                     "ambiguous events (after a nightly log import).")] = None,
+    as_json: JsonOption = False,
+) -> None:
     """Match a stored feed's unmatched and ambiguous events again, against the assignments and
     subscribers stored now (logs or customers that arrived after the feed). Matched events keep
     their account; warn the newly matched with `campaign create --feed ID --untold`."""
-    from notifier.db import session_scope
-    from notifier.identity.rematch import match_feed_again
+    from datetime import timedelta
 
-    with session_scope(get_settings().database_url) as session:
-        rematch = match_feed_again(session, feed_id)
-    totals = rematch.totals
+    from notifier.db import session_scope
+    from notifier.identity.rematch import feeds_to_match_again, match_feed_again
+    from notifier.models import utcnow
+
+    if (feed_id is None) == (recent_days is None):
+        raise typer.BadParameter("give a feed id or --recent-days N", param_hint="'FEED_ID'")
+    database_url = get_settings().database_url
+    if feed_id is not None:
+        feed_ids = [feed_id]
+    else:
+        with session_scope(database_url) as session:
+            feed_ids = feeds_to_match_again(session, imported_since=utcnow() - timedelta(days=recent_days or 0))
+    results = []
+    for one in feed_ids:  # a transaction per feed: a large one does not hold the others back
+        with session_scope(database_url) as session:
+            rematch = match_feed_again(session, one)
+        totals = rematch.totals
+        results.append({"id": one, "decided_again": rematch.decided_again, "newly_matched": rematch.newly_matched,
+                        "matched": totals.matched, "unmatched": totals.unmatched, "ambiguous": totals.ambiguous})
+        if not as_json:
+            err.print(f"feed {one}: {rematch.decided_again} unmatched or ambiguous event(s) matched again, "
+                      f"{rematch.newly_matched} of them now matched; the feed now has matched {totals.matched}, "
+                      f"unmatched {totals.unmatched}, ambiguous {totals.ambiguous}", markup=False, highlight=False)
+            if rematch.newly_matched:
+                err.print(f"warn the newly matched accounts with `notifier campaign create --feed {one} --untold`",
+                          markup=False, highlight=False)
     if as_json:
-        print_json({"id": feed_id, "decided_again": rematch.decided_again, "newly_matched": rematch.newly_matched,
-                    "matched": totals.matched, "unmatched": totals.unmatched, "ambiguous": totals.ambiguous})
-        return
-    err.print(f"feed {feed_id}: {rematch.decided_again} unmatched or ambiguous event(s) matched again, "
-              f"{rematch.newly_matched} of them now matched; the feed now has matched {totals.matched}, "
-              f"unmatched {totals.unmatched}, ambiguous {totals.ambiguous}", markup=False, highlight=False)
-    if rematch.newly_matched:
-        err.print(f"warn the newly matched accounts with `notifier campaign create --feed {feed_id} --untold`",
+        print_json(results[0] if feed_id is not None else results)
+    elif not feed_ids:
+        err.print(f"no feed imported in the last {recent_days} day(s) has unmatched or ambiguous events",
                   markup=False, highlight=False)
 
 

@@ -15,14 +15,17 @@ everyone in it twice (`import_feed` refuses it), so the stored items are decided
 
 The feed row's counts follow. Newly matched accounts are warned by a campaign that plans only the
 items no warning tells yet (`create_campaign(..., untold=True)`, `campaign create --untold`).
+After a nightly log import, `feeds_to_match_again` names the recent feeds worth it (from the
+counts on their rows, without reading their items), so a scheduled job can match them all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from notifier.errors import NotFoundError
 from notifier.identity.matching import MatchCounts, feed_match_counts, match_feed
@@ -62,3 +65,10 @@ def match_feed_again(session: Session, feed_id: int, *, skew_seconds: float | No
     session.add(feed)
     return Rematch(feed_id, decided_again, totals.matched - matched_before, totals)
 
+
+
+def feeds_to_match_again(session: Session, *, imported_since: datetime) -> list[int]:
+    """Feeds imported since `imported_since` that still have unmatched or ambiguous events, oldest
+    first (read from the feed rows' counts, which every import and `match_feed_again` keep)."""
+    return list(session.exec(select(Feed.id).where(
+        Feed.imported_at >= imported_since, sa.or_(Feed.unmatched > 0, Feed.ambiguous > 0)).order_by(Feed.id)).all())
