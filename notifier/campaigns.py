@@ -110,9 +110,9 @@ def create_campaign(
     A second campaign for the same feed on a channel an earlier one (not cancelled) already uses
     is refused unless `again`: it would warn the same subscribers twice on that channel.
 
-    `untold` plans only the feed's matched items that no warning tells or holds yet (none in
-    `notification_item`): items matched after an earlier campaign (`identity.rematch`), or a second
-    story an `auto` campaign left out. It may follow earlier campaigns on the same channels, since
+    `untold` plans only the feed's matched items that no warning tells or holds yet (`_plannable`):
+    items matched after an earlier campaign (`identity.rematch`), a second story an `auto` campaign
+    left out, or items whose warnings never reached anyone (suppressed, cancelled, failed). It may follow earlier campaigns on the same channels, since
     it cannot tell an item twice; the cooldown then also counts this feed's own earlier warnings,
     so an account told of a threat hours ago has its newly matched sighting of it attached there.
 
@@ -376,11 +376,14 @@ def _cooldown_attachments(items: list[FeedItem], warned: dict[ThreatKey, int] | 
 
 
 def _plannable(feed_id: int, untold: bool) -> list[sa.ColumnElement[bool]]:
-    """The feed's items a campaign plans for: the matched ones, with `untold` only those no
-    notification links (neither told nor attached by the cooldown)."""
+    """The feed's items a campaign plans for: the matched ones; with `untold` only those no warning
+    tells or holds (linked, told or attached by the cooldown) in a state that reaches the
+    subscriber: an item whose only warning was suppressed, cancelled or failed is still untold."""
     conditions = [FeedItem.feed_id == feed_id, FeedItem.status == "matched"]
     if untold:
-        conditions.append(~sa.exists().where(NotificationItem.feed_item_id == FeedItem.id))
+        conditions.append(~sa.exists().where(NotificationItem.feed_item_id == FeedItem.id,
+                                             Notification.id == NotificationItem.notification_id,
+                                             Notification.state.not_in(NOT_REACHING_STATES)))
     return conditions
 
 

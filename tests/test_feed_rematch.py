@@ -122,6 +122,18 @@ def test_an_untold_campaign_warns_only_the_newly_matched(database_url: str, tmp_
         assert (nothing_left.accounts, nothing_left.planned) == (0, 0)
 
 
+def test_an_event_whose_warning_never_went_out_is_still_untold(database_url: str, tmp_path: Path) -> None:
+    """The first campaign was cancelled before it sent anything: its events count as untold."""
+    with session_scope(database_url) as session:
+        feed_id = _feed_before_its_logs(session, tmp_path)
+        first = create_campaign(session, feed_id=feed_id, template="infected_device", channels=["sms"])
+        session.execute(sa.update(Notification).where(Notification.campaign_id == first.campaign_id)
+                        .values(state="cancelled"))
+        follow_up = create_campaign(session, feed_id=feed_id, template="infected_device", channels=["sms"],
+                                    untold=True)
+        assert (follow_up.accounts, follow_up.planned) == (1, 1)
+
+
 def test_a_late_sighting_of_a_threat_already_told_joins_that_warning(database_url: str, tmp_path: Path) -> None:
     """HN2 was warned of Mirai from this feed; its second Mirai sighting, matched only once the log
     of its other address came in, is attached to that warning, not sent again hours later."""

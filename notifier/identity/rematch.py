@@ -66,7 +66,6 @@ def match_feed_again(session: Session, feed_id: int, *, skew_seconds: float | No
     return Rematch(feed_id, decided_again, totals.matched - matched_before, totals)
 
 
-
 def feeds_to_match_again(session: Session, *, imported_since: datetime) -> list[int]:
     """Feeds imported since `imported_since` that still have unmatched or ambiguous events, oldest
     first (read from the feed rows' counts, which every import and `match_feed_again` keep)."""
