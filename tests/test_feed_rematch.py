@@ -213,3 +213,10 @@ def test_recent_feeds_with_events_left_are_matched_again_in_one_command(cli_db: 
     for args in ([], [str(waiting), "--recent-days", "3"]):
         refused = runner.invoke(app, ["feed", "match", *args])
         assert refused.exit_code == 2 and "give a feed id or --recent-days N" in refused.output
+
+
+def test_no_recent_feed_left_to_match_is_said_in_one_line(cli_db: str) -> None:
+    result = runner.invoke(app, ["feed", "match", "--recent-days", "3"])
+    assert result.exit_code == 0
+    assert result.output.strip() == "no feed imported in the last 3 day(s) has unmatched or ambiguous events"
+    assert json.loads(runner.invoke(app, ["feed", "match", "--recent-days", "3", "--json"]).stdout) == []
