@@ -38,9 +38,8 @@ from channels.billing import (
 )
 from notifier.db import session_scope
 from notifier.dispatch.delivery import reference_code, template_context
-from notifier.dispatch.outbox import (
-    DELIVERED, FAILED, PLANNED, SENT, RowMove, among, bulk_insert, is_postgresql, transition_rows,
-)
+from notifier.dispatch.outbox import RowMove, among, bulk_insert, is_postgresql, transition_rows
+from notifier.dispatch.states import DELIVERED, FAILED, PLANNED, SENT
 from notifier.errors import InputError
 from notifier.import_result import ImportResult
 from notifier.ingest.records import Rejection

@@ -27,9 +27,9 @@ from notifier.ingest.records import DATE_PRECISION
 from notifier.models import (
     Account, Campaign, ContactPoint, Feed, FeedItem, Notification, NotificationItem, utcnow,
 )
-from notifier.dispatch.outbox import (
-    ALL_STATES, CANCELLED, EXPIRED, FAILED, PLANNED, QUEUED, SCHEDULED, SUPPRESSED, UNDELIVERED, drop_parts,
-    transition_many,
+from notifier.dispatch.outbox import drop_parts, transition_many
+from notifier.dispatch.states import (
+    ALL_STATES, CANCELLED, EXPIRED, FAILED, PLANNED, QUEUED, SCHEDULED, SUPPRESSED, UNDELIVERED,
 )
 from notifier.ingest.ais import ADVISORY
 from notifier.template_catalog import TemplateCatalog, load_catalog

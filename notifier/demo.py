@@ -16,7 +16,7 @@ from notifier.db import session_scope, upgrade
 from notifier.demo_data import DemoFiles, generate
 from notifier.dispatch.loops import run_campaign
 from notifier.importing import file_sha256, find_feed_by_digest, import_assignments, import_feed, import_subscribers
-from notifier.dispatch.outbox import ACCEPTED_STATES, DELIVERED, SUPPRESSED
+from notifier.dispatch.states import ACCEPTED_STATES, DELIVERED, SUPPRESSED
 from notifier.peers.smsc import SmscPeer
 from notifier.peers.smtp_sink import SmtpSink
 from notifier.settings import Settings

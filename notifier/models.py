@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+from notifier.dispatch.states import IN_FLIGHT_STATES
+
 
 # `covers_until` of an interval that has no end yet: far enough for any event, and still a valid
 # datetime in every zone we print (9999-12-31 would overflow at +07:00).
@@ -262,8 +264,7 @@ class Campaign(SQLModel, table=True):
         return [name for name in self.channels.split(",") if name]
 
 
-# The states maintenance looks for in every campaign, and ix_notification_in_flight's condition (PostgreSQL).
-IN_FLIGHT_STATES = ("queued", "sending", "unknown")
+# ix_notification_in_flight's condition (PostgreSQL): the states maintenance looks for in every campaign.
 IN_FLIGHT_ROWS = sa.text("state IN ({})".format(", ".join(f"'{state}'" for state in IN_FLIGHT_STATES)))
 
 

@@ -261,7 +261,7 @@ CAMPAIGN_LIST_COUNTS = ("planned", "queued", "sent", "delivered", "failed", "sup
 
 def _campaign_rows(campaigns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The table's rows: the usual counts always, any other state only when some campaign has it."""
-    from notifier.dispatch.outbox import ALL_STATES
+    from notifier.dispatch.states import ALL_STATES
 
     shown = [s for s in ALL_STATES if s in CAMPAIGN_LIST_COUNTS or any(c["counts"][s] for c in campaigns)]
     return [{"id": c["id"], "feed": c["feed_id"], "template": c["template"], "channels": ",".join(c["channels"]),
@@ -308,7 +308,7 @@ class _progress:
         self.task = self.bar.add_task("sending", total=None, detail="")
 
     def update(self, status: dict[str, Any]) -> None:
-        from notifier.dispatch.outbox import PENDING_STATES
+        from notifier.dispatch.states import PENDING_STATES
 
         if self.bar is None:
             self._start()

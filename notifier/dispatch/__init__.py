@@ -1,6 +1,7 @@
 """The send path: from outbox rows to the provider and back.
 
-- `outbox`: notification states and the one compare-and-set that moves them;
+- `states`: the names of a notification's states, and the groups of them the code asks about;
+- `outbox`: the one compare-and-set that moves a notification between states;
 - `loops`: `campaign run` (queue, maintain, follow) and `notifier worker`;
 - `actors`: the broker and the dramatiq actor (ids only);
 - `runtime`: a process's open channels, renderer and rate limiters;

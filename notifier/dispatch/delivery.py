@@ -25,7 +25,8 @@ from channels.base import OutgoingMessage, SendOutcome, send_all
 from notifier.db import session_scope
 from notifier.errors import InputError, NotifierError, RouteUnreachableError
 from notifier.models import Account, Campaign, Notification, utcnow
-from notifier.dispatch.outbox import FAILED, QUEUED, SENDING, UNKNOWN, RowMove, among, transition_rows
+from notifier.dispatch.outbox import RowMove, among, transition_rows
+from notifier.dispatch.states import FAILED, QUEUED, SENDING, UNKNOWN
 from notifier.dispatch.ratelimit import Paced, is_throttling
 from notifier.dispatch.redrive import keep_in_hand, let_go
 from notifier.dispatch.recording import (

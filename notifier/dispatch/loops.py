@@ -37,7 +37,8 @@ from notifier.db import session_scope
 from notifier.dispatch.delivery import HELD_CAMPAIGN_STATES
 from notifier.errors import ConfigError, NotifierError, RouteUnreachableError
 from notifier.models import Campaign, Notification, utcnow
-from notifier.dispatch.outbox import PENDING_STATES, PLANNED, QUEUED, SENT, in_flight, transition_many
+from notifier.dispatch.outbox import in_flight, transition_many
+from notifier.dispatch.states import PENDING_STATES, PLANNED, QUEUED, SENT
 from notifier.dispatch.progress import poll_pause
 from notifier.dispatch.recovery import run_maintenance
 from notifier.dispatch.redrive import Availability, hand_over, mark_enqueued, outage_errors

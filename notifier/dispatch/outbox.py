@@ -1,4 +1,5 @@
-"""Notification states and the one way to change them: a compare-and-set that records an event.
+"""The one way to change a notification's state: a compare-and-set that records an event (the
+state names are in `notifier.dispatch.states`).
 
     planned → queued → sending → sent → delivered
     exits: suppressed, cancelled, failed, undelivered, expired, unknown
@@ -23,30 +24,8 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from notifier.db import sqlite_time
-from notifier.models import IN_FLIGHT_STATES, DeliveryEvent, MessagePart, Notification, UtcDateTime, utcnow
-
-PLANNED = "planned"
-SCHEDULED = "scheduled"
-QUEUED = "queued"
-SENDING = "sending"
-SENT = "sent"
-DELIVERED = "delivered"
-SUPPRESSED = "suppressed"
-CANCELLED = "cancelled"
-FAILED = "failed"
-UNDELIVERED = "undelivered"
-EXPIRED = "expired"
-UNKNOWN = "unknown"
-
-ALL_STATES = (
-    PLANNED, SCHEDULED, QUEUED, SENDING, SENT, DELIVERED,
-    SUPPRESSED, CANCELLED, FAILED, UNDELIVERED, EXPIRED, UNKNOWN,
-)
-# Rows that still need work from us before the campaign is done.
-PENDING_STATES = frozenset({PLANNED, SCHEDULED, QUEUED, SENDING, UNKNOWN})
-# Rows the provider accepted: they count as sent in reports.
-ACCEPTED_STATES = frozenset({SENT, DELIVERED, UNDELIVERED, EXPIRED})
-FINAL_STATES = frozenset({DELIVERED, SUPPRESSED, CANCELLED, FAILED, UNDELIVERED, EXPIRED})
+from notifier.dispatch.states import IN_FLIGHT_STATES
+from notifier.models import DeliveryEvent, MessagePart, Notification, UtcDateTime, utcnow
 
 
 def in_flight(state: str) -> sa.ColumnElement[bool]:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from notifier.campaigns import campaign_status
-from notifier.dispatch.outbox import PENDING_STATES, SENT
+from notifier.dispatch.states import PENDING_STATES, SENT
 from notifier.models import Notification, utcnow
 
 RATE_WINDOW_SECONDS = 10.0

@@ -25,9 +25,8 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from channels.base import RECEIPT_DELIVERED, RECEIPT_EXPIRED, RECEIPT_FAILED, RECEIPT_PENDING, RECEIPT_UNDELIVERED
-from notifier.dispatch.outbox import (
-    DELIVERED, EXPIRED, SENT, UNDELIVERED, UNKNOWN, among, bulk_insert, bulk_update,
-)
+from notifier.dispatch.outbox import among, bulk_insert, bulk_update
+from notifier.dispatch.states import DELIVERED, EXPIRED, SENT, UNDELIVERED, UNKNOWN
 from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, utcnow
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,8 @@ from notifier.errors import (
 )
 from notifier.identifiers import mask_identifier
 from notifier.models import MessagePart, Notification, utcnow
-from notifier.dispatch.outbox import (
-    DELIVERED, FAILED, QUEUED, SENDING, SENT, SUPPRESSED, UNKNOWN, RowMove, bulk_insert, transition_rows,
-)
+from notifier.dispatch.outbox import RowMove, bulk_insert, transition_rows
+from notifier.dispatch.states import DELIVERED, FAILED, QUEUED, SENDING, SENT, SUPPRESSED, UNKNOWN
 from notifier.redaction import one_line, redact
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from sqlmodel import Session
 
 from notifier.db import session_scope
 from notifier.models import Notification, utcnow
-from notifier.dispatch.outbox import SENDING, UNKNOWN, in_flight, transition
+from notifier.dispatch.outbox import in_flight, transition
+from notifier.dispatch.states import SENDING, UNKNOWN
 from notifier.dispatch.receipts import ID_MATCH_GRACE_SECONDS, apply_pending_receipts
 from notifier.dispatch.redrive import Availability, broker_errors, hand_over, outage_errors, redrive_stale
 from notifier.dispatch.runtime import host_name

@@ -29,7 +29,8 @@ from sqlmodel import Session
 
 from notifier.db import session_scope
 from notifier.models import Campaign, Notification, utcnow
-from notifier.dispatch.outbox import QUEUED, in_flight
+from notifier.dispatch.outbox import in_flight
+from notifier.dispatch.states import QUEUED
 
 log = logging.getLogger(__name__)
 

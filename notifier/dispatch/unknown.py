@@ -24,7 +24,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from notifier.dispatch.outbox import FAILED, QUEUED, UNKNOWN, among, drop_parts, in_flight, transition
+from notifier.dispatch.outbox import among, drop_parts, in_flight, transition
+from notifier.dispatch.states import FAILED, QUEUED, UNKNOWN
 from notifier.dispatch.receipt_batch import ID_MATCH_GRACE_SECONDS, from_earlier_attempt
 from notifier.dispatch.receipts import latest_session_alive
 from notifier.identifiers import mask_identifier
