@@ -220,3 +220,25 @@ def test_no_recent_feed_left_to_match_is_said_in_one_line(cli_db: str) -> None:
     assert result.exit_code == 0
     assert result.output.strip() == "no feed imported in the last 3 day(s) has unmatched or ambiguous events"
     assert json.loads(runner.invoke(app, ["feed", "match", "--recent-days", "3", "--json"]).stdout) == []
+
+
+def test_an_import_of_logs_or_customers_points_at_the_feeds_waiting_for_them(cli_db: str, tmp_path: Path) -> None:
+    with session_scope(cli_db) as session:
+        _feed_before_its_logs(session, tmp_path)
+    hint = "1 feed(s) of the last 7 days still have unmatched or ambiguous events; match them again with " \
+           "`notifier feed match --recent-days 7`"
+    logs = runner.invoke(app, ["assignments", "import", str(_sessions(tmp_path, "late.csv", [("HN1", LATE_IP)]))])
+    assert logs.exit_code == 0 and hint in logs.output
+    customers = write_csv(tmp_path / "customers.csv", ["account_id", "full_name", "msisdn"],
+                          [["HN9", "Trần Thị Bình", "0912345600"]])
+    imported = runner.invoke(app, ["subscribers", "import", str(customers)])
+    assert imported.exit_code == 0 and hint in imported.output
+    as_json = runner.invoke(app, ["assignments", "import", str(tmp_path / "late.csv"), "--json"])
+    assert as_json.exit_code == 0 and "feed match" not in as_json.output  # one JSON document, nothing else
+    assert json.loads(as_json.stdout)["accepted"] == 1
+    runner.invoke(app, ["feed", "match", "--recent-days", "7"])  # HN1's line is matched; the nobody line stays
+    with session_scope(cli_db) as session:
+        session.execute(sa.update(FeedItem).where(FeedItem.status == "unmatched").values(status="rejected"))
+        session.execute(sa.update(Feed).values(unmatched=0))
+    quiet = runner.invoke(app, ["assignments", "import", str(tmp_path / "late.csv")])
+    assert quiet.exit_code == 0 and "feed match" not in quiet.output

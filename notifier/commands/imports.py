@@ -42,6 +42,8 @@ def subscribers_import(
         mapping = load_column_map(column_map) if column_map else settings.subscribers.columns or None
         result = import_subscribers(session, file, tz=tz or settings.timezone, column_map=mapping)
     print_import(result, as_json, "subscribers")
+    if not as_json and result.accepted:
+        _hint_feeds_to_match(settings.database_url)
 
 
 @assignments_app.command("import")
@@ -61,6 +63,25 @@ def assignments_import(
     with session_scope(settings.database_url) as session:
         result = import_assignments(session, file, fmt=fmt, tz=tz or settings.timezone, settings=settings)
     print_import(result, as_json, "assignments")
+    if not as_json and result.accepted:
+        _hint_feeds_to_match(settings.database_url)
+
+
+def _hint_feeds_to_match(database_url: str) -> None:
+    """After new assignments or subscribers: the recent feeds they may complete, and the command
+    (`feed match` decides their unmatched lines again; nothing does it unasked)."""
+    from datetime import timedelta
+
+    from notifier.db import session_scope
+    from notifier.identity.rematch import RECENT_FEED_DAYS, feeds_to_match_again
+    from notifier.models import utcnow
+
+    with session_scope(database_url) as session:
+        waiting = feeds_to_match_again(session, imported_since=utcnow() - timedelta(days=RECENT_FEED_DAYS))
+    if waiting:
+        err.print(f"{len(waiting)} feed(s) of the last {RECENT_FEED_DAYS} days still have unmatched or ambiguous "
+                  f"events; match them again with `notifier feed match --recent-days {RECENT_FEED_DAYS}`",
+                  markup=False, highlight=False)
 
 
 @assignments_app.command("purge")

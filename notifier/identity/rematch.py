@@ -33,6 +33,9 @@ from notifier.models import Feed, FeedItem
 
 # The outcomes that new assignments or subscribers can change; `matched` and `rejected` are final.
 UNDECIDED_STATUSES = ("pending", "unmatched", "ambiguous")
+# How far back an assignment or subscriber import looks for feeds it may complete (a hint only):
+# the Authority's reports are about the last days, and logs arrive within a day or two.
+RECENT_FEED_DAYS = 7
 
 
 @dataclass(frozen=True)
