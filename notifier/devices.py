@@ -13,16 +13,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from notifier.content import DEVICE_HINTS, DEVICE_KEYWORDS, DEVICE_ORDER, SMS_ADVICE
+from notifier.languages import DEFAULT_LANGUAGE, language_in
 
-DEFAULT_LANGUAGE = "vi"
 DEFAULT_KIND = "default"
-
-
-@functools.lru_cache(maxsize=64)
-def _language(language: str | None) -> str:
-    """`vi-VN`, `EN` → `vi`, `en`; the default for anything else."""
-    key = re.split(r"[-_]", (language or "").strip().lower(), maxsplit=1)[0]
-    return key if key in DEVICE_HINTS else DEFAULT_LANGUAGE
 
 
 def device_kind(threat: Mapping[str, Any] | str | Iterable[str] | None, category: str | None = None) -> str:
@@ -54,11 +47,11 @@ def device_hint(
 
     `threat` is the context's `threat` mapping (name and category are read) or a threat name.
     """
-    return DEVICE_HINTS[_language(language)][device_kind(threat, category)]
+    return DEVICE_HINTS[language_in(language, DEVICE_HINTS)][device_kind(threat, category)]
 
 
 def sms_advice(threats: Mapping[str, Any] | str | Iterable[str] | None, level: str,
                language: str = DEFAULT_LANGUAGE) -> str:
     """The steps an SMS gives for these threats' device, at a length `level` (`full`, `standard`,
     `compact`, `short`; each no longer than the one before)."""
-    return SMS_ADVICE[_language(language)][device_kind(threats)][level]
+    return SMS_ADVICE[language_in(language, SMS_ADVICE)][device_kind(threats)][level]

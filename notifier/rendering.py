@@ -40,6 +40,7 @@ from notifier.content import (
 )
 from notifier.devices import device_hint, sms_advice
 from notifier.errors import InputError
+from notifier.languages import DEFAULT_LANGUAGE, language_key
 from notifier.safe_labels import (
     MAX_DATA_CLASS_CHARS, MAX_DESCRIPTION_CHARS, safe_label, source_label, threat_label, threat_labels,
 )
@@ -47,7 +48,6 @@ from notifier.sms import GSM7, sms_encoding
 from notifier.spoken import spoken_address, spoken_code, spoken_digits, spoken_time
 
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
-DEFAULT_LANGUAGE = "vi"
 CHANNEL_FILES: dict[str, tuple[str, ...]] = {
     "sms": ("sms.txt.j2",),
     "email": ("email_subject.txt.j2", "email.txt.j2", "email.html.j2"),
@@ -96,15 +96,6 @@ def tidy_plain_text(text: str) -> str:
     lines = (line.rstrip() for line in text.strip().splitlines())
     joined = _BLANK_LINES_RE.sub("\n\n", "\n".join(lines))
     return unicodedata.normalize("NFC", joined)
-
-
-@functools.lru_cache(maxsize=64)
-def _language_key(language: str | None) -> str:
-    """`vi-VN`, `VI`, `vi_VN` → `vi`; anything unusable → empty string."""
-    if not language:
-        return ""
-    key = re.split(r"[-_]", language.strip().lower(), maxsplit=1)[0]
-    return key if _NAME_RE.match(key) else ""
 
 
 def parse_moment(value: object) -> datetime | date | None:
@@ -158,7 +149,7 @@ def _local_text(value: object, zone: ZoneInfo, language: str, style: str) -> str
         local: date = _as_utc(moment).astimezone(zone)
     else:
         local, formats = moment, DATE_FORMATS
-    styles = formats.get(_language_key(language), formats[DEFAULT_LANGUAGE])
+    styles = formats.get(language_key(language), formats[DEFAULT_LANGUAGE])
     pattern = styles.get(style, styles["full"])
     return pattern.format(
         hm=local.strftime("%H:%M"), d=local.day, m=local.month, y=local.year, mon=MONTHS_EN[local.month - 1]
@@ -168,7 +159,7 @@ def _local_text(value: object, zone: ZoneInfo, language: str, style: str) -> str
 def data_class_label(code: str, language: str = DEFAULT_LANGUAGE) -> str:
     """The subscriber-facing name of a leaked data class (`national_id` → `số CCCD/CMND`); a code
     we do not know is feed text, printed only as a safe label ("" if none remains)."""
-    labels = DATA_CLASS_LABELS.get(_language_key(language), DATA_CLASS_LABELS[DEFAULT_LANGUAGE])
+    labels = DATA_CLASS_LABELS.get(language_key(language), DATA_CLASS_LABELS[DEFAULT_LANGUAGE])
     return labels.get(code.strip().lower()) or safe_label(code, MAX_DATA_CLASS_CHARS)
 
 
@@ -179,7 +170,7 @@ def leak_labels(codes: Iterable[str], language: str = DEFAULT_LANGUAGE, limit: i
     """
     rank = {code: index for index, code in enumerate(LEAK_SEVERITY)}
     ordered = sorted((code.strip().lower() for code in codes if code), key=lambda c: rank.get(c, len(rank)))
-    other = OTHER_DATA.get(_language_key(language), OTHER_DATA[DEFAULT_LANGUAGE])
+    other = OTHER_DATA.get(language_key(language), OTHER_DATA[DEFAULT_LANGUAGE])
     labels = list(dict.fromkeys(data_class_label(code, language) or other for code in ordered))
     if limit is None or len(labels) <= limit:
         return labels
@@ -204,7 +195,7 @@ def threat_list(names: Iterable[str | None], language: str = DEFAULT_LANGUAGE, l
     nothing). "" when none has a safe name."""
     labels = threat_labels(names)
     if limit is not None and len(labels) > limit + 1:
-        more = MORE_THREATS.get(_language_key(language), MORE_THREATS[DEFAULT_LANGUAGE])
+        more = MORE_THREATS.get(language_key(language), MORE_THREATS[DEFAULT_LANGUAGE])
         labels = labels[:limit] + [more.format(n=len(labels) - limit)]
     return human_join(labels, language)
 
@@ -272,7 +263,7 @@ def human_join(items: Iterable[Any], language: str = DEFAULT_LANGUAGE) -> str:
     words = [str(item) for item in items if item]
     if len(words) < 2:
         return "".join(words)
-    conjunction = CONJUNCTIONS.get(_language_key(language), CONJUNCTIONS[DEFAULT_LANGUAGE])
+    conjunction = CONJUNCTIONS.get(language_key(language), CONJUNCTIONS[DEFAULT_LANGUAGE])
     return f"{', '.join(words[:-1])} {conjunction} {words[-1]}"
 
 
@@ -362,7 +353,7 @@ class Renderer:
         default_language: str = DEFAULT_LANGUAGE,
     ) -> None:
         self.templates_dir = Path(templates_dir)
-        self.default_language = _language_key(default_language) or DEFAULT_LANGUAGE
+        self.default_language = language_key(default_language) or DEFAULT_LANGUAGE
         self.zone = ZoneInfo(timezone)
         self.env = build_environment(self.templates_dir, self.zone)
         # (template, language) -> (monotonic expiry, folder): the send path renders thousands of
@@ -441,7 +432,7 @@ class Renderer:
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         self.check_template(template)
-        wanted = _language_key(language)
+        wanted = language_key(language)
         found = wanted if wanted and (self.templates_dir / wanted / template).is_dir() else self.default_language
         self._resolved[key] = (time.monotonic() + RESOLVED_TTL_SECONDS, found)
         return found

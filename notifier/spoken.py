@@ -14,6 +14,8 @@ import re
 from datetime import date, datetime, timezone as dt_timezone
 from zoneinfo import ZoneInfo
 
+from notifier.languages import language_in
+
 SPELLED_LABEL_MAX_CHARS = 4  # "vnpt", "vn", "com": said letter by letter; longer labels as a word
 _GROUP_SEPARATORS = re.compile(r"[\s.\-/()]+")
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -32,10 +34,6 @@ SPOKEN_TIME: dict[str, tuple[str, str]] = {
 }
 MONTH_NAMES_EN = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
                   "October", "November", "December")
-
-
-def _language(language: str | None) -> str:
-    return "en" if (language or "").lower().startswith("en") else "vi"
 
 
 def _digit_groups(digits: str) -> list[str]:
@@ -78,7 +76,7 @@ def spoken_address(url: object, language: str = "vi") -> str:
     host = re.sub(r"^[a-z][a-z0-9+.-]*://", "", str(url or "").strip(), flags=re.IGNORECASE)
     host = re.split(r"[/?#:]", host, maxsplit=1)[0].lower()
     host = host[4:] if host.startswith("www.") else host
-    key = _language(language)
+    key = language_in(language, SPOKEN_DOT)
     words = []
     for label in (part for part in host.split(".") if part):
         known = SPOKEN_LABELS.get(key, {}).get(label)
@@ -98,7 +96,7 @@ def spoken_time(value: datetime | date | str | None, zone: ZoneInfo, language: s
         return ""
     if isinstance(value, str):
         value = date.fromisoformat(value) if _DATE_ONLY.match(value) else datetime.fromisoformat(value)
-    moment_pattern, day_pattern = SPOKEN_TIME[_language(language)]
+    moment_pattern, day_pattern = SPOKEN_TIME[language_in(language, SPOKEN_TIME)]
     if isinstance(value, datetime):
         aware = value if value.tzinfo else value.replace(tzinfo=dt_timezone.utc)
         local = aware.astimezone(zone)

@@ -449,3 +449,26 @@ def test_an_infected_device_campaign_tells_one_story(database_url: str, tmp_path
     _, email = rendered[("HN1", "email")]
     assert email.subject.endswith("nhiễm mã độc Mozi và Mirai")
     assert "- Mã độc: Mozi và Mirai\n" in email.body and "- Số lần ghi nhận: 4\n" in email.body
+
+
+@pytest.mark.parametrize("language", ["en", "EN", "en-US", "en_GB"])
+def test_every_word_list_reads_a_language_tag_the_same_way(language: str) -> None:
+    """Dates, device advice and what a call says all take `en_GB` as English (one reading:
+    `notifier.languages`), and anything unknown as Vietnamese."""
+    from zoneinfo import ZoneInfo
+
+    from notifier.devices import device_hint
+    from notifier.languages import language_in, language_key
+    from notifier.spoken import spoken_time
+
+    zone = ZoneInfo("Asia/Ho_Chi_Minh")
+    moment = datetime(2026, 11, 19, 14, 14, tzinfo=UTC)
+    assert language_key(language) == "en"
+    assert format_localtime(moment, zone, language) == format_localtime(moment, zone, "en")
+    assert device_hint("mirai", language=language) == device_hint("mirai", language="en")
+    assert spoken_time(moment, zone, language) == spoken_time(moment, zone, "en") != spoken_time(moment, zone, "vi")
+    assert language_in("xx-YY", {"vi", "en"}) == language_in("", {"vi", "en"}) == "vi"
+    # A tag no word list knows is Vietnamese everywhere (the spoken words used to take it as English).
+    assert spoken_time(moment, zone, "english") == spoken_time(moment, zone, "vi")
+    assert device_hint("mirai", language="english") == device_hint("mirai", language="vi")
+    assert language_key("../en") == ""

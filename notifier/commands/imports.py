@@ -70,14 +70,11 @@ def assignments_import(
 def _hint_feeds_to_match(database_url: str) -> None:
     """After new assignments or subscribers: the recent feeds they may complete, and the command
     (`feed match` decides their unmatched lines again; nothing does it unasked)."""
-    from datetime import timedelta
-
     from notifier.db import session_scope
     from notifier.identity.rematch import RECENT_FEED_DAYS, feeds_to_match_again
-    from notifier.models import utcnow
 
     with session_scope(database_url) as session:
-        waiting = feeds_to_match_again(session, imported_since=utcnow() - timedelta(days=RECENT_FEED_DAYS))
+        waiting = feeds_to_match_again(session)
     if waiting:
         err.print(f"{len(waiting)} feed(s) of the last {RECENT_FEED_DAYS} days still have unmatched or ambiguous "
                   f"events; match them again with `notifier feed match --recent-days {RECENT_FEED_DAYS}`",
@@ -156,37 +153,29 @@ def feed_match(
     """Match a stored feed's unmatched and ambiguous events again, against the assignments and
     subscribers stored now (logs or customers that arrived after the feed). Matched events keep
     their account; warn the newly matched with `campaign create --feed ID --untold`."""
-    from datetime import timedelta
-
     from notifier.db import session_scope
-    from notifier.identity.rematch import feeds_to_match_again, match_feed_again
-    from notifier.models import utcnow
+    from notifier.identity.rematch import match_feed_again, match_recent_feeds_again
 
     if (feed_id is None) == (recent_days is None):
         raise typer.BadParameter("give a feed id or --recent-days N", param_hint="'FEED_ID'")
     database_url = get_settings().database_url
     if feed_id is not None:
-        feed_ids = [feed_id]
+        with session_scope(database_url) as session:
+            results = [match_feed_again(session, feed_id)]
     else:
-        with session_scope(database_url) as session:
-            feed_ids = feeds_to_match_again(session, imported_since=utcnow() - timedelta(days=recent_days or 0))
-    results = []
-    for one in feed_ids:  # a transaction per feed: a large one does not hold the others back
-        with session_scope(database_url) as session:
-            rematch = match_feed_again(session, one)
-        totals = rematch.totals
-        results.append({"id": one, "decided_again": rematch.decided_again, "newly_matched": rematch.newly_matched,
-                        "matched": totals.matched, "unmatched": totals.unmatched, "ambiguous": totals.ambiguous})
-        if not as_json:
-            err.print(f"feed {one}: {rematch.decided_again} unmatched or ambiguous event(s) matched again, "
-                      f"{rematch.newly_matched} of them now matched; the feed now has matched {totals.matched}, "
-                      f"unmatched {totals.unmatched}, ambiguous {totals.ambiguous}", markup=False, highlight=False)
-            if rematch.newly_matched:
-                err.print(f"warn the newly matched accounts with `notifier campaign create --feed {one} --untold`",
-                          markup=False, highlight=False)
+        results = match_recent_feeds_again(database_url, days=recent_days or 0)
     if as_json:
-        print_json(results[0] if feed_id is not None else results)
-    elif not feed_ids:
+        print_json(results[0].as_json() if feed_id is not None else [result.as_json() for result in results])
+        return
+    for result in results:
+        totals = result.totals
+        err.print(f"feed {result.feed_id}: {result.decided_again} unmatched or ambiguous event(s) matched again, "
+                  f"{result.newly_matched} of them now matched; the feed now has matched {totals.matched}, "
+                  f"unmatched {totals.unmatched}, ambiguous {totals.ambiguous}", markup=False, highlight=False)
+        if result.newly_matched:
+            err.print(f"warn the newly matched accounts with `notifier campaign create --feed {result.feed_id} "
+                      "--untold`", markup=False, highlight=False)
+    if not results:
         err.print(f"no feed imported in the last {recent_days} day(s) has unmatched or ambiguous events",
                   markup=False, highlight=False)
 

@@ -22,14 +22,15 @@ counts on their rows, without reading their items), so a scheduled job can match
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from notifier.db import session_scope
 from notifier.errors import NotFoundError
 from notifier.identity.matching import MatchCounts, feed_match_counts, match_feed
-from notifier.models import Feed, FeedItem
+from notifier.models import Feed, FeedItem, utcnow
 
 # The outcomes that new assignments or subscribers can change; `matched` and `rejected` are final.
 UNDECIDED_STATUSES = ("pending", "unmatched", "ambiguous")
@@ -47,6 +48,12 @@ class Rematch:
     decided_again: int
     newly_matched: int
     totals: MatchCounts
+
+    def as_json(self) -> dict[str, int]:
+        """The `feed match --json` document of one feed."""
+        return {"id": self.feed_id, "decided_again": self.decided_again, "newly_matched": self.newly_matched,
+                "matched": self.totals.matched, "unmatched": self.totals.unmatched,
+                "ambiguous": self.totals.ambiguous}
 
 
 def match_feed_again(session: Session, feed_id: int, *, skew_seconds: float | None = None) -> Rematch:
@@ -69,8 +76,21 @@ def match_feed_again(session: Session, feed_id: int, *, skew_seconds: float | No
     return Rematch(feed_id, decided_again, totals.matched - matched_before, totals)
 
 
-def feeds_to_match_again(session: Session, *, imported_since: datetime) -> list[int]:
-    """Feeds imported since `imported_since` that still have unmatched or ambiguous events, oldest
+def feeds_to_match_again(session: Session, *, days: int = RECENT_FEED_DAYS, now: datetime | None = None) -> list[int]:
+    """Feeds imported in the last `days` days that still have unmatched or ambiguous events, oldest
     first (read from the feed rows' counts, which every import and `match_feed_again` keep)."""
+    since = (now or utcnow()) - timedelta(days=days)
     return list(session.exec(select(Feed.id).where(
-        Feed.imported_at >= imported_since, sa.or_(Feed.unmatched > 0, Feed.ambiguous > 0)).order_by(Feed.id)).all())
+        Feed.imported_at >= since, sa.or_(Feed.unmatched > 0, Feed.ambiguous > 0)).order_by(Feed.id)).all())
+
+
+def match_recent_feeds_again(database_url: str, *, days: int) -> list[Rematch]:
+    """`match_feed_again` for each of `feeds_to_match_again`, a transaction per feed: a large feed
+    does not hold the others back, and what is done stays done if a later one fails."""
+    with session_scope(database_url) as session:
+        feed_ids = feeds_to_match_again(session, days=days)
+    results = []
+    for feed_id in feed_ids:
+        with session_scope(database_url) as session:
+            results.append(match_feed_again(session, feed_id))
+    return results
