@@ -26,6 +26,14 @@ _RECEIPT_STATUS = {"DELIV": RECEIPT_DELIVERED, "UNDEL": RECEIPT_UNDELIVERED, "EX
                    "ACCEP": RECEIPT_PENDING, "ENROU": RECEIPT_PENDING}
 _RECEIPT_FIELD = re.compile(r"(?<!\S)(id|sub|dlvrd|submit date|done date|stat|err):(\S*)", re.IGNORECASE)
 _TEXT_FIELD = re.compile(r"(?<!\S)text:", re.IGNORECASE)
+# The layout of SMPP 3.4 Appendix B, which nearly every SMSC writes: the seven fields in order, one
+# space apart, then `text:` or nothing. Matching it whole gives what `_RECEIPT_FIELD` would find in
+# the same text, in one step (the reader thread reads a receipt per part); any other text is read
+# field by field.
+_STANDARD_RECEIPT = re.compile(
+    r"id:(\S*) sub:(\S*) dlvrd:(\S*) submit date:(\S*) done date:(\S*) stat:(\S*) err:(\S*)(?:\s+text:|\s*$)",
+    re.IGNORECASE)
+_STANDARD_KEYS = ("id", "sub", "dlvrd", "submit date", "done date", "stat", "err")
 _DECIMAL, _HEX = frozenset("0123456789"), frozenset("0123456789abcdef")
 
 
@@ -44,7 +52,11 @@ def normalise_message_id(raw: str | bytes) -> str:
 
 def message_id_alternatives(raw: str | bytes) -> tuple[str, ...]:
     """Other readings of an id (decimal <-> hex): many SMSCs answer in hex and report in decimal."""
-    primary = normalise_message_id(raw)
+    return _readings(normalise_message_id(raw))
+
+
+def _readings(primary: str) -> tuple[str, ...]:
+    """`message_id_alternatives` of an id already normalised."""
     readings = []
     if primary and set(primary) <= _DECIMAL:
         readings.append(format(int(primary), "x"))
@@ -86,27 +98,42 @@ def parse_receipt(pdu: Any, *, zone: str = LOCAL_TIMEZONE) -> Receipt | None:
 
 def receipt_fields(text: str) -> dict[str, str]:
     """Fields before `text:` (the message excerpt after it could contain anything)."""
+    standard = _STANDARD_RECEIPT.match(text)
+    if standard is not None:
+        return dict(zip(_STANDARD_KEYS, standard.groups()))
+    return _fields_one_by_one(text)
+
+
+def _fields_one_by_one(text: str) -> dict[str, str]:
+    """`receipt_fields` for any layout: each known field before `text:` (the last one wins)."""
     head = _TEXT_FIELD.split(text, maxsplit=1)[0]
     return {key.lower(): value for key, value in _RECEIPT_FIELD.findall(head)}
 
 
 def _other_readings(raw_ids: list[Any], primary: str) -> tuple[str, ...]:
-    readings = [reading for raw in raw_ids
-                for reading in (normalise_message_id(raw), *message_id_alternatives(raw))]
+    """Every reading of every id the receipt gives (the TLV and the text usually agree: one id)."""
+    readings = [reading for normalised in dict.fromkeys(normalise_message_id(raw) for raw in raw_ids)
+                for reading in (normalised, *_readings(normalised))]
     return tuple(dict.fromkeys(reading for reading in readings if reading and reading != primary))
 
 
 def _dates(fields: dict[str, str], zone: ZoneInfo) -> dict[str, str]:
     """The receipt's dates as the SMSC wrote them and read in its zone (ISO UTC), for the record."""
     dates: dict[str, str] = {}
-    for key in ("submit date", "done date"):
+    for key, name in (("submit date", "submit_date"), ("done date", "done_date")):
         if key in fields:
-            name = key.replace(" ", "_")
             dates[name] = fields[key]
-            parsed = parse_smpp_date(fields[key], zone)
+            parsed = _smpp_date_iso(fields[key], zone)
             if parsed is not None:
-                dates[f"{name}_utc"] = parsed.isoformat()
+                dates[f"{name}_utc"] = parsed
     return dates
+
+
+@lru_cache(maxsize=4096)
+def _smpp_date_iso(value: str, zone: ZoneInfo) -> str | None:
+    """`parse_smpp_date` as ISO text, remembered like `_smpp_date`."""
+    parsed = parse_smpp_date(value, zone)
+    return parsed.isoformat() if parsed is not None else None
 
 
 def parse_smpp_date(value: str | None, zone: ZoneInfo) -> datetime | None:
