@@ -319,6 +319,19 @@ def test_localtime_filter():
     assert format_localtime(None, zone) == ""
 
 
+@pytest.mark.parametrize(("ip", "seen", "style", "language", "expected"), [
+    ("14.160.1.2", SEEN_AT, "compact", "vi", " (IP 14.160.1.2, 04:14 20/11)"),
+    ("14.160.1.2", SEEN_AT, "full", "vi", f" (IP 14.160.1.2, {LOCAL_TIME_VI})"),
+    ("14.160.1.2", SEEN_AT, "short", "en", " (IP 14.160.1.2, 04:14 on 20 Nov)"),
+    ("", SEEN_AT, "compact", "vi", " (04:14 20/11)"),
+    ("14.160.1.2", None, "compact", "vi", " (IP 14.160.1.2)"),
+    ("", None, "compact", "vi", ""),
+])
+def test_sighting_filter_quotes_the_address_and_time(ip, seen, style, language, expected):
+    template = Renderer(TEMPLATES_DIR).env.from_string("{{ ip|sighting(seen, style, language) }}")
+    assert template.render(ip=ip, seen=seen, style=style, language=language) == expected
+
+
 def test_localtime_follows_the_configured_zone():
     utc_renderer = Renderer(TEMPLATES_DIR, timezone="UTC")
     body = utc_renderer.render("infected_device", "email", language="vi", context=full_context("infected_device")).body
