@@ -134,26 +134,34 @@ class ReceiptWriter:
             self._heartbeat()
 
     def _take(self) -> list[Inbound]:
-        """Wait briefly for a first receipt, then gather the ones that keep coming (see RECEIPT_GAP_SECONDS)."""
+        """Wait briefly for a first receipt, then gather the ones that keep coming (see RECEIPT_GAP_SECONDS).
+
+        Between looks the writer sleeps a gap rather than waiting on the queue: woken by every
+        receipt, it took the GIL from the reader and the senders thousands of times a second."""
         try:
             batch = [self._queue.get_nowait() if self._stop.is_set() else self._queue.get(timeout=IDLE_WAIT_SECONDS)]
         except queue.Empty:
             return []
         closes = time.monotonic() + RECEIPT_LINGER_SECONDS
+        self._drain(batch)
+        while len(batch) < RECEIPT_BATCH and not self._stop.is_set():
+            wait = min(RECEIPT_GAP_SECONDS, closes - time.monotonic())
+            if wait <= 0:
+                break
+            before = len(batch)
+            self._stop.wait(wait)
+            self._drain(batch)
+            if len(batch) == before:  # none came within a gap: the SMSC has stopped sending
+                break
+        return batch
+
+    def _drain(self, batch: list[Inbound]) -> None:
+        """Add what is queued now, up to RECEIPT_BATCH."""
         while len(batch) < RECEIPT_BATCH:
             try:
                 batch.append(self._queue.get_nowait())
-                continue
             except queue.Empty:
-                pass
-            wait = min(RECEIPT_GAP_SECONDS, closes - time.monotonic())
-            if wait <= 0 or self._stop.is_set():
-                break
-            try:
-                batch.append(self._queue.get(timeout=wait))
-            except queue.Empty:
-                break
-        return batch
+                return
 
     def _write(self, batch: list[Inbound]) -> None:
         receipts = [item for item in batch if item.receipt is not None]
