@@ -53,6 +53,9 @@ _LOOKUP_CHUNK = 500
 # Core tables for executemany (the ORM would try to synchronise a session's objects row by row).
 _PARTS, _NOTIFICATIONS = MessagePart.__table__, Notification.__table__  # type: ignore[attr-defined]
 _EVENTS, _RECEIPTS = DeliveryEvent.__table__, InboundReceipt.__table__  # type: ignore[attr-defined]
+# What finding a stored receipt's part and replaying it read (not when or how it was applied).
+_REPLAYED = [_RECEIPTS.c[name] for name in ("id", "channel", "provider_message_id", "alternative_ids", "status",
+                                            "raw_status", "error_code", "done_at", "destination", "received_at")]
 
 
 @dataclass
@@ -104,9 +107,8 @@ def apply_pending_receipts(session: Session, *, destination_match: bool = True,
 def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: bool, grace_seconds: float) -> int:
     """Apply these stored receipts (already locked by the caller, or single-process)."""
     now = utcnow()
-    receipts = [dict(row) for row in session.execute(
-        sa.select(InboundReceipt.__table__).where(among(session, InboundReceipt.id, receipt_ids))
-        .order_by(InboundReceipt.id)).mappings()]
+    receipts = [{**row, "outcome": None} for row in session.execute(
+        sa.select(*_REPLAYED).where(among(session, _RECEIPTS.c.id, receipt_ids)).order_by(_RECEIPTS.c.id)).mappings()]
     placed = _find_parts(session, receipts)
     if destination_match:
         waiting = [receipt for receipt in receipts if receipt["id"] not in placed and receipt["destination"]
@@ -114,9 +116,9 @@ def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: b
         open_to = _destinations_with_open_rows(session, waiting)
         for receipt in waiting:
             if (receipt["channel"], receipt["destination"]) in open_to:
-                part_id = _resolve_unknown_by_destination(session, receipt)
-                if part_id is not None:
-                    placed[receipt["id"]] = part_id
+                resolved = _resolve_unknown_by_destination(session, receipt)
+                if resolved is not None:
+                    placed[receipt["id"]] = resolved
     settled = _apply_placed(session, [r for r in receipts if r["id"] in placed], placed, now)
     bulk_update(session, _RECEIPTS, [{"b_id": rid, "b_at": now, "b_outcome": outcome, "b_nid": nid}
                                      for rid, (outcome, nid) in settled.items()],
@@ -155,23 +157,24 @@ def _ids_of(receipt: dict[str, Any]) -> list[str]:
     return [receipt["provider_message_id"], *filter(None, (receipt["alternative_ids"] or "").split(","))]
 
 
-def _find_parts(session: Session, receipts: list[dict[str, Any]]) -> dict[int, int]:
-    """receipt id → the part it names (the newest part with any reading of its id)."""
+def _find_parts(session: Session, receipts: list[dict[str, Any]]) -> dict[int, tuple[int, int]]:
+    """receipt id → (part, its notification): the newest part with any reading of the receipt's id."""
     by_channel: dict[str, set[str]] = defaultdict(set)
     for receipt in receipts:
         by_channel[receipt["channel"]].update(_ids_of(receipt))
-    newest: dict[tuple[str, str], int] = {}
+    newest: dict[tuple[str, str], tuple[int, int]] = {}
     for channel, ids in by_channel.items():
         ordered = sorted(ids)
         for start in range(0, len(ordered), _LOOKUP_CHUNK):
             rows = session.execute(
-                sa.select(MessagePart.provider_message_id, MessagePart.id)
+                sa.select(MessagePart.provider_message_id, MessagePart.id, MessagePart.notification_id)
                 .where(MessagePart.channel == channel,
                        among(session, MessagePart.provider_message_id, ordered[start:start + _LOOKUP_CHUNK])))
-            for provider_id, part_id in rows:
+            for provider_id, part_id, notification_id in rows:
                 key = (channel, provider_id)
-                newest[key] = max(part_id, newest.get(key, 0))
-    placed: dict[int, int] = {}
+                if part_id > newest.get(key, (0, 0))[0]:
+                    newest[key] = (part_id, notification_id)
+    placed: dict[int, tuple[int, int]] = {}
     for receipt in receipts:
         found = [newest[(receipt["channel"], pid)] for pid in _ids_of(receipt) if (receipt["channel"], pid) in newest]
         if found:
@@ -214,15 +217,15 @@ def _destinations_with_open_rows(session: Session, receipts: list[dict[str, Any]
     return found
 
 
-def _resolve_unknown_by_destination(session: Session, receipt: dict[str, Any]) -> int | None:
+def _resolve_unknown_by_destination(session: Session, receipt: dict[str, Any]) -> tuple[int, int] | None:
     """A receipt for a message we never recorded belongs to the row sent to that address whose
-    send was not recorded (`unknown`). Returns the part created for it.
+    send was not recorded (`unknown`).
 
     The row becomes `sent` only once receipts account for every part: an SMSC that died between
     the parts of a long SMS took the first ones and never the rest, and a row made `sent` by the
     first receipt would wait for ever for the others. Until then it stays `unknown` (its wait
     restarting with each receipt), so `unknown.requeue_stale_unknown` sends the whole message
-    again once the receipts had their chance."""
+    again once the receipts had their chance. Returns (the part created for it, its notification)."""
     from notifier.dispatch.outbox import transition
 
     part_count = (sa.select(sa.func.count()).select_from(MessagePart)
@@ -245,13 +248,13 @@ def _resolve_unknown_by_destination(session: Session, receipt: dict[str, Any]) -
     if known_parts + 1 < (parts or 1):
         session.execute(sa.update(_NOTIFICATIONS).where(_NOTIFICATIONS.c.id == notification_id)
                         .values(updated_at=now))
-        return int(part_id)
+        return int(part_id), notification_id
     transition(session, notification_id, expected=UNKNOWN, to_state=SENT, source="recovery",
                provider_status=receipt["raw_status"],
                detail=f"a receipt for {receipt['provider_message_id']} proves the provider took it"
                       + (f" (with {known_parts} earlier one(s): all {parts} parts)" if known_parts else ""),
                values={"sent_at": claimed_at or now, "claimed_by": None})
-    return int(part_id)
+    return int(part_id), notification_id
 
 
 def _lock_notifications(session: Session, ids: set[int]) -> dict[int, _Notice]:
@@ -280,22 +283,20 @@ def _load_parts(session: Session, notification_ids: list[int]) -> dict[int, _Par
     return parts
 
 
-def _apply_placed(session: Session, receipts: list[dict[str, Any]], placed: dict[int, int],
+def _apply_placed(session: Session, receipts: list[dict[str, Any]], placed: dict[int, tuple[int, int]],
                   now: datetime) -> dict[int, tuple[str, int]]:
     """Replay the placed receipts and write what they change; returns receipt id → (outcome,
     notification) for those applied (a receipt whose notification another process holds waits)."""
     if not receipts:
         return {}
-    owners = dict(session.execute(sa.select(MessagePart.id, MessagePart.notification_id)
-                                  .where(among(session, MessagePart.id, sorted({placed[r["id"]] for r in receipts})))).all())
-    notices = _lock_notifications(session, set(owners.values()))
+    notices = _lock_notifications(session, {placed[r["id"]][1] for r in receipts})
     parts = _load_parts(session, sorted(notices))
     for loaded in parts.values():
         notices[loaded.notification_id].own_parts.append(loaded)
     events: list[dict[str, Any]] = []
     settled: dict[int, tuple[str, int]] = {}
     for receipt in receipts:
-        part = parts.get(placed[receipt["id"]])
+        part = parts.get(placed[receipt["id"]][0])
         if part is None or part.notification_id not in notices:
             continue  # its notification is held by another process: next pass
         events.append(_replay(receipt, part, notices[part.notification_id], now))
