@@ -393,7 +393,11 @@ class InboundReceipt(SQLModel, table=True):
     """
 
     __tablename__ = "inbound_receipt"
-    __table_args__ = (sa.Index("ix_inbound_receipt_pending", "applied_at", "received_at"),)
+    # The pending receipts by when an applier should look at them (migration 0016): only those,
+    # so a backlog that cannot be placed yet is not read again on every pass.
+    __table_args__ = (sa.Index("ix_inbound_receipt_due", sa.func.coalesce(sa.column("retry_at"), sa.column("received_at")),
+                               sqlite_where=sa.text("applied_at IS NULL"),
+                               postgresql_where=sa.text("applied_at IS NULL")),)
 
     id: int | None = Field(default=None, primary_key=True)
     channel: str = Field(max_length=16)
@@ -408,6 +412,8 @@ class InboundReceipt(SQLModel, table=True):
     applied_at: datetime | None = Field(default=None, sa_column=_utc_column())
     outcome: str | None = Field(default=None, max_length=32)  # applied | resolved_unknown | orphan
     notification_id: int | None = Field(default=None, foreign_key="notification.id")
+    # Tried and not placeable yet: not looked at again before this time (NULL: due when it came).
+    retry_at: datetime | None = Field(default=None, sa_column=_utc_column())
 
 
 class SmppSession(SQLModel, table=True):

@@ -41,6 +41,12 @@ ORPHAN_AFTER_SECONDS = 24 * 3600
 _CLAIM_CLOCK_TOLERANCE = timedelta(seconds=1)
 PENDING_BATCH = 500
 MAX_PAGES = 20  # per call: bounds one transaction; the next pass goes on
+# A receipt tried and not placed is not read again for half its age, within these bounds: a
+# receipt that beat its send's record by a moment is tried again a moment later, one no message
+# of ours will ever match (another system's on a shared SMSC account) about 20 times in the
+# ORPHAN_AFTER_SECONDS it waits, instead of on every pass — where ten thousand of them kept a pass
+# from ever reaching the receipts behind them.
+RETRY_MIN_SECONDS, RETRY_MAX_SECONDS = 0.05, 600.0
 # How far an SMSC's clock may run ahead of ours before its done time is not believed.
 PROVIDER_CLOCK_SKEW_SECONDS = 120
 
@@ -53,6 +59,7 @@ _LOOKUP_CHUNK = 500
 # Core tables for executemany (the ORM would try to synchronise a session's objects row by row).
 _PARTS, _NOTIFICATIONS = MessagePart.__table__, Notification.__table__  # type: ignore[attr-defined]
 _EVENTS, _RECEIPTS = DeliveryEvent.__table__, InboundReceipt.__table__  # type: ignore[attr-defined]
+_DUE = sa.func.coalesce(_RECEIPTS.c.retry_at, _RECEIPTS.c.received_at)  # ix_inbound_receipt_due's expression
 # What finding a stored receipt's part and replaying it read (not when or how it was applied).
 _REPLAYED = [_RECEIPTS.c[name] for name in ("id", "channel", "provider_message_id", "alternative_ids", "status",
                                             "raw_status", "error_code", "done_at", "destination", "received_at")]
@@ -85,20 +92,24 @@ def apply_pending_receipts(session: Session, *, destination_match: bool = True,
                            received_before: datetime | None = None) -> int:
     """Apply stored receipts not yet applied; old unplaceable ones become orphans. Returns how
     many were applied. `destination_match` lets receipts past the grace resolve `unknown` rows;
-    `received_before` leaves younger receipts to the appliers that take them as they come."""
+    `received_before` leaves younger receipts to the appliers that take them as they come, and
+    receipts tried before to their retry time; a call without it (on demand) looks at them all.
+
+    Pages are read soonest due first (`ix_inbound_receipt_due`). Every receipt a page reads leaves
+    the pass's range — applied, orphaned, or given a retry time — so the next page reads others,
+    and a backlog that cannot be placed never hides the receipts behind it."""
     plan_for_values(session)
-    applied, after_id = 0, 0
-    pending = [InboundReceipt.applied_at.is_(None)]
-    if received_before is not None:
-        pending.append(InboundReceipt.received_at < received_before)
+    due_before = received_before or utcnow() + timedelta(seconds=RETRY_MAX_SECONDS + 1)
+    applied, seen = 0, set()
     for _ in range(MAX_PAGES):
         ids = list(session.execute(
-            sa.select(InboundReceipt.id).where(*pending, InboundReceipt.id > after_id)
-            .order_by(InboundReceipt.id).limit(PENDING_BATCH).with_for_update(skip_locked=True)).scalars())
-        if not ids:
+            sa.select(InboundReceipt.id).where(InboundReceipt.applied_at.is_(None), _DUE < due_before)
+            .order_by(_DUE, InboundReceipt.id).limit(PENDING_BATCH).with_for_update(skip_locked=True)).scalars())
+        fresh = [receipt_id for receipt_id in ids if receipt_id not in seen]
+        if not fresh:
             break
-        applied += apply_rows(session, ids, destination_match=destination_match, grace_seconds=ID_MATCH_GRACE_SECONDS)
-        after_id = ids[-1]
+        seen.update(fresh)
+        applied += apply_rows(session, fresh, destination_match=destination_match, grace_seconds=ID_MATCH_GRACE_SECONDS)
         if len(ids) < PENDING_BATCH:
             break
     return applied
@@ -123,7 +134,9 @@ def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: b
     bulk_update(session, _RECEIPTS, [{"b_id": rid, "b_at": now, "b_outcome": outcome, "b_nid": nid}
                                      for rid, (outcome, nid) in settled.items()],
                 match={"id": "b_id"}, assign={"applied_at": "b_at", "outcome": "b_outcome", "notification_id": "b_nid"})
-    _mark_orphans(session, [r for r in receipts if r["id"] not in placed], now)
+    unsettled = [r for r in receipts if r["id"] not in settled]  # unplaced, or its notification held elsewhere
+    _mark_orphans(session, [r for r in unsettled if r["id"] not in placed], now)
+    _retry_later(session, [r for r in unsettled if r["id"] in placed or not _orphaned(r, now)], now)
     return len(settled)
 
 
@@ -356,8 +369,20 @@ def _write(session: Session, parts: dict[int, _Part], notices: dict[int, _Notice
         bulk_insert(session, _EVENTS, events)
 
 
+def _orphaned(receipt: dict[str, Any], now: datetime) -> bool:
+    return now - receipt["received_at"] > timedelta(seconds=ORPHAN_AFTER_SECONDS)
+
+
+def _retry_later(session: Session, receipts: list[dict[str, Any]], now: datetime) -> None:
+    """Not applied this time: due again after half the receipt's age (RETRY_MIN/MAX_SECONDS)."""
+    bulk_update(session, _RECEIPTS, [
+        {"b_id": r["id"], "b_at": now + timedelta(seconds=min(max((now - r["received_at"]).total_seconds() / 2,
+                                                                  RETRY_MIN_SECONDS), RETRY_MAX_SECONDS))}
+        for r in receipts], match={"id": "b_id"}, assign={"retry_at": "b_at"})
+
+
 def _mark_orphans(session: Session, receipts: list[dict[str, Any]], now: datetime) -> None:
-    old = [r for r in receipts if now - r["received_at"] > timedelta(seconds=ORPHAN_AFTER_SECONDS)]
+    old = [r for r in receipts if _orphaned(r, now)]
     if not old:
         return
     session.execute(sa.update(_RECEIPTS).where(_RECEIPTS.c.id.in_([r["id"] for r in old]))

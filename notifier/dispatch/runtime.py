@@ -194,7 +194,9 @@ class ReceiptApplier:
         while not self._stop.is_set():
             try:
                 with session_scope(self._database_url) as session:
-                    applied = apply_pending_receipts(session, destination_match=False, received_before=(
+                    # With destination matching, as maintenance: a receipt tried and not placed waits
+                    # for its retry time (receipt_batch), so whoever reads it must make the full try.
+                    applied = apply_pending_receipts(session, received_before=(
                         utcnow() - timedelta(seconds=self.SETTLE_SECONDS)))
             except Exception:  # noqa: BLE001 - keep applying; maintenance retries what failed
                 log.exception("applying receipts failed; retrying")
