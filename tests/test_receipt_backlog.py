@@ -55,19 +55,28 @@ def test_a_backlog_of_stray_receipts_does_not_hide_the_receipts_behind_it(databa
         assert session.get(Notification, notification.id).state == "delivered"
 
 
+def _receipt_before_its_record(session, message_id: str, *, seconds_ago: float):  # type: ignore[no-untyped-def]
+    """A `sent` notification whose part is not recorded yet, and the receipt that beat it."""
+    notification = add_notification(session, add_account(session, "A1"), state="sent")
+    notification.parts = 1
+    receipt = record_receipt(session, Receipt(channel="sms", provider_message_id=message_id, status="delivered",
+                                              raw_status="DELIVRD"))
+    receipt.received_at = utcnow() - timedelta(seconds=seconds_ago)
+    return notification, receipt
+
+
+def _record_part(session, notification: Notification, message_id: str) -> None:  # type: ignore[no-untyped-def]
+    session.add(MessagePart(notification_id=notification.id, part_no=1, channel="sms", provider_message_id=message_id))
+
+
 def test_a_receipt_tried_too_early_waits_half_its_age_then_is_applied(database_url: str) -> None:
     with session_scope(database_url) as session:
-        notification = add_notification(session, add_account(session, "A1"), state="sent")
-        notification.parts = 1
-        receipt = record_receipt(session, Receipt(channel="sms", provider_message_id="late-1", status="delivered",
-                                                  raw_status="DELIVRD"))
-        receipt.received_at = utcnow() - timedelta(seconds=40)
+        notification, receipt = _receipt_before_its_record(session, "late-1", seconds_ago=40)
     with session_scope(database_url) as session:
         assert _pass(session) == 0  # its send is not recorded yet
         retry_at = session.get(InboundReceipt, receipt.id).retry_at
         assert retry_at is not None and retry_at - utcnow() > timedelta(seconds=15)  # ~20 s: half of 40
-        session.add(MessagePart(notification_id=notification.id, part_no=1, channel="sms",
-                                provider_message_id="late-1"))
+        _record_part(session, notification, "late-1")
     with session_scope(database_url) as session:
         assert _pass(session) == 0  # recorded now, but not due yet: not read
         assert apply_pending_receipts(session, destination_match=False) == 1  # on demand: every pending one
@@ -76,15 +85,10 @@ def test_a_receipt_tried_too_early_waits_half_its_age_then_is_applied(database_u
 
 def test_a_waiting_receipt_is_read_again_once_due(database_url: str) -> None:
     with session_scope(database_url) as session:
-        notification = add_notification(session, add_account(session, "A1"), state="sent")
-        notification.parts = 1
-        receipt = record_receipt(session, Receipt(channel="sms", provider_message_id="late-2", status="delivered",
-                                                  raw_status="DELIVRD"))
-        receipt.received_at = utcnow() - timedelta(seconds=3)
+        notification, receipt = _receipt_before_its_record(session, "late-2", seconds_ago=3)
     with session_scope(database_url) as session:
         assert _pass(session) == 0
-        session.add(MessagePart(notification_id=notification.id, part_no=1, channel="sms",
-                                provider_message_id="late-2"))
+        _record_part(session, notification, "late-2")
         session.execute(sa.update(InboundReceipt).where(InboundReceipt.id == receipt.id)
                         .values(retry_at=utcnow() - timedelta(seconds=1)))  # its time has come
     with session_scope(database_url) as session:
