@@ -13,6 +13,7 @@ for every part) or, failing that, it is sent again after `dispatch.unknown_resen
 from __future__ import annotations
 
 import functools
+import json
 import operator
 
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -295,14 +296,23 @@ def is_postgresql(session: Session) -> bool:
 
 
 def among(session: Session, column: sa.ColumnElement[Any], values: Sequence[Any]) -> sa.ColumnElement[bool]:
-    """`column IN (values)`; on PostgreSQL `column = ANY(:array)`: one parameter, so the statement's
-    text is the same for every batch (an IN list of 500 parameters made psycopg parse a new
-    query text each time, a third of a worker's CPU)."""
+    """`column IN (values)` as one parameter, so the statement's text is the same for every batch:
+    on PostgreSQL `column = ANY(:array)` (an IN list of 500 parameters made psycopg parse a new
+    query text each time, a third of a worker's CPU); on SQLite, ids and strings as one JSON array
+    read by `json_each` (an IN list was expanded by SQLAlchemy value by value and prepared again
+    by SQLite for every new length: 1.0 → 0.5 ms to look up 300 provider ids)."""
     if is_postgresql(session):
         from sqlalchemy.dialects.postgresql import ARRAY
 
         return column == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(column.type)))
-    return column.in_(list(values))
+    listed = list(values)
+    if all(type(value) in (int, str) for value in listed):
+        return column.in_(sa.select(_JSON_VALUE).select_from(
+            sa.func.json_each(sa.bindparam(None, json.dumps(listed), type_=sa.String()))))
+    return column.in_(listed)
+
+
+_JSON_VALUE = sa.column("value")
 
 
 def bulk_insert(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:

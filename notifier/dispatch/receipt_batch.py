@@ -56,7 +56,9 @@ _OPEN_STATES = (SENT, UNKNOWN)
 # bounce that comes later knows better and still makes it `undelivered` (channels/bounces.py).
 _RETRACTABLE = frozenset({("email", DELIVERED)})
 _LOOKUP_CHUNK = 500
-# Core tables for executemany (the ORM would try to synchronise a session's objects row by row).
+# Core tables, for executemany (the ORM would try to synchronise a session's objects row by row)
+# and for the lookups (selecting ORM attributes runs every statement and row through the ORM's
+# loading: two thirds of finding a batch's parts).
 _PARTS, _NOTIFICATIONS = MessagePart.__table__, Notification.__table__  # type: ignore[attr-defined]
 _EVENTS, _RECEIPTS = DeliveryEvent.__table__, InboundReceipt.__table__  # type: ignore[attr-defined]
 _DUE = sa.func.coalesce(_RECEIPTS.c.retry_at, _RECEIPTS.c.received_at)  # ix_inbound_receipt_due's expression
@@ -103,8 +105,8 @@ def apply_pending_receipts(session: Session, *, destination_match: bool = True,
     applied, seen = 0, set()
     for _ in range(MAX_PAGES):
         ids = list(session.execute(
-            sa.select(InboundReceipt.id).where(InboundReceipt.applied_at.is_(None), _DUE < due_before)
-            .order_by(_DUE, InboundReceipt.id).limit(PENDING_BATCH).with_for_update(skip_locked=True)).scalars())
+            sa.select(_RECEIPTS.c.id).where(_RECEIPTS.c.applied_at.is_(None), _DUE < due_before)
+            .order_by(_DUE, _RECEIPTS.c.id).limit(PENDING_BATCH).with_for_update(skip_locked=True)).scalars())
         fresh = [receipt_id for receipt_id in ids if receipt_id not in seen]
         if not fresh:
             break
@@ -180,9 +182,9 @@ def _find_parts(session: Session, receipts: list[dict[str, Any]]) -> dict[int, t
         ordered = sorted(ids)
         for start in range(0, len(ordered), _LOOKUP_CHUNK):
             rows = session.execute(
-                sa.select(MessagePart.provider_message_id, MessagePart.id, MessagePart.notification_id)
-                .where(MessagePart.channel == channel,
-                       among(session, MessagePart.provider_message_id, ordered[start:start + _LOOKUP_CHUNK])))
+                sa.select(_PARTS.c.provider_message_id, _PARTS.c.id, _PARTS.c.notification_id)
+                .where(_PARTS.c.channel == channel,
+                       among(session, _PARTS.c.provider_message_id, ordered[start:start + _LOOKUP_CHUNK])))
             for provider_id, part_id, notification_id in rows:
                 key = (channel, provider_id)
                 if part_id > newest.get(key, (0, 0))[0]:
@@ -276,8 +278,9 @@ def _lock_notifications(session: Session, ids: set[int]) -> dict[int, _Notice]:
     ordered = sorted(ids)
     for start in range(0, len(ordered), _LOOKUP_CHUNK):
         rows = session.execute(
-            sa.select(Notification.id, Notification.state, Notification.parts, Notification.sent_at)
-            .where(among(session, Notification.id, ordered[start:start + _LOOKUP_CHUNK])).order_by(Notification.id)
+            sa.select(_NOTIFICATIONS.c.id, _NOTIFICATIONS.c.state, _NOTIFICATIONS.c.parts, _NOTIFICATIONS.c.sent_at)
+            .where(among(session, _NOTIFICATIONS.c.id, ordered[start:start + _LOOKUP_CHUNK]))
+            .order_by(_NOTIFICATIONS.c.id)
             .with_for_update(key_share=True, skip_locked=True))
         for nid, state, parts, sent_at in rows:
             locked[nid] = _Notice(id=nid, state=state, parts=parts or 1, sent_at=sent_at, original=state)
@@ -288,9 +291,8 @@ def _load_parts(session: Session, notification_ids: list[int]) -> dict[int, _Par
     parts: dict[int, _Part] = {}
     for start in range(0, len(notification_ids), _LOOKUP_CHUNK):
         rows = session.execute(
-            sa.select(MessagePart.id, MessagePart.notification_id, MessagePart.part_no, MessagePart.state,
-                      MessagePart.error_code)
-            .where(among(session, MessagePart.notification_id, notification_ids[start:start + _LOOKUP_CHUNK])))
+            sa.select(_PARTS.c.id, _PARTS.c.notification_id, _PARTS.c.part_no, _PARTS.c.state, _PARTS.c.error_code)
+            .where(among(session, _PARTS.c.notification_id, notification_ids[start:start + _LOOKUP_CHUNK])))
         for pid, nid, part_no, state, error_code in rows:
             parts[pid] = _Part(pid, nid, part_no, state, error_code)
     return parts
