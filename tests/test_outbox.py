@@ -17,7 +17,7 @@ from sqlmodel import select
 from channels.base import Receipt
 from notifier.db import session_scope
 from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, utcnow
-from notifier.dispatch.outbox import bulk_insert, bulk_update, transition
+from notifier.dispatch.outbox import among, bulk_insert, bulk_update, transition
 from notifier.dispatch.receipts import (
     ReceiptStore, apply_pending_receipts, apply_receipt, record_receipt, record_session_alive,
 )
@@ -78,6 +78,40 @@ def test_bulk_writes_store_times_exactly_as_the_orm_does(database_url: str) -> N
             bulk_insert(session, DeliveryEvent.__table__, [{"notification_id": notification.id,
                                                             "at": moment.replace(tzinfo=None), "from_state": "a",
                                                             "to_state": "b", "source": "naive"}])
+
+
+def test_among_finds_exactly_the_values_given_in_one_statement_text(database_url: str) -> None:
+    """`among` is the IN of every batch statement: ids and any text (quotes, backslashes, accents,
+    a blank) find exactly their rows; an empty list finds none; values that are neither
+    ids nor text still work. Its SQL is the same for 2 values and for 300, so the driver prepares
+    it once."""
+    awkward = ["it's", 'say "hi"', "back\\slash", "Quý khách", " ", "12", "\u2013", "a,b", "[1]"]
+    with session_scope(database_url) as session:
+        account = add_account(session, "A1")
+        rows = {value: add_notification(session, account, destination=value).id for value in awkward + ["other"]}
+    column = Notification.__table__.c.destination
+    with session_scope(database_url) as session:
+        def found(values: list) -> set[int]:  # type: ignore[type-arg]
+            return set(session.execute(sa.select(Notification.__table__.c.id).where(among(session, column, values))).scalars())
+
+        assert found(awkward) == {rows[value] for value in awkward}
+        assert found(["12"]) == {rows["12"]} and found([]) == set()
+        ids = Notification.__table__.c.id
+        assert set(session.execute(sa.select(ids).where(among(session, ids, [rows["it's"], 2 ** 31 - 1]))).scalars()) == {rows["it's"]}
+        assert set(session.execute(sa.select(ids).where(among(session, ids, [float(rows["12"])]))).scalars()) == {rows["12"]}
+        sent: list[str] = []
+
+        def spy(_connection, _cursor, statement, *_rest) -> None:  # type: ignore[no-untyped-def]
+            sent.append(statement)
+
+        engine = session.get_bind()
+        sa.event.listen(engine, "before_cursor_execute", spy)
+        try:
+            for count in (2, 300):
+                session.execute(sa.select(ids).where(among(session, ids, list(range(count))))).all()
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", spy)
+        assert len(sent) == 2 and sent[0] == sent[1]
 
 
 def _sent_with_parts(session, parts: int) -> Notification:  # type: ignore[no-untyped-def]
