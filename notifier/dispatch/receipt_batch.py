@@ -15,6 +15,7 @@ generic plan costed while `message_part` was empty would read every part forever
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from channels.base import RECEIPT_DELIVERED, RECEIPT_EXPIRED, RECEIPT_FAILED, RECEIPT_PENDING, RECEIPT_UNDELIVERED
-from notifier.dispatch.outbox import among, bulk_insert, bulk_update
+from notifier.dispatch.outbox import among, among_param, among_value, bulk_insert, bulk_update
 from notifier.dispatch.states import DELIVERED, EXPIRED, SENT, UNDELIVERED, UNKNOWN
 from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, utcnow
 
@@ -67,6 +68,39 @@ _REPLAYED = [_RECEIPTS.c[name] for name in ("id", "channel", "provider_message_i
                                             "raw_status", "error_code", "done_at", "destination", "received_at")]
 
 
+# The pass's statements, built once (per dialect where `among_param` differs): building and keying
+# a statement cost more than SQLite takes to run it.
+_PENDING_PAGE = (sa.select(_RECEIPTS.c.id).where(_RECEIPTS.c.applied_at.is_(None), _DUE < sa.bindparam("due_before"))
+                 .order_by(_DUE, _RECEIPTS.c.id).limit(PENDING_BATCH).with_for_update(skip_locked=True))
+
+
+@dataclass(frozen=True)
+class _Statements:
+    replayed: sa.Select[Any]
+    parts_by_provider_id: sa.Select[Any]
+    lock_notifications: sa.Select[Any]
+    parts_of_notifications: sa.Select[Any]
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    return _Statements(
+        replayed=sa.select(*_REPLAYED).where(among_param(_RECEIPTS.c.id, "ids", dialect)).order_by(_RECEIPTS.c.id),
+        parts_by_provider_id=sa.select(_PARTS.c.provider_message_id, _PARTS.c.id, _PARTS.c.notification_id).where(
+            _PARTS.c.channel == sa.bindparam("channel"), among_param(_PARTS.c.provider_message_id, "ids", dialect)),
+        lock_notifications=sa.select(_NOTIFICATIONS.c.id, _NOTIFICATIONS.c.state, _NOTIFICATIONS.c.parts,
+                                     _NOTIFICATIONS.c.sent_at)
+        .where(among_param(_NOTIFICATIONS.c.id, "ids", dialect)).order_by(_NOTIFICATIONS.c.id)
+        .with_for_update(key_share=True, skip_locked=True),
+        parts_of_notifications=sa.select(_PARTS.c.id, _PARTS.c.notification_id, _PARTS.c.part_no, _PARTS.c.state,
+                                         _PARTS.c.error_code).where(among_param(_PARTS.c.notification_id, "ids", dialect)),
+    )
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
 @dataclass
 class _Part:
     id: int
@@ -104,9 +138,7 @@ def apply_pending_receipts(session: Session, *, destination_match: bool = True,
     due_before = received_before or utcnow() + timedelta(seconds=RETRY_MAX_SECONDS + 1)
     applied, seen = 0, set()
     for _ in range(MAX_PAGES):
-        ids = list(session.execute(
-            sa.select(_RECEIPTS.c.id).where(_RECEIPTS.c.applied_at.is_(None), _DUE < due_before)
-            .order_by(_DUE, _RECEIPTS.c.id).limit(PENDING_BATCH).with_for_update(skip_locked=True)).scalars())
+        ids = list(session.execute(_PENDING_PAGE, {"due_before": due_before}).scalars())
         fresh = [receipt_id for receipt_id in ids if receipt_id not in seen]
         if not fresh:
             break
@@ -120,8 +152,9 @@ def apply_pending_receipts(session: Session, *, destination_match: bool = True,
 def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: bool, grace_seconds: float) -> int:
     """Apply these stored receipts (already locked by the caller, or single-process)."""
     now = utcnow()
+    dialect = _dialect(session)
     receipts = [{**row, "outcome": None} for row in session.execute(
-        sa.select(*_REPLAYED).where(among(session, _RECEIPTS.c.id, receipt_ids)).order_by(_RECEIPTS.c.id)).mappings()]
+        _statements(dialect).replayed, {"ids": among_value(dialect, receipt_ids)}).mappings()]
     placed = _find_parts(session, receipts)
     if destination_match:
         waiting = [receipt for receipt in receipts if receipt["id"] not in placed and receipt["destination"]
@@ -178,13 +211,12 @@ def _find_parts(session: Session, receipts: list[dict[str, Any]]) -> dict[int, t
     for receipt in receipts:
         by_channel[receipt["channel"]].update(_ids_of(receipt))
     newest: dict[tuple[str, str], tuple[int, int]] = {}
+    dialect = _dialect(session)
     for channel, ids in by_channel.items():
         ordered = sorted(ids)
         for start in range(0, len(ordered), _LOOKUP_CHUNK):
-            rows = session.execute(
-                sa.select(_PARTS.c.provider_message_id, _PARTS.c.id, _PARTS.c.notification_id)
-                .where(_PARTS.c.channel == channel,
-                       among(session, _PARTS.c.provider_message_id, ordered[start:start + _LOOKUP_CHUNK])))
+            rows = session.execute(_statements(dialect).parts_by_provider_id, {
+                "channel": channel, "ids": among_value(dialect, ordered[start:start + _LOOKUP_CHUNK])})
             for provider_id, part_id, notification_id in rows:
                 key = (channel, provider_id)
                 if part_id > newest.get(key, (0, 0))[0]:
@@ -276,12 +308,10 @@ def _lock_notifications(session: Session, ids: set[int]) -> dict[int, _Notice]:
     """Lock in id order, skipping rows someone else holds (their receipts wait for the next pass)."""
     locked: dict[int, _Notice] = {}
     ordered = sorted(ids)
+    dialect = _dialect(session)
     for start in range(0, len(ordered), _LOOKUP_CHUNK):
-        rows = session.execute(
-            sa.select(_NOTIFICATIONS.c.id, _NOTIFICATIONS.c.state, _NOTIFICATIONS.c.parts, _NOTIFICATIONS.c.sent_at)
-            .where(among(session, _NOTIFICATIONS.c.id, ordered[start:start + _LOOKUP_CHUNK]))
-            .order_by(_NOTIFICATIONS.c.id)
-            .with_for_update(key_share=True, skip_locked=True))
+        rows = session.execute(_statements(dialect).lock_notifications,
+                               {"ids": among_value(dialect, ordered[start:start + _LOOKUP_CHUNK])})
         for nid, state, parts, sent_at in rows:
             locked[nid] = _Notice(id=nid, state=state, parts=parts or 1, sent_at=sent_at, original=state)
     return locked
@@ -289,10 +319,10 @@ def _lock_notifications(session: Session, ids: set[int]) -> dict[int, _Notice]:
 
 def _load_parts(session: Session, notification_ids: list[int]) -> dict[int, _Part]:
     parts: dict[int, _Part] = {}
+    dialect = _dialect(session)
     for start in range(0, len(notification_ids), _LOOKUP_CHUNK):
-        rows = session.execute(
-            sa.select(_PARTS.c.id, _PARTS.c.notification_id, _PARTS.c.part_no, _PARTS.c.state, _PARTS.c.error_code)
-            .where(among(session, _PARTS.c.notification_id, notification_ids[start:start + _LOOKUP_CHUNK])))
+        rows = session.execute(_statements(dialect).parts_of_notifications,
+                               {"ids": among_value(dialect, notification_ids[start:start + _LOOKUP_CHUNK])})
         for pid, nid, part_no, state, error_code in rows:
             parts[pid] = _Part(pid, nid, part_no, state, error_code)
     return parts
