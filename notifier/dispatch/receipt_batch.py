@@ -153,8 +153,9 @@ def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: b
     """Apply these stored receipts (already locked by the caller, or single-process)."""
     now = utcnow()
     dialect = _dialect(session)
-    receipts = [{**row, "outcome": None} for row in session.execute(
-        _statements(dialect).replayed, {"ids": among_value(dialect, receipt_ids)}).mappings()]
+    result = session.execute(_statements(dialect).replayed, {"ids": among_value(dialect, receipt_ids)})
+    keys = (*result.keys(), "outcome")
+    receipts = [dict(zip(keys, (*row, None))) for row in result.all()]
     placed = _find_parts(session, receipts)
     if destination_match:
         waiting = [receipt for receipt in receipts if receipt["id"] not in placed and receipt["destination"]
@@ -216,7 +217,7 @@ def _find_parts(session: Session, receipts: list[dict[str, Any]]) -> dict[int, t
         ordered = sorted(ids)
         for start in range(0, len(ordered), _LOOKUP_CHUNK):
             rows = session.execute(_statements(dialect).parts_by_provider_id, {
-                "channel": channel, "ids": among_value(dialect, ordered[start:start + _LOOKUP_CHUNK])})
+                "channel": channel, "ids": among_value(dialect, ordered[start:start + _LOOKUP_CHUNK])}).all()
             for provider_id, part_id, notification_id in rows:
                 key = (channel, provider_id)
                 if part_id > newest.get(key, (0, 0))[0]:
@@ -311,7 +312,7 @@ def _lock_notifications(session: Session, ids: set[int]) -> dict[int, _Notice]:
     dialect = _dialect(session)
     for start in range(0, len(ordered), _LOOKUP_CHUNK):
         rows = session.execute(_statements(dialect).lock_notifications,
-                               {"ids": among_value(dialect, ordered[start:start + _LOOKUP_CHUNK])})
+                               {"ids": among_value(dialect, ordered[start:start + _LOOKUP_CHUNK])}).all()
         for nid, state, parts, sent_at in rows:
             locked[nid] = _Notice(id=nid, state=state, parts=parts or 1, sent_at=sent_at, original=state)
     return locked
@@ -322,7 +323,7 @@ def _load_parts(session: Session, notification_ids: list[int]) -> dict[int, _Par
     dialect = _dialect(session)
     for start in range(0, len(notification_ids), _LOOKUP_CHUNK):
         rows = session.execute(_statements(dialect).parts_of_notifications,
-                               {"ids": among_value(dialect, notification_ids[start:start + _LOOKUP_CHUNK])})
+                               {"ids": among_value(dialect, notification_ids[start:start + _LOOKUP_CHUNK])}).all()
         for pid, nid, part_no, state, error_code in rows:
             parts[pid] = _Part(pid, nid, part_no, state, error_code)
     return parts
