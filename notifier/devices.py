@@ -23,12 +23,25 @@ def device_kind(threat: Mapping[str, Any] | str | Iterable[str] | None, category
 
     A list whose threats point at different devices gives `default`: the advice then covers all.
     """
+    if threat is None or isinstance(threat, str):
+        return _named_kind(threat, category)
     if isinstance(threat, Mapping):
         return _named_kind(threat.get("name"), category or threat.get("category"))
-    if threat is not None and not isinstance(threat, str):
-        kinds = {device_kind(name, category) for name in threat if name}
-        return kinds.pop() if len(kinds) == 1 else DEFAULT_KIND
-    return _named_kind(threat, category)
+    names = tuple(threat)
+    if all(isinstance(name, str) for name in names):
+        return _listed_kind(names, category)
+    return _common_kind({device_kind(name, category) for name in names if name})
+
+
+@functools.lru_cache(maxsize=4096)
+def _listed_kind(names: tuple[str, ...], category: str | None) -> str:
+    """`device_kind` of a list of threat names, remembered like `_named_kind`: an SMS template asks
+    for the advice of the same threats once per variant it tries."""
+    return _common_kind({_named_kind(name, category) for name in names if name})
+
+
+def _common_kind(kinds: set[str]) -> str:
+    return kinds.pop() if len(kinds) == 1 else DEFAULT_KIND
 
 
 @functools.lru_cache(maxsize=4096)

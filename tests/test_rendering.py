@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from notifier.errors import InputError
-from notifier.devices import device_hint
+from notifier.devices import device_hint, device_kind
 from notifier.rendering import (
     RenderedMessage,
     Renderer,
@@ -372,6 +372,23 @@ def test_leak_labels_order_dedupe_and_limit():
 )
 def test_device_hint(threat, expected):
     assert device_hint(threat) == expected
+
+
+@pytest.mark.parametrize(
+    ("threats", "expected"),
+    [
+        (["Mirai", "Mozi"], "iot"),  # one device: its advice
+        (("Mirai", "Mozi"), "iot"),
+        (["Mirai", "Emotet"], "default"),  # two devices: advice that covers both
+        (["", "Emotet", None], "windows"),  # blanks name nothing
+        ([{"name": "Mirai", "category": "botnet"}, "Mozi"], "iot"),  # mappings in the list too
+        ([{"name": "Emotet"}, "Mirai"], "default"),
+        ([], "default"),
+    ],
+)
+def test_device_kind_of_a_list_of_threats(threats, expected):
+    assert device_kind(threats) == expected
+    assert device_kind(threats) == expected  # the remembered answer is the same
 
 
 def test_plain_url():
