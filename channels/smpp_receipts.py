@@ -34,7 +34,7 @@ _STANDARD_RECEIPT = re.compile(
     r"id:(\S*) sub:(\S*) dlvrd:(\S*) submit date:(\S*) done date:(\S*) stat:(\S*) err:(\S*)(?:\s+text:|\s*$)",
     re.IGNORECASE)
 _STANDARD_KEYS = ("id", "sub", "dlvrd", "submit date", "done date", "stat", "err")
-_DECIMAL, _HEX = frozenset("0123456789"), frozenset("0123456789abcdef")
+_HEX_DIGITS = re.compile(r"[0-9a-f]+")
 
 
 
@@ -56,13 +56,17 @@ def message_id_alternatives(raw: str | bytes) -> tuple[str, ...]:
 
 
 def _readings(primary: str) -> tuple[str, ...]:
-    """`message_id_alternatives` of an id already normalised."""
-    readings = []
-    if primary and set(primary) <= _DECIMAL:
-        readings.append(format(int(primary), "x"))
-    if primary and set(primary) <= _HEX:
-        readings.append(str(int(primary, 16)))
-    return tuple(dict.fromkeys(reading for reading in readings if reading != primary))
+    """`message_id_alternatives` of an id already normalised: digits read as decimal (→ hex) and as
+    hex (→ decimal); hex letters read as hex (→ decimal). The reader thread asks once per receipt."""
+    if not primary.isascii():
+        return ()
+    if primary.isdigit():
+        as_hex, as_decimal = format(int(primary), "x"), str(int(primary, 16))
+        return tuple(reading for reading in ((as_hex,) if as_hex == as_decimal else (as_hex, as_decimal))
+                     if reading != primary)
+    if _HEX_DIGITS.fullmatch(primary):
+        return (str(int(primary, 16)),)  # has a letter: never its own decimal reading
+    return ()
 
 
 def e164_address(address: bytes | str | None) -> str | None:
@@ -111,8 +115,11 @@ def _fields_one_by_one(text: str) -> dict[str, str]:
 
 
 def _other_readings(raw_ids: list[Any], primary: str) -> tuple[str, ...]:
-    """Every reading of every id the receipt gives (the TLV and the text usually agree: one id)."""
-    readings = [reading for normalised in dict.fromkeys(normalise_message_id(raw) for raw in raw_ids)
+    """Every reading of every id the receipt gives, `primary` (the first id, normalised) aside."""
+    others = [normalised for normalised in map(normalise_message_id, raw_ids[1:]) if normalised != primary]
+    if not others:  # the TLV and the text agree (or there is one id): the usual receipt
+        return _readings(primary)
+    readings = [reading for normalised in dict.fromkeys([primary, *others])
                 for reading in (normalised, *_readings(normalised))]
     return tuple(dict.fromkeys(reading for reading in readings if reading and reading != primary))
 
