@@ -12,6 +12,7 @@ for every part) or, failing that, it is sent again after `dispatch.unknown_resen
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import operator
@@ -316,13 +317,28 @@ def among_param(column: sa.ColumnElement[Any], name: str | None, dialect: str, *
         from sqlalchemy.dialects.postgresql import ARRAY
 
         return column == sa.any_(sa.bindparam(name, value, type_=ARRAY(column.type)))
+    if not sqlite_has_json_each():
+        return column.in_(sa.bindparam(name, value, expanding=True))
     return column.in_(sa.select(_JSON_VALUE).select_from(sa.func.json_each(sa.bindparam(name, value, type_=sa.String()))))
 
 
 def among_value(dialect: str, values: Sequence[int] | Sequence[str]) -> Any:
-    """The value of an `among_param` parameter: the ids or strings themselves (PostgreSQL's array)
-    or one JSON array (SQLite's `json_each`)."""
-    return list(values) if dialect == "postgresql" else json.dumps(list(values))
+    """The value of an `among_param` parameter: the ids or strings themselves (PostgreSQL's array,
+    an SQLite without JSON's IN list) or one JSON array (SQLite's `json_each`)."""
+    return list(values) if dialect == "postgresql" or not sqlite_has_json_each() else json.dumps(list(values))
+
+
+@functools.cache
+def sqlite_has_json_each() -> bool:
+    """Whether the SQLite library Python links has `json_each` (built in since 3.38, an option
+    before): without it `among` falls back to IN lists, slower but the same rows."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(":memory:")) as probe:
+            return probe.execute("SELECT value FROM json_each('[1]')").fetchall() == [(1,)]
+    except sqlite3.Error:
+        return False
 
 
 _JSON_VALUE = sa.column("value")
