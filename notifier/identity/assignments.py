@@ -36,7 +36,7 @@ import gc
 import inspect
 import json
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,6 +47,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from notifier.batching import chunks
+from notifier.bulk_copy import copy_rows
 from notifier.db import empty_scratch_tables, plan_each_execution, sqlite_page_cache, sqlite_time
 from notifier.errors import InputError
 from notifier.identifiers import parse_timestamp
@@ -572,12 +573,8 @@ class _PostgresWriter(_Writer):
     stored_sql = _STORED_SQL.format(ids="= ANY(%s)")
     update_sql = _UPDATE_SQL.format("%s")
 
-    def _copy(self, table: str, columns: Iterable[str], types: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
-        with self.dbapi.cursor() as cursor:
-            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(types)
-                for row in rows:
-                    copy.write_row(row)
+    def _copy(self, table: str, columns: Sequence[str], types: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
+        copy_rows(self.dbapi, table, columns, types, rows)
 
     def _fetch(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[Stored]:
         with self.dbapi.cursor() as cursor:
