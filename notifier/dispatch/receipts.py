@@ -96,7 +96,7 @@ def record_session_alive(session: Session, *, owner: str, system_id: str, bound_
 
 def latest_session_alive(session: Session) -> datetime | None:
     """The last time any process's SMPP session was bound and reading, if ever."""
-    return session.execute(sa.select(sa.func.max(SmppSession.alive_at))).scalar()
+    return session.execute(sa.select(sa.func.max(SmppSession.__table__.c.alive_at))).scalar()  # type: ignore[attr-defined]
 
 
 class ReceiptStore:

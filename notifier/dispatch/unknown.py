@@ -51,13 +51,12 @@ def requeue_stale_unknown(session: Session, *, after_seconds: int, smsc_hold_sec
     settle = timedelta(seconds=max(SESSION_SETTLE_SECONDS, smsc_hold_seconds))
     cutoff = utcnow() - timedelta(seconds=after_seconds)
     heard = latest_session_alive(session)
-    stale = session.execute(
-        sa.select(Notification.id, Notification.channel, Notification.destination, Notification.claimed_at,
-                  Notification.updated_at)
-        .join(Campaign, Campaign.id == Notification.campaign_id)
-        .where(in_flight(UNKNOWN), Notification.updated_at <= cutoff,
-               Campaign.state.notin_(("paused", "cancelled")))
-        .order_by(Notification.id)).all()
+    rows, campaigns = Notification.__table__.c, Campaign.__table__.c  # type: ignore[attr-defined]
+    stale = session.execute(  # Core columns: this runs every second in every process, usually finding none
+        sa.select(rows.id, rows.channel, rows.destination, rows.claimed_at, rows.updated_at)
+        .join(Campaign.__table__, campaigns.id == rows.campaign_id)
+        .where(in_flight(UNKNOWN), rows.updated_at <= cutoff, campaigns.state.notin_(("paused", "cancelled")))
+        .order_by(rows.id)).all()
     waiting = _latest_pending_receipts(session, [(row.channel, row.destination) for row in stale])
     requeued = []
     for nid, channel, destination, claimed_at, since in stale:
