@@ -8,7 +8,7 @@ NO KEY keeps foreign-key inserts of events and parts by senders from blocking on
 parts, notifications, events and receipts with one executemany each. The state machine is that of
 one receipt at a time: receipts are replayed in id order against the locked rows in memory.
 
-On PostgreSQL the lookup is planned for the values at hand (`plan_cache_mode =
+On PostgreSQL the lookup is planned for the values at hand (`db.plan_each_execution`: `plan_cache_mode =
 force_custom_plan` for the transaction): psycopg prepares a statement after 5 executions and a
 generic plan costed while `message_part` was empty would read every part forever after.
 """
@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from channels.base import RECEIPT_DELIVERED, RECEIPT_EXPIRED, RECEIPT_FAILED, RECEIPT_PENDING, RECEIPT_UNDELIVERED
+from notifier.db import plan_each_execution
 from notifier.dispatch.outbox import among, among_param, among_value, bulk_insert, bulk_update
 from notifier.dispatch.states import DELIVERED, EXPIRED, SENT, UNDELIVERED, UNKNOWN
 from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, utcnow
@@ -134,7 +135,7 @@ def apply_pending_receipts(session: Session, *, destination_match: bool = True,
     Pages are read soonest due first (`ix_inbound_receipt_due`). Every receipt a page reads leaves
     the pass's range — applied, orphaned, or given a retry time — so the next page reads others,
     and a backlog that cannot be placed never hides the receipts behind it."""
-    plan_for_values(session)
+    plan_each_execution(session)
     due_before = received_before or utcnow() + timedelta(seconds=RETRY_MAX_SECONDS + 1)
     applied, seen = 0, set()
     for _ in range(MAX_PAGES):
@@ -194,12 +195,6 @@ def store_applied(session: Session, rows: list[dict[str, Any]]) -> int:
          "notification_id": settled[position][1] if position in settled else None}
         for position, row in enumerate(rows)])
     return len(settled)
-
-
-def plan_for_values(session: Session) -> None:
-    """PostgreSQL: plan this transaction's lookups for the values at hand (see the module's docstring)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
 def _ids_of(receipt: dict[str, Any]) -> list[str]:

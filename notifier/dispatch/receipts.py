@@ -26,9 +26,9 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from channels.base import Receipt
-from notifier.db import session_scope
+from notifier.db import plan_each_execution, session_scope
 from notifier.dispatch.receipt_batch import (
-    ID_MATCH_GRACE_SECONDS, ORPHAN_AFTER_SECONDS, PENDING_BATCH, PROVIDER_CLOCK_SKEW_SECONDS, plan_for_values,
+    ID_MATCH_GRACE_SECONDS, ORPHAN_AFTER_SECONDS, PENDING_BATCH, PROVIDER_CLOCK_SKEW_SECONDS,
     apply_pending_receipts, apply_rows, delivered_time, store_applied,
 )
 from notifier.dispatch.outbox import bulk_insert
@@ -116,7 +116,7 @@ class ReceiptStore:
         """Store the batch, applying at once every receipt whose message is recorded (`store_applied`)."""
         now = utcnow()
         with session_scope(self._database_url) as session:
-            plan_for_values(session)
+            plan_each_execution(session)
             store_applied(session, [_receipt_values(receipt, now) for receipt in receipts])
 
     def session_alive(self, owner: str, system_id: str, bound_at: datetime, alive_at: datetime) -> None:
