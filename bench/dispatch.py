@@ -13,9 +13,13 @@ to 10,000, on the same SMSC peer) is measured in the same run: with a delivery r
 the campaign asks for (the same protocol work on both sides of the socket) just before the campaign
 and again just after it, and submits only; the end-to-end parts/s is given as a share of the mean
 of the first two (a drift of the host's speed during the run then weighs on both sides) and of the
-third. Prints notifications/s, parts/s,
-the timeline (first and last submit, end), CPU ms per notification for our processes (this one
-+ the workers, from the clock's start) and for PostgreSQL (only the backends of our database: pids
+third; with the CPU per message of the bare channel itself and of the SMSC peer during the first
+two (the share is about (peer + bare channel) / (peer + ours) when the run is CPU-bound). Prints
+notifications/s, parts/s, the timeline (first and last submit, end), CPU ms per notification for
+our processes (this one + the workers, from the clock's start; embedded, also by thread: dramatiq's
+`WorkerThread`s send, `smpp-reader` reads the SMSC's answers and receipts, `smpp-receipt-writer`
+stores receipts, `receipt-applier` applies the ones that beat their send's record, `MainThread`
+queues and follows the campaign) and for PostgreSQL (only the backends of our database: pids
 sampled from pg_stat_activity during the run, /proc/<pid>/stat), SQL statements (SQLAlchemy `before_cursor_execute`, an executemany counts once;
 workers write theirs at exit, `NOTIFIER_SQL_COUNTS_FILE`) and transactions (commits; PostgreSQL:
 pg_stat_database of the database) per notification.
@@ -41,6 +45,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
@@ -97,11 +102,11 @@ def main() -> None:
             # a drift of the machine's speed during the run (this one's shared host has them) does not
             # land on one side of the comparison only.
             bare_count = min(accounts, BARE_MAX)
-            before = _bare_channel(smsc.port, args.text, count=bare_count, threads=args.threads, receipts=True) \
+            before = _bare_channel(smsc, args.text, count=bare_count, threads=args.threads, receipts=True) \
                 if "sms" in channels else None
             figures = _run(settings, campaign_id, args, smsc, directory)
             parts = len(_campaign_submits(smsc))
-            bare = {receipts: _bare_channel(smsc.port, args.text, count=bare_count, threads=args.threads,
+            bare = {receipts: _bare_channel(smsc, args.text, count=bare_count, threads=args.threads,
                                             receipts=receipts)
                     for receipts in (False, True)} if before else None
         _print(figures, notifications=len(channels) * accounts, parts=parts, bare=bare, bare_before=before)
@@ -164,15 +169,18 @@ def _run(settings: Settings, campaign_id: int, args: argparse.Namespace, smsc: S
     if workers:  # long-running processes in production: their start-up is not the send rate
         print(f"workers ready:     {_wait_for_workers(settings.database_url, workers):.2f}s after start (not timed)")
     backends = _BackendCpu(settings.database_url)
+    threads = _ThreadCpu()
     xacts = _pg_transactions(settings.database_url)
     ours = _own_cpu()
     workers_cpu = [_process_cpu(worker.pid) for worker in workers]
     smsc_cpu = _process_cpu(smsc.pid or 0)
     began, began_wall = time.perf_counter(), time.time()
     backends.start()
+    threads.start()
     try:
         status = run_campaign(settings, campaign_id)
         elapsed = time.perf_counter() - began
+        by_thread = threads.stop()
         workers_cpu = [_process_cpu(worker.pid) - before for worker, before in zip(workers, workers_cpu)]
         smsc_cpu = _process_cpu(smsc.pid or 0) - smsc_cpu
         postgres_cpu = backends.stop()
@@ -180,6 +188,7 @@ def _run(settings: Settings, campaign_id: int, args: argparse.Namespace, smsc: S
             else counts["commits"]
     finally:
         backends.stop()
+        threads.stop()
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
         for worker in workers:
@@ -188,6 +197,7 @@ def _run(settings: Settings, campaign_id: int, args: argparse.Namespace, smsc: S
     statements = counts["statements"] + sum(_worker_counts(counts_file, worker.pid)["statements"] for worker in workers)
     return {"elapsed": elapsed, "ours_cpu": _own_cpu() - ours + sum(workers_cpu), "postgres_cpu": postgres_cpu,
             "smsc_cpu": smsc_cpu, "statements": statements, "transactions": transactions,
+            "by_thread": by_thread if not workers else {},
             **_timeline(smsc, began_wall)}
 
 
@@ -265,8 +275,17 @@ def _worker_counts(counts_file: Path, pid: int) -> dict[str, int]:
         return {"statements": 0, "commits": 0}
 
 
-def _bare_channel(port: int, text: str, *, count: int, threads: int, receipts: bool) -> tuple[float, float]:
-    """(messages/s, parts/s) of the SMPP channel alone, no database, batches of 100 per thread.
+class Bare(NamedTuple):
+    """A bare-channel run: its rates, and the CPU per message of this process and of the SMSC peer."""
+
+    messages: float
+    parts: float
+    ours_ms: float
+    peer_ms: float
+
+
+def _bare_channel(smsc: SmscPeer, text: str, *, count: int, threads: int, receipts: bool) -> Bare:
+    """Rates and CPU of the SMPP channel alone, no database, batches of 100 per thread.
 
     With `receipts`, every part asks for a delivery receipt (as the campaign's do) and the clock
     stops when the last one has reached the channel's sink (which only counts them): the same
@@ -276,11 +295,11 @@ def _bare_channel(port: int, text: str, *, count: int, threads: int, receipts: b
 
     body = "Canh bao: thiet bi cua Quy khach nhiem ma doc. LH 00000000, ma CB-1-1." if text == "one-part" else UCS2_BODY
     sink = _CountingSink()
-    channel = SmppChannel(SmppSettings(port=port, system_id=f"bench-bare-{int(receipts)}", window=WINDOW,
+    channel = SmppChannel(SmppSettings(port=smsc.port, system_id=f"bench-bare-{int(receipts)}", window=WINDOW,
                                        registered_delivery=int(receipts)), sink if receipts else None)
     channel.start()
     messages = [OutgoingMessage(notification_id=i, destination=f"+8491{i:07d}", body=body) for i in range(count)]
-    began = time.perf_counter()
+    began, ours, peer = time.perf_counter(), _own_cpu(), _process_cpu(smsc.pid or 0)
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         outcomes = [o for batch in pool.map(channel.send_many, [messages[i:i + 100] for i in range(0, count, 100)])
                     for o in batch]
@@ -288,8 +307,9 @@ def _bare_channel(port: int, text: str, *, count: int, threads: int, receipts: b
     if receipts:
         sink.wait_for(parts, timeout=120.0)
     elapsed = time.perf_counter() - began
+    ours, peer = _own_cpu() - ours, _process_cpu(smsc.pid or 0) - peer
     channel.close()
-    return count / elapsed, parts / elapsed
+    return Bare(count / elapsed, parts / elapsed, 1000 * ours / count, 1000 * peer / count)
 
 
 class _CountingSink:
@@ -316,7 +336,7 @@ class _CountingSink:
 
 
 def _print(figures: dict[str, float], *, notifications: int, parts: int,
-           bare: dict[bool, tuple[float, float]] | None, bare_before: tuple[float, float] | None) -> None:
+           bare: dict[bool, Bare] | None, bare_before: Bare | None) -> None:
     elapsed = figures["elapsed"]
     print(f"send+receipts:     {elapsed:.2f}s: {notifications / elapsed:.0f} notifications/s, "
           f"{parts / elapsed:.0f} SMS parts/s ({parts} parts)")
@@ -325,17 +345,24 @@ def _print(figures: dict[str, float], *, notifications: int, parts: int,
     print(f"CPU per notification: ours {1000 * figures['ours_cpu'] / notifications:.2f} ms, "
           f"PostgreSQL {1000 * figures['postgres_cpu'] / notifications:.2f} ms (our database's backends), "
           f"SMSC peer {1000 * figures['smsc_cpu'] / notifications:.2f} ms")
+    by_thread: dict[str, tuple[int, float]] = figures["by_thread"]  # type: ignore[assignment]
+    if by_thread:
+        print("our CPU by thread:  " + ", ".join(
+            f"{name}{f' ×{count}' if count > 1 else ''} {1000 * seconds / notifications:.2f}"
+            for name, (count, seconds) in sorted(by_thread.items(), key=lambda item: -item[1][1])
+            if 1000 * seconds / notifications >= 0.005) + " ms per notification")
     print(f"per notification:  {figures['statements'] / notifications:.2f} SQL statements (all our processes), "
           f"{figures['transactions'] / notifications:.3f} transactions")
     if bare is not None and bare_before is not None:
-        (before, before_parts), (after, after_parts) = bare_before, bare[True]
-        mean_parts = (before_parts + after_parts) / 2
-        print(f"bare SMPP channel, with a receipt per part: {(before + after) / 2:.0f} messages/s, {mean_parts:.0f} "
-              f"parts/s (end to end = {100 * (parts / elapsed) / mean_parts:.0f}% of its parts/s; "
-              f"{before_parts:.0f} parts/s just before the campaign, {after_parts:.0f} just after)")
-        messages, bare_parts = bare[False]
-        print(f"bare SMPP channel, submits only, no receipts: {messages:.0f} messages/s, {bare_parts:.0f} parts/s "
-              f"(end to end = {100 * (parts / elapsed) / bare_parts:.0f}% of its parts/s)")
+        before, after = bare_before, bare[True]
+        mean_parts = (before.parts + after.parts) / 2
+        print(f"bare SMPP channel, with a receipt per part: {(before.messages + after.messages) / 2:.0f} messages/s, "
+              f"{mean_parts:.0f} parts/s (end to end = {100 * (parts / elapsed) / mean_parts:.0f}% of its parts/s; "
+              f"{before.parts:.0f} parts/s just before the campaign, {after.parts:.0f} just after); CPU per message: "
+              f"its own {(before.ours_ms + after.ours_ms) / 2:.2f} ms, SMSC peer {(before.peer_ms + after.peer_ms) / 2:.2f} ms")
+        alone = bare[False]
+        print(f"bare SMPP channel, submits only, no receipts: {alone.messages:.0f} messages/s, {alone.parts:.0f} parts/s "
+              f"(end to end = {100 * (parts / elapsed) / alone.parts:.0f}% of its parts/s)")
 
 
 def _own_cpu() -> float:
@@ -398,6 +425,55 @@ class _BackendCpu:
                 if baseline:
                     self._first[pid] = cpu
                 self._last[pid] = max(cpu, self._last.get(pid, 0.0))
+
+
+class _ThreadCpu:
+    """CPU of this process's threads during the run (embedded mode: the worker's threads live here),
+    by role: a thread's name, or its class for the unnamed ones (dramatiq's `WorkerThread`s are the
+    senders). Sampled every 0.2 s from /proc, since the worker's threads end with the run; the
+    sampler leaves itself out."""
+
+    PERIOD = 0.2
+
+    def __init__(self) -> None:
+        self._first = self._read()
+        self._last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-thread-cpu")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> dict[str, tuple[int, float]]:
+        """role → (threads, CPU seconds they used since the start)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._last.update(self._read())
+        roles: dict[str, tuple[int, float]] = {}
+        for native_id, (role, cpu) in self._last.items():
+            used = cpu - self._first.get(native_id, (role, 0.0))[1]
+            if used > 0:
+                count, total = roles.get(role, (0, 0.0))
+                roles[role] = (count + 1, total + used)
+        return roles
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.PERIOD):
+            self._last.update(self._read())
+
+    def _read(self) -> dict[int, tuple[str, float]]:
+        found = {}
+        for thread in threading.enumerate():
+            if thread.name == "bench-thread-cpu" or thread.native_id is None:
+                continue
+            role = type(thread).__name__ if thread.name.startswith("Thread-") else thread.name
+            try:
+                fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            found[thread.native_id] = (role, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+        return found
 
 
 def _pg_transactions(url: str) -> int | None:
