@@ -375,10 +375,15 @@ def _own_cpu() -> float:
 
 def _process_cpu(pid: int) -> float:
     """utime + stime of a live process and its threads, in seconds (0 if it is gone)."""
+    return _stat_cpu(f"/proc/{pid}/stat") or 0.0
+
+
+def _stat_cpu(path: str) -> float | None:
+    """utime + stime in seconds from a /proc `stat` file (a process's or a thread's); None if gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
+        return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -466,16 +471,14 @@ class _ThreadCpu:
             self._last.update(self._read())
 
     def _read(self) -> dict[int, tuple[str, float]]:
-        found = {}
+        found: dict[int, tuple[str, float]] = {}
         for thread in threading.enumerate():
             if thread.name == "bench-thread-cpu" or thread.native_id is None:
                 continue
             role = type(thread).__name__ if thread.name.startswith("Thread-") else thread.name
-            try:
-                fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            found[thread.native_id] = (role, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+            cpu = _stat_cpu(f"/proc/self/task/{thread.native_id}/stat")
+            if cpu is not None:
+                found[thread.native_id] = (role, cpu)
         return found
 
 
