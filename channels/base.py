@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -72,7 +72,6 @@ class Receipt:
     done_at: datetime | None = None
     destination: str | None = None
     alternative_ids: tuple[str, ...] = ()  # the same id read another way (hex <-> decimal)
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 ReceiptSink = Callable[[Receipt], None]

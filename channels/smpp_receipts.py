@@ -87,17 +87,12 @@ def parse_receipt(pdu: Any, *, zone: str = LOCAL_TIMEZONE) -> Receipt | None:
     primary = normalise_message_id(raw_ids[0])
     state_name = _MESSAGE_STATES.get(pdu.message_state) if pdu.message_state is not None else None
     raw_status = fields.get("stat") or state_name or "UNKNOWN"
-    extra = {key.replace(" ", "_"): fields[key] for key in ("sub", "dlvrd") if key in fields}
-    smsc_zone = get_zone(zone)
-    extra.update(_dates(fields, smsc_zone))
-    if pdu.message_state is not None:
-        extra["message_state"] = str(pdu.message_state)
     return Receipt(channel="sms", provider_message_id=primary,
                    status=_RECEIPT_STATUS.get((state_name or raw_status).upper()[:5], RECEIPT_FAILED),
                    raw_status=raw_status, error_code=fields.get("err"),
-                   done_at=parse_smpp_date(fields.get("done date"), smsc_zone),
+                   done_at=parse_smpp_date(fields.get("done date"), get_zone(zone)),
                    destination=e164_address(pdu.source_addr),
-                   alternative_ids=_other_readings(raw_ids, primary), extra=extra)
+                   alternative_ids=_other_readings(raw_ids, primary))
 
 
 def receipt_fields(text: str) -> dict[str, str]:
@@ -122,25 +117,6 @@ def _other_readings(raw_ids: list[Any], primary: str) -> tuple[str, ...]:
     readings = [reading for normalised in dict.fromkeys([primary, *others])
                 for reading in (normalised, *_readings(normalised))]
     return tuple(dict.fromkeys(reading for reading in readings if reading and reading != primary))
-
-
-def _dates(fields: dict[str, str], zone: ZoneInfo) -> dict[str, str]:
-    """The receipt's dates as the SMSC wrote them and read in its zone (ISO UTC), for the record."""
-    dates: dict[str, str] = {}
-    for key, name in (("submit date", "submit_date"), ("done date", "done_date")):
-        if key in fields:
-            dates[name] = fields[key]
-            parsed = _smpp_date_iso(fields[key], zone)
-            if parsed is not None:
-                dates[f"{name}_utc"] = parsed
-    return dates
-
-
-@lru_cache(maxsize=4096)
-def _smpp_date_iso(value: str, zone: ZoneInfo) -> str | None:
-    """`parse_smpp_date` as ISO text, remembered like `_smpp_date`."""
-    parsed = parse_smpp_date(value, zone)
-    return parsed.isoformat() if parsed is not None else None
 
 
 def parse_smpp_date(value: str | None, zone: ZoneInfo) -> datetime | None:
