@@ -292,8 +292,13 @@ def drop_parts(session: Session, notification_ids: Sequence[int]) -> None:
             among(session, MessagePart.__table__.c.notification_id, ids[start:start + BULK_CHUNK])))
 
 
+def dialect_name(session: Session) -> str:
+    """`sqlite` or `postgresql`: which statements and value forms the session's database takes."""
+    return session.get_bind().dialect.name
+
+
 def is_postgresql(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+    return dialect_name(session) == "postgresql"
 
 
 def among(session: Session, column: sa.ColumnElement[Any], values: Sequence[Any]) -> sa.ColumnElement[bool]:
@@ -302,7 +307,7 @@ def among(session: Session, column: sa.ColumnElement[Any], values: Sequence[Any]
     query text each time, a third of a worker's CPU); on SQLite, ids and strings as one JSON array
     read by `json_each` (an IN list was expanded by SQLAlchemy value by value and prepared again
     by SQLite for every new length: 1.0 → 0.5 ms to look up 300 provider ids)."""
-    dialect = session.get_bind().dialect.name
+    dialect = dialect_name(session)
     listed = list(values)
     if dialect != "postgresql" and not all(type(value) in (int, str) for value in listed):
         return column.in_(listed)

@@ -27,7 +27,7 @@ from sqlmodel import Session
 
 from channels.base import RECEIPT_DELIVERED, RECEIPT_EXPIRED, RECEIPT_FAILED, RECEIPT_PENDING, RECEIPT_UNDELIVERED
 from notifier.db import plan_each_execution
-from notifier.dispatch.outbox import among, among_param, among_value, bulk_insert, bulk_update
+from notifier.dispatch.outbox import among, among_param, among_value, bulk_insert, bulk_update, dialect_name
 from notifier.dispatch.states import DELIVERED, EXPIRED, SENT, UNDELIVERED, UNKNOWN
 from notifier.models import DeliveryEvent, InboundReceipt, MessagePart, Notification, utcnow
 
@@ -98,10 +98,6 @@ def _statements(dialect: str) -> _Statements:
     )
 
 
-def _dialect(session: Session) -> str:
-    return session.get_bind().dialect.name
-
-
 @dataclass
 class _Part:
     id: int
@@ -153,7 +149,7 @@ def apply_pending_receipts(session: Session, *, destination_match: bool = True,
 def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: bool, grace_seconds: float) -> int:
     """Apply these stored receipts (already locked by the caller, or single-process)."""
     now = utcnow()
-    dialect = _dialect(session)
+    dialect = dialect_name(session)
     result = session.execute(_statements(dialect).replayed, {"ids": among_value(dialect, receipt_ids)})
     keys = (*result.keys(), "outcome")
     receipts = [dict(zip(keys, (*row, None))) for row in result.all()]
@@ -207,7 +203,7 @@ def _find_parts(session: Session, receipts: list[dict[str, Any]]) -> dict[int, t
     for receipt in receipts:
         by_channel[receipt["channel"]].update(_ids_of(receipt))
     newest: dict[tuple[str, str], tuple[int, int]] = {}
-    dialect = _dialect(session)
+    dialect = dialect_name(session)
     for channel, ids in by_channel.items():
         ordered = sorted(ids)
         for start in range(0, len(ordered), _LOOKUP_CHUNK):
@@ -304,7 +300,7 @@ def _lock_notifications(session: Session, ids: set[int]) -> dict[int, _Notice]:
     """Lock in id order, skipping rows someone else holds (their receipts wait for the next pass)."""
     locked: dict[int, _Notice] = {}
     ordered = sorted(ids)
-    dialect = _dialect(session)
+    dialect = dialect_name(session)
     for start in range(0, len(ordered), _LOOKUP_CHUNK):
         rows = session.execute(_statements(dialect).lock_notifications,
                                {"ids": among_value(dialect, ordered[start:start + _LOOKUP_CHUNK])}).all()
@@ -315,7 +311,7 @@ def _lock_notifications(session: Session, ids: set[int]) -> dict[int, _Notice]:
 
 def _load_parts(session: Session, notification_ids: list[int]) -> dict[int, _Part]:
     parts: dict[int, _Part] = {}
-    dialect = _dialect(session)
+    dialect = dialect_name(session)
     for start in range(0, len(notification_ids), _LOOKUP_CHUNK):
         rows = session.execute(_statements(dialect).parts_of_notifications,
                                {"ids": among_value(dialect, notification_ids[start:start + _LOOKUP_CHUNK])}).all()
