@@ -12,8 +12,10 @@ limiter's part from the send path's.
 Prints, per limit: achieved parts/s (SMSC arrivals in the `--seconds` after the first), the worst
 sliding 1-second window at the SMSC (its JSON-lines log, its clock), at our writes (the moment
 each grant was handed to the write), and as granted (the slots Redis scheduled), how late writes
-came after their slots (p99, max), and how many slots were given up because their holder woke up
-too late (ratelimit.LATE_SECONDS). Asserts nothing; tests/test_rate_limits.py runs it short.
+came after their slots (p99, max), how many slots were given up because their holder woke up
+too late (ratelimit.LATE_SECONDS), and how many slots of the span no sender was waiting for (all
+busy claiming or recording, or descheduled: the shortfall a loaded host causes) beside the rate the
+schedule keeps while asked. Asserts nothing; tests/test_rate_limits.py runs it short.
 
     .venv/bin/python bench/ratelimit.py [--limits 50,200] [--seconds 60] [--workers 2] [--threads 4]
         [--channel-only] [--redis-url redis://127.0.0.1:6379/11]
@@ -181,7 +183,22 @@ def figures(limit: float, seconds: float, submits: list[float], grant_files: lis
         "late_ms_p99": round(1000 * late[int(0.99 * (len(late) - 1))], 2) if late else None,
         "late_ms_max": round(1000 * late[-1], 2) if late else None,
         "slots_given_up": len(granted) - len(written), "submits": len(submits), "grants": len(granted),
+        **_unasked(granted, span_start, seconds),
     }
+
+
+def _unasked(granted: list[float], span_start: float, seconds: float) -> dict[str, Any]:
+    """How much of the span the schedule could have granted but no sender was waiting for it (a
+    gap longer than one slot between consecutive grants: every sending thread busy claiming or
+    recording, or descheduled by the host), the longest such gap, and the rate the schedule keeps
+    while asked (grants + unasked slots per second: the limiter's arithmetic alone, apart from
+    how fast the senders come back to it). The slot is the median gap between grants."""
+    times = sorted(at for at in granted if span_start <= at < span_start + seconds)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    slot = sorted(gaps)[len(gaps) // 2] if gaps else 0.0
+    unasked = sum(max(0, round(gap / slot) - 1) for gap in gaps) if slot > 0 else 0
+    return {"unasked_slots": unasked, "longest_gap_ms": round(1000 * max(gaps), 1) if gaps else None,
+            "schedule_per_second": round((len(times) + unasked) / seconds, 2)}
 
 
 def measure_channel_only(limit: float, *, seconds: float, workers: int, threads: int, redis_url: str,
@@ -356,7 +373,9 @@ def _line(result: dict[str, Any]) -> str:
             f"({100 * float(result['achieved_per_second']) / limit:.1f}%); worst 1-s window: "
             f"{result['worst_window_smsc']} at the SMSC, {result['worst_window_written']} written, "
             f"{result['worst_window_grants']} granted; write after its slot p99 {result['late_ms_p99']} ms, "
-            f"max {result['late_ms_max']} ms; {result['slots_given_up']} slot(s) given up; "
+            f"max {result['late_ms_max']} ms; {result['slots_given_up']} slot(s) given up; the schedule "
+            f"{result['schedule_per_second']}/s while asked, {result['unasked_slots']} slot(s) no sender was "
+            f"waiting for (longest gap {result['longest_gap_ms']} ms); "
             f"{result['errors']} error(s)")
 
 
