@@ -45,7 +45,7 @@ def test_production_refuses_an_empty_smpp_password() -> None:
 
 
 def test_migrations_create_exactly_the_models(database_url: str) -> None:
-    assert current_revision(database_url) == "0016"
+    assert current_revision(database_url) == "0017"
     upgrade(database_url)  # again: nothing to do, no error
     with get_engine(database_url).connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)

@@ -77,6 +77,7 @@ _PENDING_PAGE = (sa.select(_RECEIPTS.c.id).where(_RECEIPTS.c.applied_at.is_(None
 
 @dataclass(frozen=True)
 class _Statements:
+    pending_naming: sa.Select[Any]
     replayed: sa.Select[Any]
     parts_by_provider_id: sa.Select[Any]
     lock_notifications: sa.Select[Any]
@@ -86,6 +87,9 @@ class _Statements:
 @functools.cache
 def _statements(dialect: str) -> _Statements:
     return _Statements(
+        pending_naming=sa.select(_RECEIPTS.c.id).where(  # ix_inbound_receipt_pending_message
+            _RECEIPTS.c.applied_at.is_(None), among_param(_RECEIPTS.c.provider_message_id, "ids", dialect),
+            _RECEIPTS.c.channel == sa.bindparam("channel")).order_by(_RECEIPTS.c.id).with_for_update(skip_locked=True),
         replayed=sa.select(*_REPLAYED).where(among_param(_RECEIPTS.c.id, "ids", dialect)).order_by(_RECEIPTS.c.id),
         parts_by_provider_id=sa.select(_PARTS.c.provider_message_id, _PARTS.c.id, _PARTS.c.notification_id).where(
             _PARTS.c.channel == sa.bindparam("channel"), among_param(_PARTS.c.provider_message_id, "ids", dialect)),
@@ -171,6 +175,26 @@ def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: b
     _mark_orphans(session, [r for r in unsettled if r["id"] not in placed], now)
     _retry_later(session, [r for r in unsettled if r["id"] in placed or not _orphaned(r, now)], now)
     return len(settled)
+
+
+def apply_receipts_that_came_first(session: Session, channel: str, provider_ids: list[str]) -> int:
+    """In the transaction that records these message ids (their parts are inserted), apply the
+    pending receipts that name them: on a fast SMSC a receipt usually beats the record of its send,
+    which commits once the batch's last answer is in. Left to the receipt applier, each was read
+    again until that commit and a campaign's last receipts waited for the applier's next turn.
+    A receipt another applier holds is skipped (SKIP LOCKED) and applied by it; one stored by a
+    transaction that commits after this one's read finds the part recorded (`store_applied`) or
+    is the applier's. Reading a receipt's id in another form (`alternative_ids`) is the applier's
+    job too. Returns how many were applied."""
+    if not provider_ids:
+        return 0
+    plan_each_execution(session)
+    dialect = dialect_name(session)
+    ids = list(session.execute(_statements(dialect).pending_naming,
+                               {"channel": channel, "ids": among_value(dialect, provider_ids)}).scalars())
+    if not ids:
+        return 0
+    return apply_rows(session, ids, destination_match=False, grace_seconds=ID_MATCH_GRACE_SECONDS)
 
 
 def store_applied(session: Session, rows: list[dict[str, Any]]) -> int:
