@@ -75,9 +75,16 @@ _PENDING_PAGE = (sa.select(_RECEIPTS.c.id).where(_RECEIPTS.c.applied_at.is_(None
                  .order_by(_DUE, _RECEIPTS.c.id).limit(PENDING_BATCH).with_for_update(skip_locked=True))
 
 
+@functools.cache
+def _pending_naming() -> sa.Select[Any]:
+    """SQLite's pending receipts naming a record's message ids (ix_inbound_receipt_pending_message)."""
+    return sa.select(_RECEIPTS.c.id).where(
+        _RECEIPTS.c.applied_at.is_(None), among_param(_RECEIPTS.c.provider_message_id, "ids", "sqlite"),
+        _RECEIPTS.c.channel == sa.bindparam("channel")).order_by(_RECEIPTS.c.id)
+
+
 @dataclass(frozen=True)
 class _Statements:
-    pending_naming: sa.Select[Any]
     replayed: sa.Select[Any]
     parts_by_provider_id: sa.Select[Any]
     lock_notifications: sa.Select[Any]
@@ -87,9 +94,6 @@ class _Statements:
 @functools.cache
 def _statements(dialect: str) -> _Statements:
     return _Statements(
-        pending_naming=sa.select(_RECEIPTS.c.id).where(  # ix_inbound_receipt_pending_message
-            _RECEIPTS.c.applied_at.is_(None), among_param(_RECEIPTS.c.provider_message_id, "ids", dialect),
-            _RECEIPTS.c.channel == sa.bindparam("channel")).order_by(_RECEIPTS.c.id).with_for_update(skip_locked=True),
         replayed=sa.select(*_REPLAYED).where(among_param(_RECEIPTS.c.id, "ids", dialect)).order_by(_RECEIPTS.c.id),
         parts_by_provider_id=sa.select(_PARTS.c.provider_message_id, _PARTS.c.id, _PARTS.c.notification_id).where(
             _PARTS.c.channel == sa.bindparam("channel"), among_param(_PARTS.c.provider_message_id, "ids", dialect)),
@@ -178,20 +182,22 @@ def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: b
 
 
 def apply_receipts_that_came_first(session: Session, channel: str, provider_ids: list[str]) -> int:
-    """In the transaction that records these message ids (their parts are inserted), apply the
-    pending receipts that name them: on a fast SMSC a receipt usually beats the record of its send,
-    which commits once the batch's last answer is in. Left to the receipt applier, each was read
-    again until that commit and a campaign's last receipts waited for the applier's next turn.
-    A receipt another applier holds is skipped (SKIP LOCKED) and applied by it; one stored by a
-    transaction that commits after this one's read finds the part recorded (`store_applied`) or
-    is the applier's. Reading a receipt's id in another form (`alternative_ids`) is the applier's
-    job too. Returns how many were applied."""
-    if not provider_ids:
+    """SQLite: in the transaction that records these message ids (their parts are inserted), apply
+    the pending receipts that name them. On a fast SMSC a receipt usually beats the record of its
+    send, which commits once the batch's last answer is in; left to the receipt applier, each was
+    read again until that commit (the applier cost ~60 µs a receipt in a campaign against ~27 µs
+    alone) and a campaign's last receipts waited 0.2–0.4 s for the applier's turn. Writers take
+    turns on SQLite (`db.session_scope`), so every receipt stored before this read is found here
+    and every one stored after it finds its part (`store_applied`).
+
+    PostgreSQL keeps them for the applier: there a statement is a round trip and server work, and
+    one pass applies the receipts of many records with one set of statements; doing it here took
+    0.20 → 0.26 statements and 0.24–0.27 → 0.31 ms of server CPU per notification (two workers,
+    one-part SMS). Returns how many were applied."""
+    if not provider_ids or dialect_name(session) != "sqlite":
         return 0
-    plan_each_execution(session)
-    dialect = dialect_name(session)
-    ids = list(session.execute(_statements(dialect).pending_naming,
-                               {"channel": channel, "ids": among_value(dialect, provider_ids)}).scalars())
+    ids = list(session.execute(_pending_naming(), {"channel": channel, "ids": among_value("sqlite", provider_ids)})
+               .scalars())
     if not ids:
         return 0
     return apply_rows(session, ids, destination_match=False, grace_seconds=ID_MATCH_GRACE_SECONDS)
