@@ -6,11 +6,13 @@ PostgreSQL the receipt applier does (notifier/dispatch/receipt_batch.py,
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
 from channels.base import OutgoingMessage, Receipt, SendResult
 from notifier.db import session_scope
+from notifier.dispatch import receipt_batch
 from notifier.dispatch.receipt_batch import _pending_naming
 from notifier.dispatch.receipts import ReceiptStore, apply_pending_receipts
 from notifier.dispatch.recording import BatchReport, Send, record_outcomes
@@ -94,3 +96,25 @@ def test_the_lookup_reads_only_pending_receipts_by_their_id(sqlite_url: str) -> 
         plan = "\n".join(row[3] for row in connection.exec_driver_sql(
             f"EXPLAIN QUERY PLAN {statement}", ('["m1", "m2"]', "sms")))
     assert "ix_inbound_receipt_pending_message" in plan, plan
+
+
+def test_a_receipt_that_fails_to_apply_never_costs_the_record_of_its_send(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever goes wrong applying the receipts (a bug, an odd row) the sends are recorded; the
+    receipts stay pending, untouched, and the applier applies them once it can."""
+    [nid] = _sending(sqlite_url, 1)
+    ReceiptStore(sqlite_url).store([_receipt("f1")])
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("replay failed")
+
+    monkeypatch.setattr(receipt_batch, "bulk_insert", broken)  # the events: parts and notification already updated
+    _record(sqlite_url, [nid], [["f1"]])
+    monkeypatch.undo()
+    assert "left to the applier" in caplog.text
+    with session_scope(sqlite_url) as session:
+        assert session.get(Notification, nid).state == "sent"
+    assert _receipts(sqlite_url) == {"f1": (False, None, None)}
+    assert _applier_pass(sqlite_url) == 1
+    with session_scope(sqlite_url) as session:
+        assert session.get(Notification, nid).state == "delivered"
