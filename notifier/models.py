@@ -395,13 +395,9 @@ class InboundReceipt(SQLModel, table=True):
     __tablename__ = "inbound_receipt"
     # The pending receipts by when an applier should look at them (migration 0016): only those,
     # so a backlog that cannot be placed yet is not read again on every pass.
-    # On SQLite also by the message id they name, so the record of a send applies the receipts
-    # that beat it (migration 0017, receipt_batch.apply_receipts_that_came_first).
     __table_args__ = (sa.Index("ix_inbound_receipt_due", sa.func.coalesce(sa.column("retry_at"), sa.column("received_at")),
                                sqlite_where=sa.text("applied_at IS NULL"),
-                               postgresql_where=sa.text("applied_at IS NULL")),
-                      sa.Index("ix_inbound_receipt_pending_message", "provider_message_id",
-                               sqlite_where=sa.text("applied_at IS NULL")).ddl_if(dialect="sqlite"))
+                               postgresql_where=sa.text("applied_at IS NULL")),)
 
     id: int | None = Field(default=None, primary_key=True)
     channel: str = Field(max_length=16)

@@ -75,14 +75,6 @@ _PENDING_PAGE = (sa.select(_RECEIPTS.c.id).where(_RECEIPTS.c.applied_at.is_(None
                  .order_by(_DUE, _RECEIPTS.c.id).limit(PENDING_BATCH).with_for_update(skip_locked=True))
 
 
-@functools.cache
-def _pending_naming() -> sa.Select[Any]:
-    """SQLite's pending receipts naming a record's message ids (ix_inbound_receipt_pending_message)."""
-    return sa.select(_RECEIPTS.c.id).where(
-        _RECEIPTS.c.applied_at.is_(None), among_param(_RECEIPTS.c.provider_message_id, "ids", "sqlite"),
-        _RECEIPTS.c.channel == sa.bindparam("channel")).order_by(_RECEIPTS.c.id)
-
-
 @dataclass(frozen=True)
 class _Statements:
     replayed: sa.Select[Any]
@@ -179,37 +171,6 @@ def apply_rows(session: Session, receipt_ids: list[int], *, destination_match: b
     _mark_orphans(session, [r for r in unsettled if r["id"] not in placed], now)
     _retry_later(session, [r for r in unsettled if r["id"] in placed or not _orphaned(r, now)], now)
     return len(settled)
-
-
-def apply_receipts_that_came_first(session: Session, channel: str, provider_ids: list[str]) -> int:
-    """SQLite: in the transaction that records these message ids (their parts are inserted), apply
-    the pending receipts that name them. On a fast SMSC a receipt usually beats the record of its
-    send, which commits once the batch's last answer is in; left to the receipt applier, each was
-    read again until that commit (the applier cost ~60 µs a receipt in a campaign against ~27 µs
-    alone) and a campaign's last receipts waited 0.2–0.4 s for the applier's turn. Writers take
-    turns on SQLite (`db.session_scope`), so every receipt stored before this read is found here
-    and every one stored after it finds its part (`store_applied`).
-
-    PostgreSQL keeps them for the applier: there a statement is a round trip and server work, and
-    one pass applies the receipts of many records with one set of statements; doing it here took
-    0.20 → 0.26 statements and 0.24–0.27 → 0.31 ms of server CPU per notification (two workers,
-    one-part SMS).
-
-    The record must commit whatever befalls its receipts: they are applied under a savepoint, and
-    an error leaves them pending for the applier (which logs and retries what fails). Returns how
-    many were applied."""
-    if not provider_ids or dialect_name(session) != "sqlite":
-        return 0
-    ids = list(session.execute(_pending_naming(), {"channel": channel, "ids": among_value("sqlite", provider_ids)})
-               .scalars())
-    if not ids:
-        return 0
-    try:
-        with session.begin_nested():
-            return apply_rows(session, ids, destination_match=False, grace_seconds=ID_MATCH_GRACE_SECONDS)
-    except Exception:  # noqa: BLE001 - the sends' record goes on; the applier has them
-        log.exception("[receipt:%s…] applying with the record of their send failed; left to the applier", ids[0])
-        return 0
 
 
 def store_applied(session: Session, rows: list[dict[str, Any]]) -> int:

@@ -5,9 +5,8 @@ The SMPP channel's writer thread (never its reader) hands each batch of receipts
 recorded and stores the batch in one INSERT, already applied (`store_applied`). A receipt that
 cannot be applied yet is stored pending and applied afterwards (`apply_pending_receipts`, in
 `notifier.dispatch.receipt_batch`): on a fast SMSC the receipt often arrives before the sender has
-recorded the message id (on SQLite the record then applies it, in its transaction:
-`apply_receipts_that_came_first`), and after a crash it may name a message whose send was never
-recorded at all. Twilio callbacks and bounces are stored pending (`store_receipts`) and applied the same way.
+recorded the message id, and after a crash it may name a message whose send was never recorded at
+all. Twilio callbacks and bounces are stored pending (`store_receipts`) and applied the same way.
 Each part of a long SMS has its own receipt: the notification is delivered only when every part
 is, and undelivered as soon as one part fails (Kannel and Jasmin decide on one part only; we do
 not).

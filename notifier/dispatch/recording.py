@@ -24,7 +24,6 @@ from notifier.errors import (
 from notifier.identifiers import mask_identifier
 from notifier.models import MessagePart, Notification, utcnow
 from notifier.dispatch.outbox import RowMove, bulk_insert, transition_rows
-from notifier.dispatch.receipt_batch import apply_receipts_that_came_first
 from notifier.dispatch.states import DELIVERED, FAILED, QUEUED, SENDING, SENT, SUPPRESSED, UNKNOWN
 from notifier.redaction import one_line, redact
 
@@ -105,7 +104,6 @@ def record_outcomes(session: Session, sends: Sequence[Send], outcomes: Sequence[
     if moves.delivered:
         transition_rows(session, [m for m in moves.delivered if m.notification_id in set(moved_sent)],
                         expected=SENT, to_state=DELIVERED, source="smtp", values={"delivered_at": utcnow()})
-    _apply_receipts_that_came_first(session, moves.parts)
     transition_rows(session, moves.unknown, expected=SENDING, to_state=UNKNOWN, source="worker",
                     values={"claimed_by": None})
     transition_rows(session, moves.failed, expected=SENDING, to_state=FAILED, source="worker",
@@ -126,16 +124,6 @@ def record_outcomes(session: Session, sends: Sequence[Send], outcomes: Sequence[
     report.retry_later([m.notification_id for m in moves.route_down], route_down_ms, "waiting")
     for delay_ms, ids in moves.backoff.items():
         report.retry_later(ids, delay_ms)
-
-
-def _apply_receipts_that_came_first(session: Session, parts: list[dict[str, object]]) -> None:
-    """The receipts of the parts just recorded that were stored before them, applied now."""
-    by_channel: dict[str, list[str]] = defaultdict(list)
-    for part in parts:
-        if part["state"] == SENT:
-            by_channel[str(part["channel"])].append(str(part["provider_message_id"]))
-    for channel, provider_ids in by_channel.items():
-        apply_receipts_that_came_first(session, channel, provider_ids)
 
 
 def _sort(send: Send, outcome: SendOutcome, moves: _Moves, *, max_attempts: int, accepted_is_delivery: bool) -> None:

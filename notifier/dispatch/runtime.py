@@ -167,8 +167,7 @@ class ReceiptApplier:
     # record of its send (a batch is recorded once its last answer is in), and a pass that took
     # them at once found no part for most, then read them again on the next pass, and the next.
     # Waiting a moment, each is read once, with its part recorded. (A receipt that arrives after
-    # the record, the usual case with a real SMSC, is applied as it is stored: `store_applied`; on
-    # SQLite the record itself applies those that came first: `apply_receipts_that_came_first`.)
+    # the record, the usual case with a real SMSC, is applied as it is stored: `store_applied`.)
     SETTLE_SECONDS = 0.2
 
     def __init__(self, database_url: str) -> None:
