@@ -6,13 +6,15 @@ from pathlib import Path
 
 import phonenumbers
 import pytest
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 from typer.testing import CliRunner
 
 from cli import app
-from notifier.db import current_revision, get_engine, upgrade
+from notifier.db import alembic_config, current_revision, get_engine, upgrade
 from notifier.errors import ConfigError
 from notifier.settings import (
     PLACEHOLDER_HOTLINE, PLACEHOLDERS, OperatorSettings, Settings, SmppSettings, get_settings, reset_settings,
@@ -48,6 +50,20 @@ def test_migrations_create_exactly_the_models(database_url: str) -> None:
     assert current_revision(database_url) == "0016"
     upgrade(database_url)  # again: nothing to do, no error
     with get_engine(database_url).connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
+    assert differences == []
+
+
+def test_every_migration_downgrades_to_nothing_and_upgrades_again(database_url: str) -> None:
+    """Rolling a release back runs the packaged migrations' downgrades (alembic, through
+    `notifier.db.alembic_config`): each must undo its upgrade, on both backends, down to an empty
+    schema, and the upgrades must then build it all again."""
+    command.downgrade(alembic_config(database_url), "base")
+    engine = get_engine(database_url)
+    assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
+    assert current_revision(database_url) is None
+    upgrade(database_url)
+    with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
     assert differences == []
 
