@@ -50,8 +50,9 @@ def test_two_workers_together_keep_the_agreed_rate(limit: int, redis_url: str, p
     The issue's "≥ 95% reached over 60 s" is a benchmark figure (bench/ratelimit.py, README): on a
     loaded 2-core host both worker processes are sometimes descheduled at once, and the slots of
     that gap are lost by design (an idle route lends one part, so the SMSC never sees a burst);
-    full `make test` runs lost 1-3% of a 10-s span that way. So the reach is asserted with room for
-    twice that, and the limiter's own arithmetic (grants plus the slots nobody asked for) exactly."""
+    full `make test` runs lost up to 5% of a 10-s span that way (186.8 of the 196 parts/s paced). So
+    the reach is asserted at 90%, and the limiter's own arithmetic (grants plus the slots nobody
+    asked for) at 95%, which no host's load moves."""
     completed = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "ratelimit.py"), "--limits", str(limit), "--seconds", "10",
          "--workers", "2", "--threads", "4", "--redis-url", redis_url, "--database-url", postgres_url, "--json"],
@@ -60,7 +61,7 @@ def test_two_workers_together_keep_the_agreed_rate(limit: int, redis_url: str, p
     assert result["errors"] == 0
     host = f"{result['unasked_slots']} slots nobody asked for, longest gap {result['longest_gap_ms']} ms"
     assert 0.95 * limit <= result["schedule_per_second"] <= limit, host
-    assert result["achieved_per_second"] >= 0.90 * limit, host  # one sender per message: ~73% (delivery.py)
+    assert result["achieved_per_second"] >= 0.90 * limit, host  # one message per claim reached 73% (delivery.py)
     assert result["worst_window_grants"] <= limit + 1  # the schedule Redis granted: exact
     # At our writes and at the SMSC, times also carry this shared 2-core host's scheduling stalls
     # (a late waker gives its slot up, but a stall between the wake and the write, or in the SMSC
