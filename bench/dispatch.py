@@ -387,19 +387,47 @@ def _stat_cpu(path: str) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class _BackendCpu:
-    """CPU of the PostgreSQL backends serving our database, not the whole server: their pids are
-    sampled from pg_stat_activity every 0.2 s during the run (workers' backends end with them),
-    each backend's CPU read from /proc. Nothing on SQLite."""
+class _Sampler:
+    """Calls `sample()` every PERIOD s on a thread of its own (named `bench-…`, so the split by
+    thread leaves the benchmark's samplers out) from `start()` until `_finish()`, which takes one
+    last sample: what it reads (backends, threads) may end with the run."""
 
     PERIOD = 0.2
 
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"bench-{name}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Stop (once; a second call does nothing) after a last sample."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.sample()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.PERIOD):
+            self.sample()
+
+
+class _BackendCpu(_Sampler):
+    """CPU of the PostgreSQL backends serving our database, not the whole server: their pids are
+    sampled from pg_stat_activity during the run (workers' backends end with them), each
+    backend's CPU read from /proc. Nothing on SQLite."""
+
     def __init__(self, url: str) -> None:
+        super().__init__("pg-cpu")
         self._url = url if url.startswith("postgresql") else None
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
         self.samples = 0  # one transaction each in pg_stat_database: the bench subtracts them
         # Its own engine: these queries are not the send path's statements.
         self._engine = sa.create_engine(self._url, poolclass=sa.pool.StaticPool) if self._url else None
@@ -408,19 +436,16 @@ class _BackendCpu:
 
     def start(self) -> None:
         if self._url:
-            self._thread.start()
+            super().start()
 
     def stop(self) -> float:
         """Stop sampling (after one last sample); CPU seconds our backends used since the start."""
-        if self._url and not self._stop.is_set():
-            self._stop.set()
-            self._thread.join(timeout=5)
-            self._sample(baseline=False)
+        if self._url:
+            self._finish()
         return sum(self._last[pid] - self._first.get(pid, 0.0) for pid in self._last)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.PERIOD):
-            self._sample(baseline=False)
+    def sample(self) -> None:
+        self._sample(baseline=False)
 
     def _sample(self, *, baseline: bool) -> None:
         self.samples += 1
@@ -435,29 +460,19 @@ class _BackendCpu:
                 self._last[pid] = max(cpu, self._last.get(pid, 0.0))
 
 
-class _ThreadCpu:
+class _ThreadCpu(_Sampler):
     """CPU of this process's threads during the run (embedded mode: the worker's threads live here),
     by role: a thread's name, or its class for the unnamed ones (dramatiq's `WorkerThread`s are the
-    senders). Sampled every 0.2 s from /proc, since the worker's threads end with the run; the
-    sampler leaves itself out."""
-
-    PERIOD = 0.2
+    senders). Sampled from /proc, since the worker's threads end with the run."""
 
     def __init__(self) -> None:
+        super().__init__("thread-cpu")
         self._first = self._read()
         self._last: dict[int, tuple[str, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-thread-cpu")
-
-    def start(self) -> None:
-        self._thread.start()
 
     def stop(self) -> dict[str, tuple[int, float]]:
         """role → (threads, CPU seconds they used since the start)."""
-        if not self._stop.is_set():
-            self._stop.set()
-            self._thread.join(timeout=5)
-            self._last.update(self._read())
+        self._finish()
         roles: dict[str, tuple[int, float]] = {}
         for native_id, (role, cpu) in self._last.items():
             used = cpu - self._first.get(native_id, (role, 0.0))[1]
@@ -466,14 +481,14 @@ class _ThreadCpu:
                 roles[role] = (count + 1, total + used)
         return roles
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.PERIOD):
-            self._last.update(self._read())
+    def sample(self) -> None:
+        self._last.update(self._read())
 
-    def _read(self) -> dict[int, tuple[str, float]]:
+    @staticmethod
+    def _read() -> dict[int, tuple[str, float]]:
         found: dict[int, tuple[str, float]] = {}
         for thread in threading.enumerate():
-            if thread.name == "bench-thread-cpu" or thread.native_id is None:
+            if thread.name.startswith("bench-") or thread.native_id is None:
                 continue
             role = type(thread).__name__ if thread.name.startswith("Thread-") else thread.name
             cpu = _stat_cpu(f"/proc/self/task/{thread.native_id}/stat")
